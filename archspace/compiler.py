@@ -1,0 +1,164 @@
+"""Compiler: validated Design -> one resolved per-layer config tree -> torch module.
+
+All derived fields (per-head dims, MLP width, vocabulary, the explicit per-layer layout) are
+computed here and nowhere else. The resolved tree is what gets hashed, written beside every run
+as `resolved.yaml`, and handed to the blocks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import yamlio
+from .grammar import Design, HybridSpec, MixerSpec
+
+# Fields that choose how a layer is computed, not what it computes: excluded from the design hash,
+# so the chunked and reference paths of one design share a hash.
+EXECUTION_FIELDS = ("path", "chunk_size")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A fully resolved design: the model's per-layer configs plus the task and training recipe."""
+
+    name: str
+    model: Any  # archspace.blocks.config.ModelConfig
+    layout: str  # one letter per layer: M memory mixer, A attention
+    labels: tuple  # per layer, the preset name (or "custom") of its token mixer, for display
+    task: dict
+    train: dict
+    design_hash: str
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": 1,
+            "name": self.name,
+            "design_hash": self.design_hash,
+            "layout": self.layout,
+            "labels": list(self.labels),
+            "model": self.model.to_dict(),
+            "task": self.task,
+            "train": self.train,
+        }
+
+    def to_yaml(self) -> str:
+        return yamlio.dump(self.to_dict())
+
+
+def expand_layout(hybrid: HybridSpec, n_layers: int | None) -> str:
+    """The hybrid notation -> one letter per layer ("M" memory, "A" attention).
+
+    ratio "m:a" over N layers gives n_A = round(N * a / (m + a)) attention layers, at least one when
+    a > 0 and at most N - 1 when m > 0 (N >= 2), so "24:1" on a 4-layer model still has one
+    attention layer; the resolved layout shows exactly what was built.
+    Placements: interleave (evenly spaced, the last layer attention), top (last layers),
+    bottom (first layers), middle (centred).
+    """
+    if hybrid.pattern is not None:
+        return "".join(hybrid.pattern)
+    n = 2 if n_layers is None else n_layers
+    m, a = (int(x) for x in (hybrid.ratio or "1:0").split(":"))
+    if a == 0:
+        return "M" * n
+    if m == 0:
+        return "A" * n
+    n_a = round(n * a / (m + a))
+    n_a = max(1, n_a)
+    if n >= 2:
+        n_a = min(n - 1, n_a)
+    if hybrid.placement == "interleave":
+        idx = {round((i + 1) * n / n_a) - 1 for i in range(n_a)}
+    elif hybrid.placement == "top":
+        idx = set(range(n - n_a, n))
+    elif hybrid.placement == "bottom":
+        idx = set(range(n_a))
+    else:  # middle
+        start = (n - n_a) // 2
+        idx = set(range(start, start + n_a))
+    return "".join("A" if i in idx else "M" for i in range(n))
+
+
+def _mixer_config(spec: MixerSpec, d_model: int):
+    from .blocks.config import AttentionConfig, MemoryConfig
+
+    if spec.type == "attention":
+        return AttentionConfig(
+            d_model=d_model,
+            heads=spec.heads,
+            head_dim=spec.head_dim or d_model // spec.heads,
+            window=spec.window,
+            rope_base=spec.rope_base,
+        )
+    return MemoryConfig(
+        d_model=d_model,
+        heads=spec.heads,
+        key_dim=spec.key_dim or d_model // spec.heads,
+        value_dim=spec.value_dim or d_model // spec.heads,
+        structure=spec.structure,
+        bias=spec.bias,
+        retention=spec.retention,
+        update=spec.update,
+        feature_map=spec.feature_map,
+        key_norm=spec.key_norm,
+        short_conv=spec.short_conv,
+        norm=spec.norm,
+        output_gate=spec.output_gate,
+        gate_rank=spec.gate_rank,
+        gate_temperature=spec.gate_temperature,
+        chunk_size=spec.chunk_size,
+        path=spec.path,
+    )
+
+
+def design_hash(model_dict: dict) -> str:
+    """Canonical hash of a resolved model: same architecture, same hash, whatever the spelling."""
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in EXECUTION_FIELDS}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    text = json.dumps(strip(model_dict), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve(design: Design) -> Resolved:
+    from .blocks.config import LayerConfig, ModelConfig, SwiGLUConfig
+
+    m = design.model
+    layout = expand_layout(m.hybrid, m.n_layers)
+    d = m.d_model
+    memory = _mixer_config(m.mixer, d)
+    attention = _mixer_config(m.attention, d)
+    mlp = None
+    if m.mlp.kind == "swiglu":
+        mlp = SwiGLUConfig(d_model=d, hidden=m.mlp.hidden or max(1, round(m.mlp.hidden_mult * d)))
+    layers = tuple(LayerConfig(mixer=memory if ch == "M" else attention, mlp=mlp) for ch in layout)
+    model = ModelConfig(
+        vocab_size=m.vocab_size or design.task.vocab_size,
+        d_model=d,
+        layers=layers,
+        norm_eps=m.norm_eps,
+        tie_embeddings=m.tie_embeddings,
+    )
+    return Resolved(
+        name=design.name or "design",
+        model=model,
+        layout=layout,
+        labels=tuple((m.mixer.preset if ch == "M" else m.attention.preset) or "custom" for ch in layout),
+        task=design.task.model_dump(),
+        train=design.train.model_dump(),
+        design_hash=design_hash(model.to_dict()),
+    )
+
+
+def build_model(resolved: Resolved):
+    """The torch module of a resolved design (blocks looked up in the explicit registry)."""
+    from .blocks.model import SequenceModel
+
+    return SequenceModel(resolved.model)
+

@@ -1,0 +1,453 @@
+"""The archspace grammar, version 1: the typed schema of a design file.
+
+A design file has four sections:
+
+    schema_version: 1
+    name: gdn-mqar
+    model:    # the architecture: width, depth, token mixers, channel mixer, hybrid layout
+    task:     # what to train and evaluate on (MQAR in version 1)
+    train:    # optimiser, schedule, budget, precision, clipping, seed, checkpointing
+
+A memory mixer is a point on the axes of the Miras framework (Behrouz et al. 2025,
+https://arxiv.org/abs/2504.13173): memory structure x attentional bias x retention gate x update
+algorithm. Named presets (PRESETS) expand to grammar points and any key can override them.
+Which axis values may not be combined lives in one table, INCOMPATIBLE, read by the compiler and by
+the search-space sampler alike.
+
+This module validates only; archspace.compiler resolves a validated design into per-layer configs.
+It must stay cheap to import (no torch, no Lightning): `archspace validate` runs through it.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import yamlio
+from .errors import ConfigError, closest
+
+SCHEMA_VERSION = 1
+
+# ----------------------------------------------------------------------------------------------
+# Presets: published models as points of the grammar. Keys given next to `preset:` override these.
+# ----------------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # Katharopoulos et al. 2020, https://arxiv.org/abs/2006.16236 : S_t = S_{t-1} + phi(k_t) v_t^T
+    "linear_attention": dict(type="memory", bias="dot", retention="none", feature_map="elu1", key_norm="none",
+                             short_conv=0, output_gate=False),
+    # RetNet, Sun et al. 2023, https://arxiv.org/abs/2307.08621 : fixed decay 1 - 2^(-5-h) per head, swish gate
+    "retnet": dict(type="memory", bias="dot", retention="constant", feature_map="identity", key_norm="none",
+                   short_conv=0, output_gate=True),
+    # Mamba2 / SSD, Dao & Gu 2024, https://arxiv.org/abs/2405.21060 : data-dependent scalar decay per head
+    "mamba2": dict(type="memory", bias="dot", retention="scalar", feature_map="identity", key_norm="none",
+                   short_conv=4, output_gate=True),
+    # GLA, Yang et al. 2023, https://arxiv.org/abs/2312.06635 : data-dependent vector decay (low-rank gate)
+    "gla": dict(type="memory", bias="dot", retention="vector", feature_map="identity", key_norm="none",
+                short_conv=0, output_gate=True),
+    # DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2406.06484 : delta rule, l2-normalised silu keys
+    "deltanet": dict(type="memory", bias="l2", retention="none", feature_map="silu", key_norm="l2",
+                     short_conv=4, output_gate=False),
+    # Gated DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2412.06464 : delta rule with scalar decay
+    "gated_deltanet": dict(type="memory", bias="l2", retention="scalar", feature_map="silu", key_norm="l2",
+                           short_conv=4, output_gate=True),
+    # Causal softmax attention (global) and sliding-window attention
+    "attention": dict(type="attention", window=None),
+    "swa": dict(type="attention", window=128),
+}
+
+MEMORY_ONLY_KEYS = (
+    "key_dim", "value_dim", "structure", "bias", "retention", "update", "feature_map", "key_norm",
+    "short_conv", "norm", "output_gate", "gate_rank", "gate_temperature", "chunk_size", "path",
+)
+ATTENTION_ONLY_KEYS = ("head_dim", "window", "rope_base")
+
+
+@dataclass(frozen=True)
+class Incompatibility:
+    when: dict[str, Any]  # mixer key -> value; the rule fires when all match
+    why: str
+
+
+# The one table of axis combinations that may not be combined (read by compiler and sampler).
+INCOMPATIBLE: tuple[Incompatibility, ...] = (
+    Incompatibility(
+        {"type": "memory", "bias": "l2", "retention": "vector"},
+        "a per-channel (vector) retention gate with the delta rule (KDA) is not in grammar version 1; "
+        "use retention: scalar (Gated DeltaNet) or bias: dot (GLA)",
+    ),
+    Incompatibility(
+        {"type": "memory", "bias": "l2", "key_norm": "none"},
+        "the delta rule needs l2-normalised keys (key_norm: l2): with ||k|| > 1 the transition "
+        "I - b k k^T can expand the state and training diverges",
+    ),
+)
+
+
+def violations(mixer: dict[str, Any]) -> list[Incompatibility]:
+    """Rules of INCOMPATIBLE that a (possibly partial) mixer assignment breaks."""
+    return [r for r in INCOMPATIBLE if all(k in mixer and mixer[k] == v for k, v in r.when.items())]
+
+
+def could_violate(partial: dict[str, Any], key: str, value: Any) -> bool:
+    """True if setting `key=value` on `partial` completes a forbidden combination (for samplers)."""
+    trial = dict(partial)
+    trial[key] = value
+    return any(key in r.when for r in violations(trial))
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------------------------
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class MixerSpec(_Spec):
+    """A token mixer: a memory mixer (matrix memory) or softmax attention."""
+
+    preset: Optional[str] = Field(None, description="named grammar point: " + ", ".join(PRESETS))
+    type: Literal["memory", "attention"] = Field("memory", description="memory mixer or softmax attention")
+    heads: int = Field(2, ge=1, le=256, description="number of heads")
+    # memory mixer
+    key_dim: Optional[int] = Field(None, ge=1, le=4096, description="K per head (default d_model / heads)")
+    value_dim: Optional[int] = Field(None, ge=1, le=4096, description="V per head (default d_model / heads)")
+    structure: Literal["matrix"] = Field("matrix", description="memory structure: matrix S in R^{K x V}")
+    bias: Literal["dot", "l2"] = Field("dot", description="attentional bias: dot (Hebbian) or l2 (delta rule)")
+    retention: Literal["none", "constant", "scalar", "vector"] = Field(
+        "none", description="retention gate: none | constant (RetNet) | scalar (Mamba2) | vector (GLA)")
+    update: Literal["gd"] = Field("gd", description="update algorithm: one gradient step per token")
+    feature_map: Literal["identity", "elu1", "silu", "relu"] = Field("identity", description="map on q and k")
+    key_norm: Literal["none", "l2"] = Field("none", description="l2-normalise q and k per head")
+    short_conv: int = Field(0, ge=0, le=16, description="causal depthwise conv size on q, k, v (0 = off)")
+    norm: Literal["rmsnorm", "none"] = Field("rmsnorm", description="per-head output normalisation")
+    output_gate: bool = Field(False, description="o = norm(o) * silu(W_g x)")
+    gate_rank: int = Field(16, ge=1, le=1024, description="rank of the vector (GLA) gate projection")
+    gate_temperature: float = Field(16.0, gt=0, description="GLA gate: log a = logsigmoid(.) / temperature")
+    chunk_size: int = Field(64, ge=1, le=1024, description="chunk length of the chunked training path")
+    path: Literal["chunk", "reference"] = Field("chunk", description="kernel path: chunk (training) or reference (token loop)")
+    # attention
+    head_dim: Optional[int] = Field(None, ge=1, le=1024, description="attention head dim (default d_model / heads)")
+    window: Optional[int] = Field(None, ge=1, description="sliding window length (null = global causal)")
+    rope_base: float = Field(10000.0, gt=0, description="rotary embedding base")
+
+
+class HybridSpec(_Spec):
+    """Where memory layers (M) and attention layers (A) go."""
+
+    ratio: Optional[str] = Field(None, description='memory : attention layers, e.g. "3:1"; "1:0" pure memory, "0:1" pure attention')
+    placement: Literal["interleave", "top", "bottom", "middle"] = Field(
+        "interleave", description="where attention layers go for a ratio")
+    pattern: Optional[Any] = Field(None, description='explicit per-layer pattern: "MMAM" or a list ["M", "A", ...]')
+
+
+class MLPSpec(_Spec):
+    kind: Literal["swiglu", "none"] = Field("swiglu", description="channel mixer")
+    hidden: Optional[int] = Field(None, ge=1, description="hidden width (default hidden_mult * d_model)")
+    hidden_mult: float = Field(2.0, gt=0, le=64, description="hidden = round(hidden_mult * d_model)")
+
+
+class ModelSpec(_Spec):
+    vocab_size: Optional[int] = Field(None, ge=2, description="vocabulary (default: the task's)")
+    d_model: int = Field(128, ge=4, le=65536, description="model width")
+    n_layers: Optional[int] = Field(None, ge=1, le=512, description="depth (default 2, or the pattern's length)")
+    mixer: MixerSpec = Field(default_factory=lambda: MixerSpec(preset="gated_deltanet"),
+                             description="the memory mixer of M layers")
+    attention: MixerSpec = Field(default_factory=lambda: MixerSpec(preset="attention"),
+                                 description="the token mixer of A layers")
+    hybrid: HybridSpec = Field(default_factory=HybridSpec, description="layer layout")
+    mlp: MLPSpec = Field(default_factory=MLPSpec, description="channel mixer of every layer")
+    norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
+    tie_embeddings: bool = Field(True, description="share input embedding and output head")
+
+
+class SliceSpec(_Spec):
+    seq_len: int = Field(ge=4, le=1 << 20)
+    num_kv_pairs: int = Field(ge=1)
+    num_examples: int = Field(ge=1)
+
+
+def _default_train_slices() -> list[SliceSpec]:
+    return [SliceSpec(seq_len=64, num_kv_pairs=4, num_examples=20000)]
+
+
+def _default_test_slices() -> list[SliceSpec]:
+    return [SliceSpec(seq_len=64, num_kv_pairs=4, num_examples=1000)]
+
+
+class TaskSpec(_Spec):
+    """Multi-query associative recall (Zoology, Arora et al. 2023, https://arxiv.org/abs/2312.04927)."""
+
+    name: Literal["mqar"] = Field("mqar", description="task name")
+    vocab_size: int = Field(8192, ge=16, description="vocabulary: keys from the lower half, values from the upper")
+    train: list[SliceSpec] = Field(default_factory=_default_train_slices, description="training mixture")
+    test: list[SliceSpec] = Field(default_factory=_default_test_slices, description="test mixture (per-slice accuracy)")
+    power_a: float = Field(0.01, gt=0, le=1, description="power-law exponent of query placement")
+    random_non_queries: bool = Field(True, description="fill non-query positions with random tokens")
+    seed: int = Field(0, ge=0, description="data seed (train and test seeds never overlap)")
+
+
+class TrainSpec(_Spec):
+    max_steps: int = Field(2000, ge=1, description="optimizer steps")
+    batch_size: int = Field(64, ge=1, description="sequences per step")
+    lr: float = Field(1e-3, gt=0, le=10, description="peak learning rate")
+    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay (matrices only)")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="optimizer")
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.98], min_length=2, max_length=2, description="Adam betas")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warm-up")
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for cosine and linear")
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = Field("32", description="Lightning precision")
+    grad_clip: Optional[float] = Field(1.0, ge=0, description="gradient-norm clip (null = off)")
+    seed: int = Field(0, ge=0, description="seed for initialisation and data order")
+    eval_every: int = Field(250, ge=1, description="validate every N steps")
+    checkpoint: bool = Field(True, description="save the last and best checkpoints in the run directory")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("cpu", description="device")
+    devices: int = Field(1, ge=1, description="devices per run (several GPUs train with DDP)")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_number(cls, v):
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_floats(cls, v):
+        if isinstance(v, list):
+            return [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+        return v
+
+
+class Design(_Spec):
+    """One architecture with its task and training recipe."""
+
+    schema_version: int = Field(SCHEMA_VERSION, description="grammar version of this file")
+    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$", description="run name (default: file stem)")
+    description: str = Field("", description="free text")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+# Float fields accept integers written in YAML (`lr: 1`), nothing else is coerced.
+def _int_to_float(data: Any, cls: type[BaseModel]) -> Any:
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in cls.model_fields.items():
+        if name not in out:
+            continue
+        ann, sub = _unwrap(field.annotation)
+        v = out[name]
+        if ann is float and isinstance(v, int) and not isinstance(v, bool):
+            out[name] = float(v)
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            if sub == "list" and isinstance(v, list):
+                out[name] = [_int_to_float(x, ann) for x in v]
+            else:
+                out[name] = _int_to_float(v, ann)
+    return out
+
+
+def _unwrap(ann) -> tuple[Any, Optional[str]]:
+    """Optional[X] -> X, list[X] -> (X, 'list')."""
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    if origin is list:
+        inner, _ = _unwrap(typing.get_args(ann)[0])
+        return inner, "list"
+    return ann, None
+
+
+def _node_at(loc: tuple) -> tuple[Optional[type[BaseModel]], Any]:
+    """Walk Design along a pydantic error location: (model class holding the last key, field annotation)."""
+    cls: Any = Design
+    ann: Any = Design
+    parent = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
+            parent = cls
+            ann, _ = _unwrap(cls.model_fields[part].annotation)
+            cls = ann
+        else:
+            return (cls if isinstance(cls, type) and issubclass(cls, BaseModel) else parent), None
+    return parent, ann
+
+
+def _pydantic_to_config_error(exc: ValidationError, marks: yamlio.Marks, data: Any) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    loc = tuple(err["loc"])
+    more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one.)" if len(errors) > 1 else ""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent, _ = _node_at(loc[:-1] + ("__none__",))
+        valid = list(parent.model_fields) if parent else []
+        guess = closest(str(loc[-1]), valid)
+        hint = f"Did you mean '{guess}'?" if guess else ""
+        hint += f" Valid keys here: {', '.join(valid)}." + more
+        return marks.error(f"unknown key '{loc[-1]}'", loc, hint=hint.strip(), at_key=True)
+    _, ann = _node_at(loc)
+    value = err.get("input")
+    if kind in ("literal_error", "enum"):
+        allowed = [str(a) for a in typing.get_args(ann)] if typing.get_origin(ann) is Literal else []
+        guess = closest(str(value), allowed)
+        hint = f"Did you mean '{guess}'?" if guess else ""
+        return marks.error(f"'{value}' is not one of: {', '.join(allowed)}", loc, hint=(hint + more).strip() or None)
+    if kind == "missing":
+        return marks.error("required key is missing", loc[:-1] + (loc[-1],), hint=more.strip() or None)
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    msg = err["msg"]
+    if kind.endswith("_type") and isinstance(value, str) and value in ("yes", "no", "on", "off", "y", "n"):
+        msg += f" (YAML 1.1 would read {value!r} as a boolean; archspace reads it as text: write true or false)"
+    return marks.error(f"{msg}, got {shown}", loc, hint=more.strip() or None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+def _expand_mixer(raw: Any, path: tuple, marks: yamlio.Marks, default_preset: Optional[str]) -> Any:
+    """Merge a preset under the keys the user wrote; check type-specific keys."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return raw  # pydantic reports the type error
+    user = dict(raw)
+    preset = user.get("preset", default_preset if not user else None)
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if not isinstance(preset, str) or preset not in PRESETS:
+            guess = closest(str(preset), PRESETS)
+            raise marks.error(
+                f"unknown preset '{preset}'", path + ("preset",),
+                hint=(f"Did you mean '{guess}'? " if guess else "") + f"Presets: {', '.join(PRESETS)}.")
+        merged.update(PRESETS[preset])
+        merged["preset"] = preset
+    merged.update(user)
+    mtype = merged.get("type", "memory")
+    wrong = ATTENTION_ONLY_KEYS if mtype == "memory" else MEMORY_ONLY_KEYS
+    for key in wrong:
+        if key in user:
+            raise marks.error(
+                f"'{key}' applies to {'attention' if mtype == 'memory' else 'memory'} mixers only, "
+                f"and this mixer is of type {mtype}", path + (key,), at_key=True)
+    return merged
+
+
+def _check_layout(hybrid: HybridSpec, n_layers: Optional[int], marks: yamlio.Marks, path: tuple) -> None:
+    if hybrid.ratio is not None and hybrid.pattern is not None:
+        raise marks.error("give either ratio or pattern, not both", path + ("pattern",), at_key=True)
+    if hybrid.ratio is not None:
+        if not re.fullmatch(r"\d+:\d+", hybrid.ratio) or hybrid.ratio == "0:0":
+            raise marks.error(f"ratio '{hybrid.ratio}' must look like \"3:1\" (memory:attention layers)", path + ("ratio",))
+    if hybrid.pattern is not None:
+        pat = hybrid.pattern
+        letters = list(pat) if isinstance(pat, str) else pat
+        if not isinstance(letters, list) or not letters:
+            raise marks.error("pattern must be a non-empty string like \"MMAM\" or a list of \"M\"/\"A\"", path + ("pattern",))
+        for i, ch in enumerate(letters):
+            if ch not in ("M", "A"):
+                where = path + ("pattern",) + ((i,) if isinstance(pat, list) else ())
+                raise marks.error(f"pattern entry {ch!r} must be 'M' (memory layer) or 'A' (attention layer)", where)
+        if n_layers is not None and len(letters) != n_layers:
+            raise marks.error(f"pattern has {len(letters)} layers but n_layers is {n_layers}", path + ("pattern",),
+                              hint="Drop n_layers or make them agree.")
+
+
+def validate_data(data: Any, marks: yamlio.Marks) -> Design:
+    """Validate already-loaded YAML data (with its marks) into a Design; raise ConfigError."""
+    if not isinstance(data, dict):
+        raise marks.error("a design file must be a mapping with the sections model, task, train", ())
+    data = copy.deepcopy(data)
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise marks.error(f"schema_version {version!r} is not supported; this archspace reads version {SCHEMA_VERSION}",
+                          ("schema_version",))
+    model = data.get("model")
+    if isinstance(model, dict):
+        model["mixer"] = _expand_mixer(model.get("mixer"), ("model", "mixer"), marks, "gated_deltanet")
+        model["attention"] = _expand_mixer(model.get("attention"), ("model", "attention"), marks, "attention")
+    data = _int_to_float(data, Design)
+    try:
+        design = Design.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_to_config_error(exc, marks, data) from None
+    m = design.model
+    for name in ("mixer", "attention"):
+        spec = getattr(m, name)
+        for rule in violations(spec.model_dump()):
+            keys = [k for k in rule.when if k != "type"]
+            raise marks.error(f"incompatible combination {', '.join(f'{k}: {rule.when[k]}' for k in keys)}: {rule.why}",
+                              ("model", name, keys[-1]))
+    _check_layout(m.hybrid, m.n_layers, marks, ("model", "hybrid"))
+    if m.vocab_size is not None and m.vocab_size < design.task.vocab_size:
+        raise marks.error(f"vocab_size {m.vocab_size} is smaller than the task's vocabulary ({design.task.vocab_size})",
+                          ("model", "vocab_size"))
+    for split in ("train", "test"):
+        for i, s in enumerate(getattr(design.task, split)):
+            where = ("task", split, i)
+            if s.seq_len % 2:
+                raise marks.error(f"seq_len {s.seq_len} must be even (key/value pairs)", where + ("seq_len",))
+            if 4 * s.num_kv_pairs > s.seq_len:
+                raise marks.error(f"num_kv_pairs {s.num_kv_pairs} needs seq_len >= {4 * s.num_kv_pairs} "
+                                  "(context plus query region)", where + ("num_kv_pairs",))
+            if design.task.vocab_size <= s.seq_len:
+                raise marks.error(f"vocab_size {design.task.vocab_size} must exceed seq_len {s.seq_len}",
+                                  ("task", "vocab_size"))
+            if s.num_kv_pairs >= design.task.vocab_size // 2 - 1:
+                raise marks.error(f"num_kv_pairs {s.num_kv_pairs} exceeds the {design.task.vocab_size // 2 - 1} keys",
+                                  where + ("num_kv_pairs",))
+    if not design.task.train:
+        raise marks.error("the training mixture is empty", ("task", "train"))
+    if not design.task.test:
+        raise marks.error("the test mixture is empty", ("task", "test"))
+    for name in ("mixer", "attention"):
+        spec = getattr(m, name)
+        dims = [spec.head_dim] if spec.type == "attention" else [spec.key_dim, spec.value_dim]
+        if any(d is None for d in dims) and m.d_model % spec.heads:
+            raise marks.error(f"d_model {m.d_model} is not divisible by heads {spec.heads}",
+                              ("model", name, "heads"), hint="Set the per-head dims explicitly or change heads.")
+    return design
+
+
+def set_path(data: dict, path: tuple, value: Any) -> None:
+    """Set data[path] creating mappings on the way (used for overrides and search-space samples)."""
+    node = data
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
+def load_design(path, overrides: Optional[dict[tuple, Any]] = None) -> tuple[Design, dict]:
+    """Load and validate a design file. Returns the Design and the raw data (after overrides)."""
+    data, marks = yamlio.load(path)
+    if overrides:
+        if not isinstance(data, dict):
+            raise marks.error("a design file must be a mapping", ())
+        for key, value in overrides.items():
+            set_path(data, key, value)
+    design = validate_data(data, marks)
+    if design.name is None:
+        design = design.model_copy(update={"name": Path(path).stem})
+    return design, data
+
+
+def json_schema() -> dict:
+    """JSON Schema of design files, for editor completion (yaml-language-server)."""
+    schema = Design.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "archspace design (schema_version 1)"
+    return schema

@@ -1,0 +1,176 @@
+"""YAML loading for user files: safe, YAML-1.2-like scalars, duplicate keys rejected, marks kept.
+
+PyYAML's SafeLoader follows YAML 1.1, which has three traps for config files:
+  * `1e-3` (no dot) resolves to a *string*; here it is a float, as in YAML 1.2 and JSON.
+  * `yes`/`no`/`on`/`off`/`y`/`n` resolve to booleans; here only `true`/`false` are booleans and
+    the others stay strings, so a key that expects a string gets the string the user wrote and a
+    key that expects a boolean reports a clear type error.
+  * a duplicate key silently keeps the last value; here it is an error naming both lines.
+Only the safe constructors are used: no Python tags, no code or import paths from YAML.
+
+`load(path)` returns the data and a `Marks` table that maps every key path to the line and column
+of its value (and key), so that later validation errors can point at `file:line:col`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
+# Timestamps are dropped too: `2024-01-01` stays the string the user wrote.
+_REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats and booleans."""
+
+
+# Replace the YAML 1.1 bool and float resolvers (copy the table so SafeLoader is untouched).
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in _REPLACED]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+}
+
+
+class Marks:
+    """Key path (tuple of str/int) -> (line, column), 1-based, of the value and of the key."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.value: dict[tuple, tuple[int, int]] = {}
+        self.key: dict[tuple, tuple[int, int]] = {}
+
+    def locate(self, path, prefer_key: bool = False) -> tuple[Optional[int], Optional[int]]:
+        """Line/column of the deepest known prefix of `path` (values unless prefer_key)."""
+        path = tuple(path)
+        while True:
+            table = (self.key, self.value) if prefer_key else (self.value, self.key)
+            for t in table:
+                if path in t:
+                    return t[path]
+            if not path:
+                return None, None
+            path = path[:-1]
+
+    def error(self, message: str, path=(), hint: Optional[str] = None, at_key: bool = False) -> ConfigError:
+        line, col = self.locate(path, prefer_key=at_key)
+        return ConfigError(message, file=self.file, line=line, column=col, path=tuple(path) or None, hint=hint)
+
+    def child(self, prefix: tuple) -> "Marks":
+        """Marks of a subtree, re-rooted at `prefix`."""
+        sub = Marks(self.file)
+        n = len(prefix)
+        sub.value = {p[n:]: m for p, m in self.value.items() if p[:n] == prefix}
+        sub.key = {p[n:]: m for p, m in self.key.items() if p[:n] == prefix}
+        return sub
+
+
+def _pos(mark) -> tuple[int, int]:
+    return mark.line + 1, mark.column + 1
+
+
+def _construct(loader: _Loader, node, path: tuple, marks: Marks) -> Any:
+    marks.value[path] = _pos(node.start_mark)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolves `<<` merge keys
+        out: dict = {}
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError("mapping keys must be plain scalars", marks.file, *_pos(key_node.start_mark), path or None)
+            key = loader.construct_object(key_node)
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise ConfigError(
+                    f"mapping key {key_node.value!r} must be a name", marks.file, *_pos(key_node.start_mark), path or None
+                )
+            if key in seen:
+                first = seen[key]
+                raise ConfigError(
+                    f"duplicate key '{key}' (first defined on line {first[0]}); YAML would silently keep only the last value",
+                    marks.file,
+                    *_pos(key_node.start_mark),
+                    path + (key,),
+                    hint="Remove one of the two.",
+                )
+            seen[key] = _pos(key_node.start_mark)
+            marks.key[path + (key,)] = _pos(key_node.start_mark)
+            out[key] = _construct(loader, value_node, path + (key,), marks)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, path + (i,), marks) for i, item in enumerate(node.value)]
+    if node.tag not in _SCALAR_TAGS:
+        raise ConfigError(
+            f"tag {node.tag!r} is not allowed: archspace files hold plain data only (no Python objects or code)",
+            marks.file,
+            *_pos(node.start_mark),
+            path or None,
+        )
+    try:
+        return loader.construct_object(node)
+    except yaml.YAMLError as exc:  # e.g. a malformed timestamp-like scalar
+        raise ConfigError(f"cannot read value: {exc}", marks.file, *_pos(node.start_mark), path or None) from None
+
+
+def loads(text: str, file: str = "<string>") -> tuple[Any, Marks]:
+    """Parse YAML text; raise ConfigError on any syntax or safety problem."""
+    marks = Marks(file)
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}, marks
+        return _construct(loader, node, (), marks), marks
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = _pos(mark) if mark is not None else (None, None)
+        problem = exc.problem or str(exc)
+        if exc.context:
+            problem = f"{problem} ({exc.context})"
+        raise ConfigError(f"YAML syntax error: {problem}", file, line, col) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", file) from None
+    finally:
+        loader.dispose()
+
+
+def load(path) -> tuple[Any, Marks]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError("file not found", file=str(path))
+    if p.is_dir():
+        raise ConfigError("is a directory, expected a YAML file", file=str(path))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)) from None
+    return loads(text, str(path))
+
+
+def dump(data: Any) -> str:
+    """YAML text for resolved configs (block style, key order kept)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""Sequence-mixing kernels: a token-by-token reference and a chunked PyTorch path for each op."""

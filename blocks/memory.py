@@ -1,0 +1,286 @@
+"""Matrix-memory token mixer (linear attention / RetNet / Mamba2 / GLA / DeltaNet / Gated DeltaNet).
+
+Per head the memory is S_t in R^{K x V} (kept in fp32) and the read is after the write:
+
+    dot bias (Hebbian):  S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T
+    l2 bias (delta):     S_t = exp(g_t) (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T
+    read:                o_t = K**-0.5 * S_t^T q_t
+
+Pipeline of ``MemoryMixer.forward`` on x [B, T, D]:
+    q, k, v = W_q x, W_k x, W_v x                      (no bias; H*K, H*K, H*V channels)
+    optional depthwise causal conv + SiLU on each     (cfg.short_conv = kernel size, 0 = off)
+    feature map phi on q and k                         (identity | elu1 | silu | relu)
+    optional per-head l2 normalisation of q and k     (cfg.key_norm == "l2")
+    log-decay g from the retention gate:
+        none      g = None
+        constant  g[h] = log(1 - 2**(-5-h))                  (RetNet; fixed buffer, not trained)
+        scalar    g = -exp(A_log) * softplus(W_dt x + dt_bias)   [B,T,H] (Mamba2 / SSD)
+        vector    g = logsigmoid(W2 W1 x + b) / temperature     [B,T,H,K] (GLA, low rank r)
+    beta = sigmoid(W_b x) per head (l2 bias only)
+    memory recurrence via archspace.kernels (chunk_* when cfg.path == "chunk", else naive_*)
+    optional per-head RMSNorm, optional output gate o * silu(W_g x), then W_o (H*V -> D).
+
+State (``init_state``/``forward(..., return_state=True)``/``step``) is a dict:
+    "memory": [B, H, K, V] fp32, and when short_conv > 1 "conv_q", "conv_k", "conv_v": [B, C, k-1].
+
+Accounting (``MemoryMixer.cost(cfg, seq_len)``), analytic from the config:
+    params: the module's trainable parameters (the RetNet decay is a buffer, not counted);
+    state: H*K*V + (k-1)*(2*H*K + H*V) when a short conv of size k is on (independent of T);
+    flops_per_token (2 per multiply-add): every linear 2*in*out; the short conv IS included as
+        2*k per convolved channel; the recurrence in its token-by-token form, per head:
+        write 2*K*V (dot) or 4*K*V (delta: S^T k plus the rank-1 write), decay K*V when
+        retention != none, read 2*K*V. Norms, activations, feature maps and gates' nonlinearities
+        are ignored. The recurrent-form count does not depend on T (nor on the chunked path).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step, naive_recurrent_delta_rule
+from ..kernels.gla import chunk_gla, gla_step, naive_recurrent_gla
+from .config import Cost, MemoryConfig
+from .norm import GroupRMSNorm
+from .short_conv import ShortConv
+
+__all__ = ["MemoryMixer", "feature_map", "retnet_log_decay"]
+
+_INIT_STD = 0.02
+
+
+def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "identity":
+        return x
+    if name == "elu1":
+        return F.elu(x) + 1.0
+    if name == "silu":
+        return F.silu(x)
+    if name == "relu":
+        return F.relu(x)
+    raise ValueError(f"unknown feature map {name!r}; valid: identity, elu1, silu, relu")
+
+
+def retnet_log_decay(heads: int) -> torch.Tensor:
+    """log gamma_h with gamma_h = 1 - 2**(-5-h), h = 0..H-1 (Sun et al. 2023)."""
+    h = torch.arange(heads, dtype=torch.float64)
+    return torch.log1p(-torch.pow(2.0, -5.0 - h)).float()
+
+
+def _validate(cfg: MemoryConfig) -> None:
+    if cfg.structure != "matrix":
+        raise ValueError(f"unsupported memory structure {cfg.structure!r}")
+    if cfg.update != "gd":
+        raise ValueError(f"unsupported memory update {cfg.update!r}")
+    if cfg.bias not in ("dot", "l2"):
+        raise ValueError(f"unknown memory bias {cfg.bias!r}; valid: dot, l2")
+    if cfg.retention not in ("none", "constant", "scalar", "vector"):
+        raise ValueError(f"unknown retention {cfg.retention!r}; valid: none, constant, scalar, vector")
+    if cfg.bias == "l2" and cfg.retention == "vector":
+        raise ValueError("bias 'l2' (delta rule) is incompatible with retention 'vector' (per-channel decay)")
+    if cfg.feature_map not in ("identity", "elu1", "silu", "relu"):
+        raise ValueError(f"unknown feature map {cfg.feature_map!r}")
+    if cfg.key_norm not in ("none", "l2"):
+        raise ValueError(f"unknown key_norm {cfg.key_norm!r}")
+    if cfg.norm not in ("rmsnorm", "none"):
+        raise ValueError(f"unknown norm {cfg.norm!r}")
+    if cfg.path not in ("chunk", "reference"):
+        raise ValueError(f"unknown kernel path {cfg.path!r}; valid: chunk, reference")
+    if cfg.short_conv < 0:
+        raise ValueError("short_conv must be >= 0")
+    if min(cfg.d_model, cfg.heads, cfg.key_dim, cfg.value_dim) < 1:
+        raise ValueError("d_model, heads, key_dim and value_dim must be positive")
+    if cfg.retention == "vector" and cfg.gate_rank < 1:
+        raise ValueError("gate_rank must be >= 1 for vector retention")
+    if cfg.chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+
+
+def _linear(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
+    lin = nn.Linear(d_in, d_out, bias=bias)
+    nn.init.normal_(lin.weight, 0.0, _INIT_STD)
+    if bias:
+        nn.init.zeros_(lin.bias)
+    return lin
+
+
+class MemoryMixer(nn.Module):
+    """(B, T, D) -> (B, T, D) matrix-memory mixer built from a ``MemoryConfig``."""
+
+    def __init__(self, cfg: MemoryConfig):
+        super().__init__()
+        _validate(cfg)
+        self.cfg = cfg
+        D, H, K, V = cfg.d_model, cfg.heads, cfg.key_dim, cfg.value_dim
+        self.q_proj = _linear(D, H * K)
+        self.k_proj = _linear(D, H * K)
+        self.v_proj = _linear(D, H * V)
+        self.use_conv = cfg.short_conv > 0
+        if self.use_conv:
+            self.q_conv = ShortConv(H * K, cfg.short_conv)
+            self.k_conv = ShortConv(H * K, cfg.short_conv)
+            self.v_conv = ShortConv(H * V, cfg.short_conv)
+
+        if cfg.retention == "constant":
+            self.register_buffer("log_gamma", retnet_log_decay(H), persistent=False)
+        elif cfg.retention == "scalar":
+            # Mamba2: A = -exp(A_log), A ~ U(1, 16); softplus(dt_bias) ~ logU(1e-3, 1e-1).
+            self.dt_proj = _linear(D, H)
+            self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
+            dt_min, dt_max = 1e-3, 1e-1
+            dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=1e-4)
+            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        elif cfg.retention == "vector":
+            # GLA: low-rank gate W2 W1 x + b, log a = logsigmoid(.) / temperature.
+            self.gk_down = _linear(D, cfg.gate_rank)
+            self.gk_up = _linear(cfg.gate_rank, H * K, bias=True)
+
+        if cfg.bias == "l2":
+            self.b_proj = _linear(D, H)
+        if cfg.norm == "rmsnorm":
+            self.o_norm = GroupRMSNorm(H, V)
+        if cfg.output_gate:
+            self.g_proj = _linear(D, H * V)
+        self.o_proj = _linear(H * V, D)
+
+    # ------------------------------------------------------------------ accounting
+    @staticmethod
+    def cost(cfg: MemoryConfig, seq_len: int) -> Cost:
+        """Analytic Cost of one mixer at sequence length ``seq_len`` (see the module docstring)."""
+        _validate(cfg)
+        D, H, K, V = cfg.d_model, cfg.heads, cfg.key_dim, cfg.value_dim
+        linears = [(D, 2 * H * K + H * V), (H * V, D)]  # q,k,v fused as one count; o_proj
+        params = 0
+        extra = 0
+        if cfg.retention == "scalar":
+            linears.append((D, H))
+            extra += 2 * H  # A_log, dt_bias
+        elif cfg.retention == "vector":
+            linears += [(D, cfg.gate_rank), (cfg.gate_rank, H * K)]
+            extra += H * K  # gate bias
+        if cfg.bias == "l2":
+            linears.append((D, H))
+        if cfg.output_gate:
+            linears.append((D, H * V))
+        if cfg.norm == "rmsnorm":
+            extra += H * V
+        conv_channels = 2 * H * K + H * V
+        state = H * K * V
+        flops = 0.0
+        if cfg.short_conv > 0:
+            extra += ShortConv.params(conv_channels, cfg.short_conv)
+            state += ShortConv.state_size(conv_channels, cfg.short_conv)
+            flops += 2 * cfg.short_conv * conv_channels
+        params = sum(i * o for i, o in linears) + extra
+        flops += sum(2 * i * o for i, o in linears)
+        write = 2 * K * V if cfg.bias == "dot" else 4 * K * V
+        decay = K * V if cfg.retention != "none" else 0
+        read = 2 * K * V
+        flops += H * (write + decay + read)
+        return Cost(params=params, state=state, flops_per_token=float(flops))
+
+    # ------------------------------------------------------------------ state
+    def init_state(self, batch_size: int, device=None) -> dict:
+        cfg = self.cfg
+        device = device if device is not None else self.q_proj.weight.device
+        state = {"memory": torch.zeros(batch_size, cfg.heads, cfg.key_dim, cfg.value_dim,
+                                       device=device, dtype=torch.float32)}
+        if self.use_conv:
+            dtype = self.q_proj.weight.dtype
+            state["conv_q"] = self.q_conv.init_state(batch_size, device, dtype)
+            state["conv_k"] = self.k_conv.init_state(batch_size, device, dtype)
+            state["conv_v"] = self.v_conv.init_state(batch_size, device, dtype)
+        return state
+
+    # ------------------------------------------------------------------ shared pieces
+    def _inputs(self, x: torch.Tensor, state: Optional[dict], step: bool):
+        """Projections, conv, feature map, key norm, gates. Works on [B,T,D] or (step) [B,D]."""
+        cfg = self.cfg
+        H, K, V = cfg.heads, cfg.key_dim, cfg.value_dim
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        new_conv = {}
+        if self.use_conv:
+            get = (lambda n: None) if state is None else state.get
+            fn = "step" if step else "forward"
+            q, new_conv["conv_q"] = getattr(self.q_conv, fn)(q, get("conv_q"))
+            k, new_conv["conv_k"] = getattr(self.k_conv, fn)(k, get("conv_k"))
+            v, new_conv["conv_v"] = getattr(self.v_conv, fn)(v, get("conv_v"))
+        lead = x.shape[:-1]
+        q = feature_map(q.view(*lead, H, K), cfg.feature_map)
+        k = feature_map(k.view(*lead, H, K), cfg.feature_map)
+        v = v.view(*lead, H, V)
+        if cfg.key_norm == "l2":
+            q = F.normalize(q, p=2.0, dim=-1, eps=1e-6)
+            k = F.normalize(k, p=2.0, dim=-1, eps=1e-6)
+
+        g = None
+        if cfg.retention == "constant":
+            g = self.log_gamma.to(x.dtype).expand(*lead, H)
+        elif cfg.retention == "scalar":
+            dt = F.softplus(self.dt_proj(x) + self.dt_bias)
+            g = -torch.exp(self.A_log) * dt
+        elif cfg.retention == "vector":
+            g = F.logsigmoid(self.gk_up(self.gk_down(x))).view(*lead, H, K) / cfg.gate_temperature
+        beta = torch.sigmoid(self.b_proj(x)) if cfg.bias == "l2" else None
+        return q, k, v, g, beta, new_conv
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o [..., H, V] (memory read) -> [..., D]."""
+        cfg = self.cfg
+        o = o.to(x.dtype)
+        if cfg.norm == "rmsnorm":
+            o = self.o_norm(o)
+        o = o.reshape(*o.shape[:-2], cfg.heads * cfg.value_dim)
+        if cfg.output_gate:
+            o = o * F.silu(self.g_proj(x))
+        return self.o_proj(o)
+
+    # ------------------------------------------------------------------ forward / step
+    def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False):
+        """x [B, T, D] -> y [B, T, D] (or (y, state) when return_state).
+
+        ``state`` (optional) continues a sequence: its "memory" is the initial memory and its conv
+        entries the last k-1 inputs of each convolved stream.
+        """
+        cfg = self.cfg
+        q, k, v, g, beta, new_conv = self._inputs(x, state, step=False)
+        init = None if state is None else state.get("memory")
+        chunk = cfg.path == "chunk"
+        if cfg.bias == "dot":
+            if chunk:
+                o, mem = chunk_gla(q, k, v, g, initial_state=init, output_final_state=return_state,
+                                   chunk_size=cfg.chunk_size)
+            else:
+                o, mem = naive_recurrent_gla(q, k, v, g, initial_state=init, output_final_state=return_state)
+        else:
+            if chunk:
+                o, mem = chunk_delta_rule(q, k, v, beta, g, initial_state=init,
+                                          output_final_state=return_state, chunk_size=cfg.chunk_size)
+            else:
+                o, mem = naive_recurrent_delta_rule(q, k, v, beta, g, initial_state=init,
+                                                    output_final_state=return_state)
+        y = self._output(o, x)
+        if not return_state:
+            return y
+        new_state = {"memory": mem, **new_conv}
+        return y, new_state
+
+    def step(self, x: torch.Tensor, state: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
+        """One decoding step: x [B, D], state dict (or None = fresh) -> (y [B, D], new state)."""
+        if state is None:
+            state = self.init_state(x.shape[0], x.device)
+        q, k, v, g, beta, new_conv = self._inputs(x, state, step=True)
+        if self.cfg.bias == "dot":
+            o, mem = gla_step(q, k, v, g, state["memory"])
+        else:
+            o, mem = delta_rule_step(q, k, v, beta, g, state["memory"])
+        return self._output(o, x), {"memory": mem, **new_conv}
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (f"bias={c.bias}, retention={c.retention}, feature_map={c.feature_map}, key_norm={c.key_norm}, "
+                f"short_conv={c.short_conv}, path={c.path}, chunk_size={c.chunk_size}")

@@ -1,0 +1,151 @@
+"""Pre-norm residual layers and the whole sequence model.
+
+Layer:  x = x + mixer(norm1(x)); x = x + mlp(norm2(x)) (the second half only when mlp is not None).
+SequenceModel: token embedding -> layers -> final RMSNorm -> (``logits``) LM head, the head tied
+to the embedding matrix when cfg.tie_embeddings.
+
+Decoding: ``init_state(B)`` gives one state per layer ({"mixer": <mixer state>}); ``step(ids, state)``
+consumes one token per sequence and returns next-token logits. ``forward(ids, state, return_state=True)``
+prefills.
+
+Accounting:
+    Layer.cost = mixer cost + mlp cost + the layer's RMSNorm gains (D per norm; norm FLOPs ignored).
+    SequenceModel.cost = sum(layer_costs) + embedding (vocab*D) + head (vocab*D unless tied; tied
+        counted once) + final norm (D) params; FLOPs add the LM head 2*D*vocab per token (the
+        embedding lookup is free); state is the layers' state only.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import Cost, LayerConfig, ModelConfig
+from .norm import RMSNorm
+from .registry import block_cost, build_block
+
+__all__ = ["Layer", "SequenceModel"]
+
+_INIT_STD = 0.02
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: LayerConfig, norm_eps: float = 1e-5):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.mixer.d_model
+        if cfg.mlp is not None and cfg.mlp.d_model != d:
+            raise ValueError(f"mixer d_model {d} != mlp d_model {cfg.mlp.d_model}")
+        self.norm1 = RMSNorm(d, norm_eps)
+        self.mixer = build_block(cfg.mixer)
+        if cfg.mlp is not None:
+            self.norm2 = RMSNorm(d, norm_eps)
+            self.mlp = build_block(cfg.mlp)
+        else:
+            self.norm2 = None
+            self.mlp = None
+
+    @staticmethod
+    def cost(cfg: LayerConfig, seq_len: int) -> Cost:
+        d = cfg.mixer.d_model
+        c = block_cost(cfg.mixer, seq_len) + Cost(d, 0, 0.0)
+        if cfg.mlp is not None:
+            c = c + block_cost(cfg.mlp, seq_len) + Cost(d, 0, 0.0)
+        return c
+
+    def init_state(self, batch_size: int, device=None) -> dict:
+        return {"mixer": self.mixer.init_state(batch_size, device)}
+
+    def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False):
+        mstate = None if state is None else state["mixer"]
+        if return_state:
+            h, mstate = self.mixer(self.norm1(x), mstate, return_state=True)
+        else:
+            h = self.mixer(self.norm1(x), mstate)
+        x = x + h
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return (x, {"mixer": mstate}) if return_state else x
+
+    def step(self, x: torch.Tensor, state: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
+        """x [B, D] -> (x [B, D], new state)."""
+        h, mstate = self.mixer.step(self.norm1(x), None if state is None else state["mixer"])
+        x = x + h
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, {"mixer": mstate}
+
+
+class SequenceModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        for i, lc in enumerate(cfg.layers):
+            if lc.mixer.d_model != cfg.d_model:
+                raise ValueError(f"layer {i}: mixer d_model {lc.mixer.d_model} != model d_model {cfg.d_model}")
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        nn.init.normal_(self.embed.weight, 0.0, _INIT_STD)
+        self.layers = nn.ModuleList(Layer(lc, cfg.norm_eps) for lc in cfg.layers)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if cfg.tie_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            nn.init.normal_(self.lm_head.weight, 0.0, _INIT_STD)
+
+    # ------------------------------------------------------------------ accounting
+    def layer_costs(self, seq_len: int) -> list[Cost]:
+        return [Layer.cost(lc, seq_len) for lc in self.cfg.layers]
+
+    @staticmethod
+    def cost_of(cfg: ModelConfig, seq_len: int) -> Cost:
+        """Analytic model cost from the config alone (see the module docstring)."""
+        total = Cost(0, 0, 0.0)
+        for lc in cfg.layers:
+            total = total + Layer.cost(lc, seq_len)
+        V, D = cfg.vocab_size, cfg.d_model
+        head_params = V * D * (1 if cfg.tie_embeddings else 2) + D  # embedding (+ untied head) + final norm
+        return total + Cost(head_params, 0, float(2 * D * V))
+
+    def cost(self, seq_len: int) -> Cost:
+        return self.cost_of(self.cfg, seq_len)
+
+    # ------------------------------------------------------------------ compute
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., D] (final-normed) -> logits [..., vocab]."""
+        w = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return hidden @ w.t()
+
+    def forward(self, input_ids: torch.Tensor, state: Optional[list] = None, return_state: bool = False):
+        """input_ids [B, T] -> final-normed hidden states [B, T, D] (not logits).
+
+        With ``return_state`` also returns the per-layer states after the sequence (prefill);
+        ``state`` continues from an earlier one.
+        """
+        x = self.embed(input_ids)
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            s = None if state is None else state[i]
+            if return_state:
+                x, s = layer(x, s, return_state=True)
+                new_states.append(s)
+            else:
+                x = layer(x, s)
+        h = self.norm(x)
+        return (h, new_states) if return_state else h
+
+    def init_state(self, batch_size: int, device=None) -> list:
+        device = device if device is not None else self.embed.weight.device
+        return [layer.init_state(batch_size, device) for layer in self.layers]
+
+    def step(self, token_ids: torch.Tensor, state: Optional[list] = None) -> tuple[torch.Tensor, list]:
+        """token_ids [B] -> (next-token logits [B, vocab], new state)."""
+        if state is None:
+            state = self.init_state(token_ids.shape[0], token_ids.device)
+        x = self.embed(token_ids)
+        new_states = []
+        for layer, s in zip(self.layers, state):
+            x, s = layer.step(x, s)
+            new_states.append(s)
+        return self.logits(self.norm(x)), new_states

@@ -1,0 +1,62 @@
+"""Normalisation layers.
+
+RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and
+cast back to the input dtype. ``group_rms_norm`` normalises each head's slice independently
+(used on the read-out of the matrix memory, shape [..., H, V]).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["RMSNorm", "GroupRMSNorm", "rms_norm", "group_rms_norm"]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
+    """RMS-normalise over the last dimension; ``weight`` broadcasts against it (or None)."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y.to(x.dtype)
+
+
+def group_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
+    """Per-head RMSNorm.
+
+    x: [..., H, V]; each head's V values are normalised on their own.
+    weight: None, [V] (shared by the heads) or [H, V] / [H*V] (one gain per channel).
+    """
+    if weight is not None and weight.dim() == 1 and weight.numel() == x.shape[-2] * x.shape[-1]:
+        weight = weight.view(x.shape[-2], x.shape[-1])
+    return rms_norm(x, weight, eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension with a learned gain (``dim`` parameters)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+class GroupRMSNorm(nn.Module):
+    """Per-head RMSNorm on [..., H, V] with one gain per channel (``heads * dim`` parameters)."""
+
+    def __init__(self, heads: int, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.heads, self.dim, self.eps = heads, dim, eps
+        self.weight = nn.Parameter(torch.ones(heads, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, dim={self.dim}, eps={self.eps}"

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+from archspace.blocks import registry
+from archspace.blocks.attention import Attention
+from archspace.blocks.config import AttentionConfig, MemoryConfig, SwiGLUConfig
+from archspace.blocks.memory import MemoryMixer
+from archspace.blocks.registry import BLOCKS, UnknownBlockError, block_cost, build_block
+from archspace.blocks.swiglu import SwiGLU
+
+
+def test_table():
+    assert BLOCKS == {"memory": MemoryMixer, "attention": Attention, "swiglu": SwiGLU}
+    assert isinstance(build_block(MemoryConfig(8, 1, 4, 4)), MemoryMixer)
+    assert isinstance(build_block(AttentionConfig(8, 2, 4)), Attention)
+    assert isinstance(build_block(SwiGLUConfig(8, 16)), SwiGLU)
+    assert block_cost(SwiGLUConfig(8, 16), 3) == SwiGLU.cost(SwiGLUConfig(8, 16), 3)
+
+
+def test_unknown_name_lists_valid_names():
+    class Fake:
+        kind = "mamba3"
+
+    with pytest.raises(KeyError) as exc:
+        build_block(Fake())
+    assert isinstance(exc.value, UnknownBlockError)
+    msg = str(exc.value)
+    assert "mamba3" in msg
+    for name in ("attention", "memory", "swiglu"):
+        assert name in msg
+    with pytest.raises(KeyError):
+        block_cost(Fake(), 4)
+
+
+def test_blocks_import_only_torch():
+    allowed_roots = {"torch", "__future__", "dataclasses", "typing", "math"}
+    root = pathlib.Path(registry.__file__).parent
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level > 0:
+                    continue  # relative: .config, ..kernels
+                mods = [node.module]
+            else:
+                continue
+            for m in mods:
+                assert m.split(".")[0] in allowed_roots, f"{path.name} imports {m}"

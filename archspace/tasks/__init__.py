@@ -1,0 +1,1 @@
+"""Synthetic and benchmark tasks used to train and evaluate architectures."""

@@ -35,6 +35,7 @@ class ConfigError(Exception):
     column: Optional[int] = None  # 1-based
     path: Optional[Sequence] = None
     hint: Optional[str] = None
+    kind: str = "invalid"  # "incompatible" when an INCOMPATIBLE rule fired (samplers skip those)
 
     def __str__(self) -> str:
         where = ""

@@ -374,6 +374,8 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
     if version != SCHEMA_VERSION:
         raise marks.error(f"schema_version {version!r} is not supported; this archspace reads version {SCHEMA_VERSION}",
                           ("schema_version",))
+    if isinstance(data.get("task"), str):
+        data["task"] = load_task_ref(data["task"], marks)
     model = data.get("model")
     if isinstance(model, dict):
         model["mixer"] = _expand_mixer(model.get("mixer"), ("model", "mixer"), marks, "gated_deltanet")
@@ -388,8 +390,10 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
         spec = getattr(m, name)
         for rule in violations(spec.model_dump()):
             keys = [k for k in rule.when if k != "type"]
-            raise marks.error(f"incompatible combination {', '.join(f'{k}: {rule.when[k]}' for k in keys)}: {rule.why}",
+            err = marks.error(f"incompatible combination {', '.join(f'{k}: {rule.when[k]}' for k in keys)}: {rule.why}",
                               ("model", name, keys[-1]))
+            err.kind = "incompatible"
+            raise err
     _check_layout(m.hybrid, m.n_layers, marks, ("model", "hybrid"))
     if m.vocab_size is not None and m.vocab_size < design.task.vocab_size:
         raise marks.error(f"vocab_size {m.vocab_size} is smaller than the task's vocabulary ({design.task.vocab_size})",
@@ -419,6 +423,59 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
             raise marks.error(f"d_model {m.d_model} is not divisible by heads {spec.heads}",
                               ("model", name, "heads"), hint="Set the per-head dims explicitly or change heads.")
     return design
+
+
+def study_dirs(anchor: Path) -> list[Path]:
+    """Where `task: NAME` looks for studies/NAME.yaml: beside the file and up to its ancestors, then ./studies."""
+    anchor = anchor.resolve()
+    dirs = [d / "studies" for d in [anchor, *anchor.parents][:4]]
+    dirs.append(Path.cwd() / "studies")
+    seen: list[Path] = []
+    for d in dirs:
+        if d not in seen:
+            seen.append(d)
+    return seen
+
+
+def load_task_ref(name: str, marks: yamlio.Marks) -> dict:
+    """`task: mqar_extrapolation` -> the validated task section of studies/mqar_extrapolation.yaml."""
+    anchor = Path(marks.file).parent if marks.file and not marks.file.startswith("<") else Path.cwd()
+    dirs = study_dirs(anchor)
+    for d in dirs:
+        f = d / f"{name}.yaml"
+        if f.is_file():
+            data, sub = yamlio.load(f)
+            if not isinstance(data, dict) or not isinstance(data.get("task"), dict):
+                raise sub.error("a study recipe must have a `task:` mapping", ())
+            extra = set(data) - {"schema_version", "description", "task"}
+            if extra:
+                key = sorted(extra)[0]
+                raise sub.error(f"unknown key '{key}' in a study recipe (allowed: schema_version, description, task)",
+                                (key,), at_key=True)
+            try:
+                TaskSpec.model_validate(_int_to_float(data["task"], TaskSpec))
+            except ValidationError as exc:
+                raise _pydantic_to_config_error(_relocate(exc), sub, data) from None
+            return data["task"]
+    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml")})
+    guess = closest(name, known)
+    raise marks.error(f"task '{name}' not found in {', '.join(str(d) for d in dirs if d.is_dir()) or 'any studies/ folder'}",
+                      ("task",), hint=(f"Did you mean '{guess}'? " if guess else "") + f"Known tasks: {', '.join(known) or 'none'}.")
+
+
+def _relocate(exc: ValidationError):
+    """Prefix a TaskSpec validation error's locations with ('task',) so marks and field lookups line up."""
+
+    class Wrapped:
+        def errors(self, include_url=False):
+            out = []
+            for e in exc.errors(include_url=False):
+                e = dict(e)
+                e["loc"] = ("task",) + tuple(e["loc"])
+                out.append(e)
+            return out
+
+    return Wrapped()
 
 
 def set_path(data: dict, path: tuple, value: Any) -> None:

@@ -6,6 +6,7 @@ PyYAML's SafeLoader follows YAML 1.1, which has three traps for config files:
     the others stay strings, so a key that expects a string gets the string the user wrote and a
     key that expects a boolean reports a clear type error.
   * a duplicate key silently keeps the last value; here it is an error naming both lines.
+  * `3:1` is the base-60 integer 181 and `010` is octal; here `3:1` is text and `010` is 10.
 Only the safe constructors are used: no Python tags, no code or import paths from YAML.
 
 `load(path)` returns the data and a `Marks` table that maps every key path to the line and column
@@ -29,11 +30,14 @@ _FLOAT = re.compile(
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
+# YAML 1.1 also reads `3:1` as the base-60 integer 181 and `010` as octal 8; integers here are
+# decimal (underscores allowed), 0x hex or 0o octal, so a hybrid ratio written without quotes stays text.
+_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$")
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 
 
 # Timestamps are dropped too: `2024-01-01` stays the string the user wrote.
-_REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")
+_REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp")
 
 
 class _Loader(yaml.SafeLoader):
@@ -47,6 +51,17 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+
+
+def _construct_int(loader, node) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    if text.startswith(("0x", "0o")):
+        return int(text[2:], 16 if text[1] == "x" else 8)
+    return int(text, 10)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
@@ -96,6 +111,14 @@ def _pos(mark) -> tuple[int, int]:
 
 def _construct(loader: _Loader, node, path: tuple, marks: Marks) -> Any:
     marks.value[path] = _pos(node.start_mark)
+    allowed = {yaml.MappingNode: {"tag:yaml.org,2002:map"}, yaml.SequenceNode: {"tag:yaml.org,2002:seq"}}
+    if node.tag not in allowed.get(type(node), _SCALAR_TAGS):
+        raise ConfigError(
+            f"tag {node.tag!r} is not allowed: archspace files hold plain data only (no Python objects or code)",
+            marks.file,
+            *_pos(node.start_mark),
+            path or None,
+        )
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves `<<` merge keys
         out: dict = {}
@@ -123,13 +146,6 @@ def _construct(loader: _Loader, node, path: tuple, marks: Marks) -> Any:
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(loader, item, path + (i,), marks) for i, item in enumerate(node.value)]
-    if node.tag not in _SCALAR_TAGS:
-        raise ConfigError(
-            f"tag {node.tag!r} is not allowed: archspace files hold plain data only (no Python objects or code)",
-            marks.file,
-            *_pos(node.start_mark),
-            path or None,
-        )
     try:
         return loader.construct_object(node)
     except yaml.YAMLError as exc:  # e.g. a malformed timestamp-like scalar

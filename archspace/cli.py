@@ -1,0 +1,188 @@
+"""The `archspace` command line.
+
+Heavy libraries (torch, Lightning, MLflow, Ray, Optuna) are imported inside the commands that need
+them, so `archspace --help` and `archspace validate` answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import EXIT_USAGE, ConfigError
+
+EXIT_FAILED = 1
+
+
+def default_results_dir() -> Path:
+    return Path(os.environ.get("ARCHSPACE_RESULTS", "results")).absolute()
+
+
+def parse_overrides(items: Sequence[str]) -> dict[tuple, Any]:
+    """`--set model.d_model=128` -> {('model', 'd_model'): 128}; values are read as YAML scalars."""
+    from . import yamlio
+
+    out: dict[tuple, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like key.path=value", file="<command line>")
+        key, _, text = item.partition("=")
+        value, _ = yamlio.loads(text or "null", file="<command line>")
+        out[tuple(key.strip().split("."))] = value
+    return out
+
+
+def _load(args):
+    from .compiler import resolve
+    from .grammar import load_design
+
+    design, _ = load_design(args.file, parse_overrides(getattr(args, "set", None)))
+    return design, resolve(design)
+
+
+def cmd_validate(args) -> int:
+    from .grammar import load_design
+
+    for f in args.files:
+        design, _ = load_design(f)
+        print(f"{f}: ok (schema_version {design.schema_version}, model with "
+              f"{design.model.n_layers or len(design.model.hybrid.pattern or '') or 2} layers)")
+    return 0
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}" if float(n).is_integer() else f"{n:.1f}"
+
+
+def cmd_show(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .blocks.model import Layer, SequenceModel
+
+    design, resolved = _load(args)
+    seq_len = args.seq_len or max(s["seq_len"] for s in resolved.task["train"])
+    costs = [Layer.cost(layer, seq_len) for layer in resolved.model.layers]
+    total = SequenceModel.cost_of(resolved.model, seq_len)
+    table = Table(title=f"{resolved.name}  design {resolved.design_hash}  layout {resolved.layout}  (T={seq_len})")
+    for col in ("layer", "mixer", "axes", "heads", "dims", "mlp", "params", "state", "FLOPs/token"):
+        table.add_column(col, justify="right" if col in ("params", "state", "FLOPs/token", "layer", "heads") else "left")
+    for i, (layer, label, cost) in enumerate(zip(resolved.model.layers, resolved.labels, costs)):
+        mx = layer.mixer
+        if mx.kind == "memory":
+            axes = f"{mx.structure}/{mx.bias}/{mx.retention}/{mx.update}"
+            dims = f"K={mx.key_dim} V={mx.value_dim}"
+        else:
+            axes = "softmax" + (f" window={mx.window}" if mx.window else " global")
+            dims = f"d={mx.head_dim}"
+        mlp = f"swiglu {layer.mlp.hidden}" if layer.mlp else "-"
+        table.add_row(str(i), label, axes, str(mx.heads), dims, mlp, _fmt(cost.params), _fmt(cost.state),
+                      _fmt(cost.flops_per_token))
+    table.add_row("all", "", "embedding + head included", "", "", "", _fmt(total.params), _fmt(total.state),
+                  _fmt(total.flops_per_token), style="bold")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    console.print(table)
+    print(f"params {total.params:,}  state {total.state:,} numbers/sequence  FLOPs/token {total.flops_per_token:,.0f}  "
+          f"design_hash {resolved.design_hash}")
+    if args.resolved:
+        print(resolved.to_yaml())
+    return 0
+
+
+def cmd_train(args) -> int:
+    import time
+
+    design, resolved = _load(args)
+    from .training import train
+
+    out = Path(args.out) if args.out else (
+        Path(args.results_dir or default_results_dir()) / "runs"
+        / f"{resolved.name}-{resolved.design_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"archspace train: {resolved.name} (design {resolved.design_hash}, layout {resolved.layout}) -> {out}",
+          flush=True)
+    metrics = train(resolved, out, progress=not args.no_progress)
+    print(f"\nfinal metrics ({resolved.name}, {metrics['steps']} steps, {metrics['train_wall_s']:.1f} s):")
+    for k in sorted(k for k in metrics if k.startswith("test/")):
+        print(f"  {k:32s} {metrics[k]:.4f}")
+    print(f"  params {metrics['params']:,}  state_size {metrics['state_size']:,}  "
+          f"throughput {metrics['throughput_tok_s']:,.0f} tok/s")
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from .grammar import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}; add `# yaml-language-server: $schema={args.out}` as a YAML file's first line")
+    else:
+        print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="archspace",
+        description="Declarative architecture search and ablation for memory-based sequence models.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("validate", help="check design files; errors name file:line:col and key", description=
+                       "Validate one or more design files against the grammar. Exit 0 if all are valid, 2 otherwise.")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("show", help="resolved per-layer table with params, state size, FLOPs and hash",
+                       description="Resolve a design and print its per-layer table.")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--seq-len", type=int, default=None, help="length for state size and FLOPs (default: longest training length)")
+    s.add_argument("--resolved", action="store_true", help="also print the resolved config as YAML")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. model.d_model=128")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("train", help="train and evaluate one design", description=
+                       "Train one design with Lightning and print its final test metrics. Writes resolved.yaml, "
+                       "history.csv, metrics.json and checkpoints into the run directory.")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--out", default=None, help="run directory (default: RESULTS/runs/<name>-<hash>-<time>)")
+    s.add_argument("--results-dir", default=None, help="results root (default: $ARCHSPACE_RESULTS or ./results)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. train.lr=3e-3")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("schema", help="write the JSON Schema of design files (editor completion)",
+                       description="Print or write the JSON Schema of design files.")
+    s.add_argument("--out", default=None, help="file to write (default: stdout)")
+    s.set_defaults(func=cmd_schema)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

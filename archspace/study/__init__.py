@@ -1,0 +1,1 @@
+"""Studies: search spaces, Ray Tune orchestration, MLflow tracking."""

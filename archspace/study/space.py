@@ -1,0 +1,525 @@
+"""Search-space files: a base design plus the axes to vary, validated like design files.
+
+    schema_version: 1
+    name: quickstart
+    base:                          # a design (inline mapping, or a path relative to this file)
+      model: {...}
+      task: mqar_small             # inline task, or a recipe name from studies/
+      train: {...}
+    axes:                          # grammar key paths; `model.` / `train.` / `task.` may be left out
+      hybrid.ratio: ["1:0", "3:1", "1:1"]                      # categorical
+      mixer.preset: [gla, deltanet, gated_deltanet]
+      mixer.short_conv: {choices: [0, 4], when: {mixer.preset: [deltanet, gated_deltanet]}}
+      d_model: {int: [32, 128], log: true}
+      lr: {float: [1e-4, 1e-2], log: true}
+    objectives: [{metric: val/acc, mode: max}, {metric: state_size, mode: min}]
+    search: {sampler: tpe, trials: 20, seed: 0}
+    pruner: {kind: asha, metric: val/acc, mode: max, grace_period: 1, reduction_factor: 2}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0, max_concurrent: null}
+    results_dir: null
+
+Designs that the grammar's INCOMPATIBLE table forbids are never sampled: the grid leaves them out,
+and define-by-run sampling drops, at each categorical axis, the choices that would complete a
+forbidden combination.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import yamlio
+from ..errors import ConfigError, closest, keypath
+from ..grammar import Design, _unwrap, set_path, validate_data
+
+SECTIONS = ("model", "task", "train")
+SAMPLERS = ("grid", "random", "tpe", "nsga2")
+PRUNERS = ("none", "asha", "median", "hyperband")
+STATIC_METRICS = ("params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s")
+TOP_KEYS = ("schema_version", "name", "description", "base", "axes", "objectives", "search", "pruner", "resources",
+            "results_dir")
+GRID_INDEX = "grid_index"
+
+
+@dataclass(frozen=True)
+class Axis:
+    path: tuple
+    kind: str  # "choice" | "int" | "float"
+    choices: tuple = ()
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    when: tuple = ()  # ((path, (allowed values...)), ...)
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.path)
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind == "choice" or (self.kind == "int" and not self.log)
+
+    def values(self) -> list:
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.kind == "int" and not self.log:
+            step = int(self.step or 1)
+            return list(range(int(self.low), int(self.high) + 1, step))
+        raise ValueError(f"axis {self.name} is continuous")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str  # max | min
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    file: str
+    base: dict
+    axes: tuple
+    objectives: tuple
+    sampler: str
+    seed: int
+    trials: int
+    pruner: dict
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: Optional[int]
+    results_dir: Optional[str]
+    description: str = ""
+    grid: tuple = field(default=(), compare=False)  # the enumerated grid (grid sampler only)
+
+    @property
+    def space_hash(self) -> str:
+        """Identity of what is searched (base, axes, objectives, sampler, seed, trials)."""
+        payload = {"base": self.base, "axes": [a.__dict__ for a in self.axes], "objectives": [o.__dict__ for o in self.objectives],
+                   "sampler": self.sampler, "seed": self.seed, "trials": self.trials}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# key paths
+# ----------------------------------------------------------------------------------------------
+def _field_exists(path: tuple) -> bool:
+    cls: Any = Design
+    for part in path:
+        if not (isinstance(cls, type) and hasattr(cls, "model_fields") and part in cls.model_fields):
+            return False
+        cls, _ = _unwrap(cls.model_fields[part].annotation)
+    return True
+
+
+def _all_paths(cls=Design, prefix=()) -> list[str]:
+    out = []
+    for name, f in cls.model_fields.items():
+        ann, _ = _unwrap(f.annotation)
+        if isinstance(ann, type) and hasattr(ann, "model_fields"):
+            out += _all_paths(ann, prefix + (name,))
+        else:
+            out.append(".".join(prefix + (name,)))
+    return out
+
+
+def expand_path(text: str, marks: yamlio.Marks, where: tuple) -> tuple:
+    """'hybrid.ratio' -> ('model', 'hybrid', 'ratio'); full paths pass through; errors name the axis."""
+    parts = tuple(str(text).split("."))
+    if parts[0] in SECTIONS:
+        candidates = [parts] if _field_exists(parts) else []
+    else:
+        candidates = [(s,) + parts for s in SECTIONS if _field_exists((s,) + parts)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        guess = closest(str(text), _all_paths() + [p.split(".", 1)[1] for p in _all_paths() if "." in p])
+        raise marks.error(f"'{text}' is not a key path of the grammar", where, at_key=True,
+                          hint=f"Did you mean '{guess}'?" if guess else "Run `archspace schema` for every key.")
+    raise marks.error(f"'{text}' is ambiguous: it could be {' or '.join('.'.join(c) for c in candidates)}", where,
+                      at_key=True, hint="Write the full path.")
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------
+def _mapping(value, marks, path, what) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise marks.error(f"{what} must be a mapping", path)
+    return value
+
+
+def _check_keys(d: dict, allowed, marks, path):
+    for key in d:
+        if key not in allowed:
+            guess = closest(str(key), allowed)
+            raise marks.error(f"unknown key '{key}'", path + (key,), at_key=True,
+                              hint=(f"Did you mean '{guess}'? " if guess else "") + f"Valid keys here: {', '.join(allowed)}.")
+
+
+def _number(v, marks, path, integer=False):
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok:
+        raise marks.error(f"expected {'an integer' if integer else 'a number'}, got {v!r}", path)
+    return v
+
+
+def _parse_axis(name: str, spec: Any, marks: yamlio.Marks) -> Axis:
+    where = ("axes", name)
+    path = expand_path(name, marks, where)
+    when: tuple = ()
+    if isinstance(spec, list):
+        spec = {"choices": spec}
+    if not isinstance(spec, dict):
+        raise marks.error("an axis is a list of choices or a mapping with choices / int / float", where)
+    _check_keys(spec, ("choices", "int", "float", "log", "step", "when"), marks, where)
+    kinds = [k for k in ("choices", "int", "float") if k in spec]
+    if len(kinds) != 1:
+        raise marks.error("an axis needs exactly one of choices, int or float", where)
+    if "when" in spec:
+        cond = _mapping(spec["when"], marks, where + ("when",), "when")
+        items = []
+        for ck, cv in cond.items():
+            cpath = expand_path(ck, marks, where + ("when", ck))
+            items.append((cpath, tuple(cv) if isinstance(cv, list) else (cv,)))
+        when = tuple(items)
+    kind = kinds[0]
+    if kind == "choices":
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise marks.error("choices must be a non-empty list", where + ("choices",))
+        if len({json.dumps(c, sort_keys=True, default=str) for c in choices}) != len(choices):
+            raise marks.error("choices repeat a value", where + ("choices",))
+        return Axis(path, "choice", choices=tuple(choices), when=when)
+    rng = spec[kind]
+    if not isinstance(rng, list) or len(rng) != 2:
+        raise marks.error(f"{kind} takes a range [low, high]", where + (kind,))
+    low = _number(rng[0], marks, where + (kind, 0), integer=kind == "int")
+    high = _number(rng[1], marks, where + (kind, 1), integer=kind == "int")
+    if not low < high:
+        raise marks.error(f"range [{low}, {high}] is empty: low must be below high", where + (kind,))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise marks.error("log must be true or false", where + ("log",))
+    if log and low <= 0:
+        raise marks.error("a log-scaled range must be positive", where + (kind,))
+    step = spec.get("step")
+    if step is not None:
+        _number(step, marks, where + ("step",), integer=kind == "int")
+        if log:
+            raise marks.error("step and log cannot be combined", where + ("step",))
+    return Axis(path, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _metric_ok(metric: str) -> bool:
+    if metric in STATIC_METRICS:
+        return True
+    head, _, rest = metric.partition("/")
+    if head not in ("val", "test"):
+        return False
+    return rest in ("acc", "loss") or rest.startswith("acc/")
+
+
+def load_space(path) -> Space:
+    """Load and validate a space file: every problem is a ConfigError (file:line:col, key path)."""
+    file = str(Path(path).absolute())
+    data, marks = yamlio.load(path)
+    marks.file = str(path)
+    if not isinstance(data, dict):
+        raise marks.error("a space file must be a mapping with base, axes, objectives, search", ())
+    _check_keys(data, TOP_KEYS, marks, ())
+    if data.get("schema_version", 1) != 1:
+        raise marks.error(f"schema_version {data['schema_version']!r} is not supported; this archspace reads 1",
+                          ("schema_version",))
+    name = data.get("name", Path(path).stem)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise marks.error("name must be letters, digits, '-', '_' or '.'", ("name",))
+
+    # base design: inline, or a path relative to the space file
+    base = data.get("base")
+    base_marks = marks.child(("base",))
+    if isinstance(base, str):
+        bpath = (Path(path).parent / base)
+        base, base_marks = yamlio.load(bpath)
+    if not isinstance(base, dict):
+        raise marks.error("base must be a design mapping (model, task, train) or a path to a design file", ("base",))
+    base = copy.deepcopy(base)
+    if not isinstance(data.get("base"), str):
+        base_marks.file = str(path)
+    validate_data(base, base_marks)  # the base itself must be a valid design
+    if isinstance(base.get("task"), str):  # inline the referenced recipe so trials need no file lookups
+        from ..grammar import load_task_ref
+
+        base["task"] = load_task_ref(base["task"], base_marks)
+
+    axes_raw = _mapping(data.get("axes"), marks, ("axes",), "axes")
+    if not axes_raw:
+        raise marks.error("a space needs at least one axis", ("axes",), at_key=True)
+    axes = tuple(_parse_axis(k, v, marks) for k, v in axes_raw.items())
+    names = [a.name for a in axes]
+    for a in axes:
+        for cpath, _ in a.when:
+            cname = ".".join(cpath)
+            if cname in names and names.index(cname) >= names.index(a.name):
+                raise marks.error(f"'when' may only refer to axes listed before this one ({cname} comes later)",
+                                  ("axes", [k for k in axes_raw][names.index(a.name)], "when"))
+    if len(set(names)) != len(names):
+        dup = [n for n in names if names.count(n) > 1][0]
+        raise marks.error(f"axis {dup} is given twice (under two spellings)", ("axes",))
+
+    objectives_raw = data.get("objectives", [{"metric": "val/acc", "mode": "max"}])
+    if isinstance(objectives_raw, dict):
+        objectives_raw = [objectives_raw]
+    if not isinstance(objectives_raw, list) or not objectives_raw:
+        raise marks.error("objectives must be a list of {metric, mode}", ("objectives",))
+    objectives = []
+    for i, o in enumerate(objectives_raw):
+        o = _mapping(o, marks, ("objectives", i), "an objective")
+        _check_keys(o, ("metric", "mode"), marks, ("objectives", i))
+        metric, mode = o.get("metric"), o.get("mode", "max")
+        if not isinstance(metric, str) or not _metric_ok(metric):
+            raise marks.error(f"unknown metric {metric!r}", ("objectives", i, "metric"),
+                              hint="Use val/acc, val/loss, val/acc/<slice>, test/acc, test/loss, test/acc/<slice>, "
+                                   + ", ".join(STATIC_METRICS) + ".")
+        if mode not in ("max", "min"):
+            raise marks.error(f"mode must be max or min, got {mode!r}", ("objectives", i, "mode"))
+        objectives.append(Objective(metric, mode))
+
+    search = _mapping(data.get("search"), marks, ("search",), "search")
+    _check_keys(search, ("sampler", "trials", "seed"), marks, ("search",))
+    default_sampler = "nsga2" if len(objectives) > 1 else ("grid" if all(a.discrete for a in axes) else "tpe")
+    sampler = search.get("sampler", default_sampler)
+    if sampler not in SAMPLERS:
+        guess = closest(str(sampler), SAMPLERS)
+        raise marks.error(f"unknown sampler {sampler!r}", ("search", "sampler"),
+                          hint=(f"Did you mean '{guess}'? " if guess else "") + f"Samplers: {', '.join(SAMPLERS)}.")
+    seed = _number(search.get("seed", 0), marks, ("search", "seed"), integer=True)
+    grid: tuple = ()
+    if sampler == "grid":
+        cont = [a.name for a in axes if not a.discrete]
+        if cont:
+            raise marks.error(f"the grid sampler needs discrete axes; {', '.join(cont)} is continuous", ("search", "sampler"),
+                              hint="Give it choices, or use random / tpe.")
+    trials = search.get("trials")
+    if trials is not None:
+        _number(trials, marks, ("search", "trials"), integer=True)
+        if trials < 1:
+            raise marks.error("trials must be at least 1", ("search", "trials"))
+
+    pruner = _mapping(data.get("pruner"), marks, ("pruner",), "pruner")
+    _check_keys(pruner, ("kind", "metric", "mode", "grace_period", "reduction_factor"), marks, ("pruner",))
+    pr = {"kind": pruner.get("kind", "asha"), "metric": pruner.get("metric", "val/acc"), "mode": pruner.get("mode", "max"),
+          "grace_period": pruner.get("grace_period", 1), "reduction_factor": pruner.get("reduction_factor", 2)}
+    if pr["kind"] not in PRUNERS:
+        raise marks.error(f"unknown pruner {pr['kind']!r}", ("pruner", "kind"), hint=f"Pruners: {', '.join(PRUNERS)}.")
+    if not isinstance(pr["metric"], str) or not pr["metric"].startswith("val/") or not _metric_ok(pr["metric"]):
+        raise marks.error(f"the pruner needs an intermediate validation metric (val/acc, val/loss, val/acc/<slice>), "
+                          f"got {pr['metric']!r}", ("pruner", "metric"))
+    if pr["mode"] not in ("max", "min"):
+        raise marks.error("mode must be max or min", ("pruner", "mode"))
+    _number(pr["grace_period"], marks, ("pruner", "grace_period"), integer=True)
+    _number(pr["reduction_factor"], marks, ("pruner", "reduction_factor"), integer=True)
+    if pr["grace_period"] < 1 or pr["reduction_factor"] < 2:
+        raise marks.error("grace_period must be >= 1 and reduction_factor >= 2", ("pruner",))
+
+    res = _mapping(data.get("resources"), marks, ("resources",), "resources")
+    _check_keys(res, ("cpus_per_trial", "gpus_per_trial", "max_concurrent"), marks, ("resources",))
+    cpus = _number(res.get("cpus_per_trial", 1), marks, ("resources", "cpus_per_trial"))
+    gpus = _number(res.get("gpus_per_trial", 0), marks, ("resources", "gpus_per_trial"))
+    if cpus <= 0 or gpus < 0:
+        raise marks.error("cpus_per_trial must be > 0 and gpus_per_trial >= 0", ("resources",))
+    maxc = res.get("max_concurrent")
+    if maxc is not None and (_number(maxc, marks, ("resources", "max_concurrent"), integer=True) < 1):
+        raise marks.error("max_concurrent must be at least 1", ("resources", "max_concurrent"))
+    results_dir = data.get("results_dir")
+    if results_dir is not None and not isinstance(results_dir, str):
+        raise marks.error("results_dir must be a path", ("results_dir",))
+    if results_dir is not None and not Path(results_dir).is_absolute():
+        results_dir = str((Path(path).parent / results_dir).absolute())
+
+    space = Space(name=name, file=file, base=base, axes=axes, objectives=tuple(objectives), sampler=sampler, seed=seed,
+                  trials=trials or 0, pruner=pr, cpus_per_trial=float(cpus), gpus_per_trial=float(gpus),
+                  max_concurrent=maxc, results_dir=results_dir, description=str(data.get("description", "")))
+    # Check every value of every axis against the grammar (incompatible combinations are fine here:
+    # the sampler skips them), so a typo fails now, not in a worker.
+    for a, key in zip(axes, axes_raw):
+        probes = a.choices if a.kind == "choice" else (a.low, a.high)
+        for i, v in enumerate(probes):
+            try:
+                _validate(space, {a.name: v}, check=False)
+            except ConfigError as exc:
+                if exc.kind == "incompatible":
+                    continue
+                where = ("axes", key) + (("choices", i) if a.kind == "choice" and isinstance(axes_raw[key], dict) else
+                                         (i,) if a.kind == "choice" else (a.kind, i))
+                raise marks.error(f"value {v!r} for {a.name} is invalid: {exc.message}", where) from None
+    if sampler == "grid":
+        grid = tuple(enumerate_grid(space))
+        if not grid:
+            raise marks.error("every design of this grid is forbidden by the incompatibility table", ("axes",))
+        trials = min(trials or len(grid), len(grid))
+        space = Space(**{**space.__dict__, "grid": grid, "trials": trials})
+    elif not trials:
+        raise marks.error("search.trials is required for the random, tpe and nsga2 samplers", ("search",), at_key=True)
+    return space
+
+
+# ----------------------------------------------------------------------------------------------
+# designs from values
+# ----------------------------------------------------------------------------------------------
+def _with_values(space: Space, values: dict) -> dict:
+    data = copy.deepcopy(space.base)
+    for name, v in values.items():
+        set_path(data, tuple(name.split(".")), v)
+    return data
+
+
+def _validate(space: Space, values: dict, check: bool = True):
+    marks = yamlio.Marks(f"{space.file} (sampled {', '.join(f'{k}={v!r}' for k, v in values.items())})")
+    return validate_data(_with_values(space, values), marks)
+
+
+def is_incompatible(space: Space, values: dict) -> bool:
+    try:
+        _validate(space, values)
+    except ConfigError as exc:
+        return exc.kind == "incompatible"
+    return False
+
+
+def _current(space: Space, values: dict, path: tuple):
+    name = ".".join(path)
+    if name in values:
+        return values[name]
+    node: Any = space.base
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            if path[:2] in (("model", "mixer"), ("model", "attention")) and len(path) == 3:
+                return _preset_value(space, values, path)
+            return None
+        node = node[part]
+    return node
+
+
+def _preset_value(space: Space, values: dict, path: tuple):
+    from ..grammar import PRESETS
+
+    preset = _current(space, values, path[:2] + ("preset",))
+    return PRESETS.get(preset, {}).get(path[2]) if isinstance(preset, str) else None
+
+
+def _active(space: Space, axis: Axis, values: dict) -> bool:
+    return all(_current(space, values, p) in allowed for p, allowed in axis.when)
+
+
+def enumerate_grid(space: Space) -> list[dict]:
+    """Every compatible combination of the discrete axes, in a fixed order (inactive axes omitted)."""
+    out: list[dict] = []
+
+    def rec(i: int, values: dict):
+        if i == len(space.axes):
+            if not is_incompatible(space, values):
+                out.append(dict(values))
+            return
+        a = space.axes[i]
+        if not _active(space, a, values):
+            rec(i + 1, values)
+            return
+        for v in a.values():
+            values[a.name] = v
+            rec(i + 1, values)
+            del values[a.name]
+
+    rec(0, {})
+    return out
+
+
+def _param_name(axis: Axis, allowed: list) -> str:
+    """Optuna needs a fixed choice set per name: a filtered set gets a name of its own."""
+    if len(allowed) == len(axis.choices):
+        return axis.name
+    return f"{axis.name}|{','.join(str(c) for c in allowed)}"
+
+
+def define_by_run(space: Space, trial) -> None:
+    """Optuna define-by-run search space (module level, so Ray can pickle it for restore)."""
+    if space.sampler == "grid":
+        trial.suggest_categorical(GRID_INDEX, list(range(len(space.grid))))
+        return None
+    values: dict = {}
+    for a in space.axes:
+        if not _active(space, a, values):
+            continue
+        if a.kind == "choice":
+            allowed = [c for c in a.choices if not is_incompatible(space, {**values, a.name: c})]
+            if not allowed:  # nothing compatible: keep the base value for this axis
+                continue
+            values[a.name] = trial.suggest_categorical(_param_name(a, allowed), allowed)
+        elif a.kind == "int":
+            values[a.name] = trial.suggest_int(a.name, int(a.low), int(a.high), log=a.log,
+                                               step=int(a.step) if a.step else 1)
+        else:
+            values[a.name] = trial.suggest_float(a.name, float(a.low), float(a.high), log=a.log, step=a.step)
+    return None
+
+
+def values_from_config(space: Space, config: dict) -> dict:
+    """The sampled values of one trial, keyed by full dotted path."""
+    if space.sampler == "grid":
+        return dict(space.grid[int(config[GRID_INDEX])])
+    names = {a.name for a in space.axes}
+    out = {}
+    for key, v in config.items():
+        base = key.split("|", 1)[0]
+        if base in names:
+            out[base] = v
+    return out
+
+
+def resolve_values(space: Space, values: dict, name: Optional[str] = None):
+    """base + sampled values -> a validated, resolved design."""
+    from ..compiler import resolve
+
+    design = _validate(space, values)
+    if design.name is None:
+        design = design.model_copy(update={"name": name or space.name})
+    return resolve(design)
+
+
+def make_sampler(space: Space):
+    import optuna
+
+    if space.sampler == "grid":
+        return optuna.samplers.GridSampler({GRID_INDEX: list(range(len(space.grid)))}, seed=space.seed)
+    if space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=space.seed)
+    if space.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=space.seed)
+    return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, group=True)
+
+
+def grid_size(space: Space) -> Optional[int]:
+    return len(space.grid) if space.sampler == "grid" else None
+
+
+def describe(space: Space) -> str:
+    lines = [f"space {space.name}: {len(space.axes)} axes, sampler {space.sampler}, {space.trials} trials"]
+    for a in space.axes:
+        dom = (", ".join(map(str, a.choices)) if a.kind == "choice"
+               else f"{a.kind} [{a.low}, {a.high}]{' log' if a.log else ''}")
+        cond = (" when " + ", ".join(f"{'.'.join(p)} in {list(v)}" for p, v in a.when)) if a.when else ""
+        lines.append(f"  {a.name}: {dom}{cond}")
+    lines.append("  objectives: " + ", ".join(f"{o.mode} {o.metric}" for o in space.objectives))
+    return "\n".join(lines)
+
+
+__all__ = ["Axis", "Objective", "Space", "load_space", "define_by_run", "values_from_config", "resolve_values",
+           "make_sampler", "grid_size", "enumerate_grid", "is_incompatible", "describe", "keypath", "math", "itertools"]

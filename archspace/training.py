@@ -1,0 +1,279 @@
+"""Training: a resolved design -> LightningModule + data module -> Lightning Trainer -> metrics.
+
+`train(resolved, run_dir)` is the one entry point used by `archspace train` and by study trials.
+It writes `resolved.yaml` into the run directory before anything else, `metrics.json` and
+`history.csv` at the end, and checkpoints under `checkpoints/` when the recipe asks for them.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from .blocks.config import AttentionConfig, MemoryConfig, ModelConfig
+from .blocks.model import SequenceModel
+from .compiler import Resolved
+
+IGNORE = -100
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def kernel_paths(model: ModelConfig) -> list[str]:
+    """Which computation each layer's token mixer runs (logged with every run)."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer.mixer, MemoryConfig):
+            op = "delta_rule" if layer.mixer.bias == "l2" else "gla"
+            out.append(f"{op}:{layer.mixer.path}")
+        elif isinstance(layer.mixer, AttentionConfig):
+            out.append("sdpa" if layer.mixer.window is None else f"sdpa:window{layer.mixer.window}")
+        else:
+            out.append(type(layer.mixer).__name__)
+    return out
+
+
+def build_datamodule(task: dict, batch_size: int):
+    """The Lightning data module of a resolved task section."""
+    if task["name"] == "mqar":
+        from .tasks.mqar import MQARDataModule, MQARSlice
+
+        return MQARDataModule(
+            vocab_size=task["vocab_size"],
+            train=[MQARSlice(**s) for s in task["train"]],
+            test=[MQARSlice(**s) for s in task["test"]],
+            batch_size=batch_size,
+            power_a=task["power_a"],
+            random_non_queries=task["random_non_queries"],
+            seed=task["seed"],
+        )
+    raise ValueError(f"unknown task {task['name']!r}")
+
+
+def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at `step`: linear warm-up, then cosine/linear/constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class RecallModule(L.LightningModule):
+    """Next-token training with loss and accuracy only where labels are given (label != -100).
+
+    The LM head runs only at labelled positions: on MQAR that is a few queries per sequence, which
+    saves most of the vocab-sized matmul.
+    """
+
+    def __init__(self, resolved: dict, slice_names: list[str]):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_cfg = resolved["train"]
+        self.model = SequenceModel(ModelConfig.from_dict(resolved["model"]))
+        self.slice_names = list(slice_names)
+        self._reset_eval()
+
+    def _reset_eval(self):
+        n = len(self.slice_names)
+        self._correct = torch.zeros(n, dtype=torch.long)
+        self._count = torch.zeros(n, dtype=torch.long)
+        self._loss_sum = 0.0
+        self._loss_n = 0
+
+    def _step(self, batch):
+        hidden = self.model(batch["input_ids"])  # (B, T, D)
+        labels = batch["labels"]
+        mask = labels != IGNORE
+        logits = self.model.logits(hidden[mask])  # (N, vocab)
+        target = labels[mask]
+        loss = F.cross_entropy(logits.float(), target)
+        return loss, logits.argmax(-1) == target, mask
+
+    def training_step(self, batch, batch_idx):
+        loss, _, _ = self._step(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _eval_step(self, batch):
+        loss, hits, mask = self._step(batch)
+        per_example = mask.sum(1)  # labelled positions per sequence
+        ex_of_label = torch.repeat_interleave(torch.arange(mask.shape[0], device=mask.device), per_example)
+        slices = batch["slice"][ex_of_label].cpu()
+        n = len(self.slice_names)
+        self._correct += torch.bincount(slices, weights=hits.cpu().long(), minlength=n).long()
+        self._count += torch.bincount(slices, minlength=n)
+        self._loss_sum += loss.item() * int(mask.sum())
+        self._loss_n += int(mask.sum())
+
+    def _eval_end(self, prefix: str):
+        acc = self._correct.sum().item() / max(1, self._count.sum().item())
+        self.log(f"{prefix}/acc", acc, prog_bar=True)
+        self.log(f"{prefix}/loss", self._loss_sum / max(1, self._loss_n))
+        for name, c, n in zip(self.slice_names, self._correct.tolist(), self._count.tolist()):
+            self.log(f"{prefix}/acc/{name}", c / max(1, n))
+        self._reset_eval()
+
+    def on_validation_epoch_start(self):
+        self._reset_eval()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val")
+
+    def on_test_epoch_start(self):
+        self._reset_eval()
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        if cfg["optimizer"] == "sgd":
+            opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=0.9)
+        elif cfg["optimizer"] == "adam":
+            for g in groups:
+                g["weight_decay"] = 0.0
+            opt = torch.optim.Adam(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+        else:
+            opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda s: lr_lambda(s, cfg["warmup_steps"], cfg["max_steps"], cfg["schedule"], cfg["min_lr_ratio"]),
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class History(L.Callback):
+    """Collects the metric curves and throughput; calls `report(step, metrics)` after each validation."""
+
+    def __init__(self, report: Optional[Callable[[int, dict], None]] = None):
+        self.rows: list[dict] = []
+        self.report = report
+        self.train_tokens = 0
+        self.train_time = 0.0
+        self._t0 = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.train_time += time.perf_counter() - self._t0
+        self.train_tokens += batch["input_ids"].numel()
+        step = trainer.global_step
+        if step % 10 == 0 and "train/loss" in trainer.callback_metrics:
+            self.rows.append({"step": step, "train/loss": float(trainer.callback_metrics["train/loss"])})
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics["step"] = trainer.global_step
+        metrics["throughput_tok_s"] = self.throughput
+        self.rows.append(dict(metrics))
+        if self.report is not None:
+            self.report(trainer.global_step, metrics)
+
+    @property
+    def throughput(self) -> float:
+        return self.train_tokens / self.train_time if self.train_time > 0 else 0.0
+
+
+def write_history(rows: list[dict], path: Path) -> None:
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def train(
+    resolved: Resolved,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    report: Optional[Callable[[int, dict], None]] = None,
+    callbacks: tuple = (),
+) -> dict[str, Any]:
+    """Train and test one resolved design; return the final metrics (also written to metrics.json)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved.yaml").write_text(resolved.to_yaml())
+    cfg = resolved.train
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    L.seed_everything(cfg["seed"], workers=True, verbose=False)
+    data = build_datamodule(resolved.task, cfg["batch_size"])
+    data.setup("fit")
+    module = RecallModule(resolved.to_dict(), data.slice_names("test"))
+    cost = module.model.cost(max(s["seq_len"] for s in resolved.task["train"]))
+    static = {"params": cost.params, "state_size": cost.state, "flops_per_token": cost.flops_per_token}
+    history = History(None if report is None else (lambda step, m: report(step, {**static, **m})))
+    cbs: list = [history, *callbacks]
+    if cfg["checkpoint"]:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        cbs.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+                                   save_last=True, save_top_k=1))
+    trainer = L.Trainer(
+        max_steps=cfg["max_steps"],
+        val_check_interval=min(cfg["eval_every"], cfg["max_steps"]),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg["grad_clip"],
+        precision=cfg["precision"],
+        accelerator=cfg["accelerator"],
+        devices=cfg["devices"],
+        strategy="ddp" if cfg["devices"] > 1 else "auto",
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=bool(cfg["checkpoint"]),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        callbacks=cbs,
+        default_root_dir=str(run_dir),
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    wall = time.perf_counter() - t0
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    tested = trainer.test(module, datamodule=data, verbose=False)[0]
+    metrics: dict[str, Any] = {k: float(v) for k, v in tested.items()}
+    metrics.update(final)
+    metrics.update(static)
+    metrics.update(
+        {
+            "steps": trainer.global_step,
+            "train_wall_s": wall,
+            "throughput_tok_s": history.throughput,
+            "design_hash": resolved.design_hash,
+            "data_hash": data.data_hash(),
+            "kernel_paths": kernel_paths(resolved.model),
+        }
+    )
+    write_history(history.rows, run_dir / "history.csv")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

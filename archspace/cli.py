@@ -117,6 +117,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .study.space import load_space
+
+    space = load_space(args.space)  # a malformed space exits 2 here, before Ray starts
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be at least 1, got {args.max_concurrent}", file="<command line>")
+    from .study.runner import run_study
+
+    outcome = run_study(space, results_dir=args.results_dir, ray_address=args.ray_address,
+                        tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent, fresh=args.fresh)
+    return outcome.exit_code
+
+
 def cmd_schema(args) -> int:
     import json
 
@@ -160,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. train.lr=3e-3")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("study", help="search a space of designs: Optuna + Ray Tune + MLflow", description=
+                       "Sample designs from a space file, train each on Ray Tune (ASHA/median early stopping), and log "
+                       "every trial to MLflow. Running the same command again resumes an interrupted study. "
+                       "Exit 0 if at least one trial finished, 1 if all failed, 2 for bad input, 130 if interrupted.")
+    s.add_argument("space", metavar="SPACE.yaml")
+    s.add_argument("--results-dir", default=None,
+                   help="results root; the study goes to RESULTS/studies/<name>/ (default: the space's results_dir, "
+                        "$ARCHSPACE_RESULTS or ./results)")
+    s.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a running Ray cluster (`ray start --head`) instead of starting an embedded one; "
+                        "needs the cluster's token from ~/.ray/auth_token")
+    s.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking server URL (default: sqlite:///<study dir>/mlflow.db)")
+    s.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                   help="trials at a time (default: the space's max_concurrent, else CPUs // cpus_per_trial)")
+    s.add_argument("--fresh", action="store_true",
+                   help="start a new study directory (<name>-2, ...) even if one exists; nothing is deleted")
+    s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("schema", help="write the JSON Schema of design files (editor completion)",
                        description="Print or write the JSON Schema of design files.")

@@ -1,0 +1,556 @@
+"""Running a study: Optuna samples designs, Ray Tune runs and early-stops them, MLflow records them.
+
+    archspace study spaces/quickstart.yaml
+
+Layout of a study directory (`<results>/studies/<space name>/`):
+
+    study.json        which space (file and hash) this directory belongs to
+    space.yaml        a copy of the space file as it was when the study started
+    tune/             Ray Tune's experiment state (what `Tuner.restore` resumes from)
+    trials/<id>/      one run directory per trial: resolved.yaml, history.csv, metrics.json, error.json
+    mlflow.db         the embedded MLflow store (when no --tracking-uri is given), mlartifacts/ its artifacts
+    report.md         the final table of designs, counts, and the Pareto front for several objectives
+    summary.json      the same, machine-readable
+
+Running the same command again resumes an interrupted study (Ctrl-C or a killed driver):
+finished trials are kept, unfinished ones start again, and MLflow runs are reused by trial id.
+
+Ray: by default archspace starts an embedded Ray sized to this machine and stops it at the end.
+With `--ray-address HOST:PORT` it joins a running cluster instead, e.g. one started by
+
+    ray start --head --node-ip-address=<ip> --port=6379 --num-cpus=<n> --include-dashboard=false
+
+Since Ray 2.59 the head enables token authentication and writes the token to ~/.ray/auth_token;
+every worker node (`ray start --address=<ip>:6379`) and every driver needs that token (copy the
+file to the same place on each machine, or export RAY_AUTH_TOKEN). Workers import archspace, so it
+must be installed in the workers' Python environment, and the results directory should be on a
+file system that all nodes share (the driver reads trials/<id>/ to log kernel paths and files).
+
+Several GPUs per trial (resources.gpus_per_trial >= 2) train with Lightning DDP: the design's
+train.accelerator/train.devices are set from the space's resources.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import ConfigError
+
+OBJECT_STORE_BYTES = 256 * 1024 ** 2  # trials pass only small dicts; Ray's default would take 30% of RAM
+EXPERIMENT_NAME = "tune"
+FAULT_ENV = "ARCHSPACE_STUDY_FAULT"  # test hook: "key=value:kind" makes matching trials fail (kind: nan|oom|error)
+EXIT_OK, EXIT_ALL_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+# ----------------------------------------------------------------------------------------------
+# The trial (runs inside a Ray worker; module level so Tuner.restore can import it)
+# ----------------------------------------------------------------------------------------------
+class TrialFailed(RuntimeError):
+    """Raised by a trial with a one-line reason; the driver records it in MLflow."""
+
+
+def _numbers(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _with_proxies(metrics: dict, objectives: list, elapsed: float) -> dict:
+    """Intermediate reports carry every objective (Tune and OptunaSearch require it): test/* objectives
+    are stood in for by their val/* counterpart, train_wall_s by the elapsed time, so a pruned trial
+    reaches Optuna with its partial-budget values."""
+    out = dict(metrics)
+    out.setdefault("train_wall_s", elapsed)
+    for m in objectives:
+        if m not in out and m.startswith("test/") and "val/" + m[5:] in out:
+            out[m] = out["val/" + m[5:]]
+    return out
+
+
+def _inject_fault(spec: Optional[str], values: dict) -> None:
+    if not spec:
+        return
+    cond, _, kind = spec.rpartition(":")
+    key, _, want = cond.partition("=")
+    if key not in values or str(values[key]) != want:
+        return
+    from ..training import NonFiniteLoss
+
+    if kind == "nan":
+        raise NonFiniteLoss(f"non-finite training loss (nan) at step 0 (injected by {FAULT_ENV})")
+    if kind == "oom":
+        raise MemoryError(f"injected by {FAULT_ENV}")
+    raise RuntimeError(f"injected failure ({FAULT_ENV}={spec})")
+
+
+def _reason(exc: BaseException) -> str:
+    from ..training import NonFiniteLoss
+
+    import torch
+
+    msg = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
+    if isinstance(exc, NonFiniteLoss):
+        return f"non-finite loss: {msg}"
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return f"out of memory ({type(exc).__name__}): {msg}".rstrip(": ")
+    if isinstance(exc, ConfigError):
+        return f"invalid design: {msg}"
+    return f"{type(exc).__name__}: {msg}".rstrip(": ")
+
+
+def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional[dict] = None) -> None:
+    """Ray Tune function trainable: sampled values -> resolved design -> train() -> reports.
+
+    Reports after every validation (the scheduler prunes on these) and once more with the final,
+    tested metrics plus `archspace/final = 1`. A trial directory that already holds metrics.json of
+    the same design is not trained again (a resumed study whose driver died just after a trial
+    finished). Failures write error.json with a one-line reason and raise TrialFailed.
+    """
+    from ray import tune
+
+    from .space import resolve_values, values_from_config
+    from .tracking import FINAL_KEY
+
+    execution = dict(execution or {})
+    fault = execution.pop("_fault", None)
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(study_dir) / "trials" / trial_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    objectives = [o.metric for o in space.objectives]
+    t0 = time.perf_counter()
+    try:
+        values = values_from_config(space, config)
+        resolved = resolve_values(space, {**values, **execution})
+        done = run_dir / "metrics.json"
+        final = None
+        if done.exists():
+            try:
+                saved = json.loads(done.read_text())
+                if saved.get("design_hash") == resolved.design_hash and "test/acc" in saved:
+                    final = saved
+            except ValueError:
+                final = None
+        if final is None:
+            (run_dir / "error.json").unlink(missing_ok=True)
+            _inject_fault(fault, values)
+            from ..training import train
+
+            def report(step: int, metrics: dict) -> None:
+                tune.report(_with_proxies(_numbers(metrics), objectives, time.perf_counter() - t0))
+
+            final = train(resolved, run_dir, progress=False, report=report)
+    except Exception as exc:
+        reason = _reason(exc)
+        (run_dir / "error.json").write_text(json.dumps({"reason": reason, "type": type(exc).__name__}, indent=2))
+        raise TrialFailed(reason) from exc
+    out = _numbers(final)
+    out["step"] = float(final.get("steps", 0))
+    out[FINAL_KEY] = 1.0
+    tune.report(out)
+
+
+def trial_dirname(trial) -> str:
+    """Tune's per-trial directory: just the trial id (the default name embeds the whole config)."""
+    return trial.trial_id
+
+
+# ----------------------------------------------------------------------------------------------
+# Study directory
+# ----------------------------------------------------------------------------------------------
+def results_root(cli_dir: Optional[str], space) -> Path:
+    root = cli_dir or space.results_dir or os.environ.get("ARCHSPACE_RESULTS") or "results"
+    return Path(root).expanduser().absolute()
+
+
+def choose_study_dir(space, root: Path, fresh: bool) -> Path:
+    """<root>/studies/<name>/, or a new <name>-<k>/ with --fresh. Never deletes recorded results."""
+    base = root / "studies" / space.name
+    if fresh:
+        if not base.exists():
+            return base
+        k = 2
+        while (base.parent / f"{space.name}-{k}").exists():
+            k += 1
+        return base.parent / f"{space.name}-{k}"
+    meta = base / "study.json"
+    if meta.exists():
+        try:
+            old = json.loads(meta.read_text())
+        except ValueError:
+            old = {}
+        if old.get("space_hash") != space.space_hash:
+            raise ConfigError(
+                f"the study directory {base} holds a study of a different space (hash {old.get('space_hash')} from "
+                f"{old.get('space_file')}; this space has hash {space.space_hash})", file=space.file,
+                hint="Rerun with --fresh to start a new study directory next to it (nothing is deleted), "
+                     "or give another --results-dir")
+    return base
+
+
+def _write_study_meta(study_dir: Path, space) -> None:
+    study_dir.mkdir(parents=True, exist_ok=True)
+    meta = study_dir / "study.json"
+    if not meta.exists():
+        meta.write_text(json.dumps({"name": study_dir.name, "space_file": space.file, "space_hash": space.space_hash,
+                                    "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+        try:
+            (study_dir / "space.yaml").write_text(Path(space.file).read_text())
+        except OSError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray processes we start (cleaned up by PID if a driver died)
+# ----------------------------------------------------------------------------------------------
+def _start_time(pid: int) -> Optional[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+class RayProcesses:
+    """Records the processes of the embedded Ray in <study>/ray_processes.json (PID + start time)."""
+
+    def __init__(self, study_dir: Path):
+        self.path = study_dir / "ray_processes.json"
+        self.me = os.getpid()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def reap_leftovers(self) -> list[int]:
+        """Kill the processes a dead earlier driver of this study left behind; return their PIDs."""
+        if not Path("/proc").exists() or not self.path.exists():
+            return []
+        try:
+            rec = json.loads(self.path.read_text())
+        except ValueError:
+            return []
+        if _start_time(rec.get("driver", -1)) == rec.get("driver_start"):
+            return []  # that driver is still alive (another session runs this study)
+        killed = []
+        for pid, start in rec.get("pids", []):
+            if pid != self.me and _start_time(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except OSError:
+                    pass
+        self.path.unlink(missing_ok=True)
+        return killed
+
+    def record(self) -> None:
+        if not Path("/proc").exists():
+            return
+        pids = [[p, _start_time(p)] for p in _descendants(self.me)]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"driver": self.me, "driver_start": _start_time(self.me),
+                                   "pids": [p for p in pids if p[1]]}))
+        tmp.replace(self.path)
+
+    def start(self, every: float = 5.0) -> None:
+        self.record()
+
+        def loop():
+            while not self._stop.wait(every):
+                try:
+                    self.record()
+                except OSError:
+                    pass
+
+        self._thread = threading.Thread(target=loop, name="archspace-ray-pids", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        """After ray.shutdown(): kill whatever of ours is still alive and forget the record."""
+        self._stop.set()
+        if not self.path.exists():
+            return
+        try:
+            rec = json.loads(self.path.read_text())
+        except ValueError:
+            rec = {}
+        for pid, start in rec.get("pids", []):
+            if _start_time(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        self.path.unlink(missing_ok=True)
+
+
+def start_ray(address: Optional[str]) -> float:
+    """Start an embedded Ray (or connect to `address`); return the seconds it took."""
+    import ray
+
+    t0 = time.perf_counter()
+    common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True, namespace="archspace")
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+                 **common)
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------------
+# Tune pieces
+# ----------------------------------------------------------------------------------------------
+def _max_reports(space) -> int:
+    """Upper bound of a trial's reports (validations + the final one): max_t of the schedulers."""
+    train = space.base.get("train") or {}
+    steps = [train.get("max_steps", 2000)]
+    every = [train.get("eval_every", 250)]
+    for a in space.axes:
+        target = {("train", "max_steps"): steps, ("train", "eval_every"): every}.get(tuple(a.path))
+        if target is not None:
+            target.extend(a.choices if a.kind == "choice" else [a.low, a.high])
+    return max(2, math.ceil(max(steps) / max(1, min(every))) + 1)
+
+
+def make_scheduler(space):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    pr = space.pruner
+    kind = pr.get("kind", "none")
+    if kind == "none":
+        return FIFOScheduler()
+    common = dict(time_attr="training_iteration", metric=pr["metric"], mode=pr["mode"])
+    if kind == "median":
+        return MedianStoppingRule(grace_period=float(pr["grace_period"]), min_samples_required=3, **common)
+    max_t = max(_max_reports(space), int(pr["grace_period"]) + 1)
+    if kind == "hyperband":
+        # Asynchronous HyperBand (several ASHA brackets): the synchronous HyperBandScheduler pauses and
+        # resumes trials, which needs checkpoint-resumable trials; this one only stops them.
+        return ASHAScheduler(max_t=max_t, grace_period=int(pr["grace_period"]),
+                             reduction_factor=int(pr["reduction_factor"]), brackets=3, **common)
+    return ASHAScheduler(max_t=max_t, grace_period=int(pr["grace_period"]),
+                         reduction_factor=int(pr["reduction_factor"]), **common)
+
+
+def make_searcher(space):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .space import define_by_run, make_sampler
+
+    metrics = [o.metric for o in space.objectives]
+    modes = [o.mode for o in space.objectives]
+    if len(metrics) == 1:
+        metrics, modes = metrics[0], modes[0]
+    return OptunaSearch(partial(define_by_run, space), metric=metrics, mode=modes, sampler=make_sampler(space),
+                        seed=space.seed)
+
+
+def execution_values(space) -> dict:
+    """Train-section values that come from the resources, not from the search: threads and devices."""
+    out: dict[str, Any] = {"train.threads": max(1, int(space.cpus_per_trial))}
+    if space.gpus_per_trial > 0:
+        out["train.accelerator"] = "gpu"
+        out["train.devices"] = max(1, int(space.gpus_per_trial))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The study
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class StudyOutcome:
+    exit_code: int
+    study_dir: Path
+    tracking_uri: str
+    summary: dict
+    ray_start_s: float
+    wall_s: float
+
+
+def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional[str] = None,
+              tracking_uri: Optional[str] = None, max_concurrent: Optional[int] = None, fresh: bool = False,
+              console=None, live: Optional[bool] = None) -> StudyOutcome:
+    """Run (or resume) a study of `space`; print the live view, the final table and write report.md."""
+    from rich.console import Console
+
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    t_start = time.perf_counter()
+    root = results_root(results_dir, space)
+    study_dir = choose_study_dir(space, root, fresh)
+    _write_study_meta(study_dir, space)
+    study_id = study_dir.name
+    uri = tracking_uri or default_tracking_uri_for(study_dir)
+    procs = RayProcesses(study_dir)
+    leftovers = procs.reap_leftovers() if not ray_address else []
+    if leftovers:
+        console.print(f"stopped {len(leftovers)} Ray processes left by an earlier driver of this study")
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # small window between a trial ending and the state on disk
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
+    import ray
+    from ray import tune
+
+    from .progress import ProgressCallback, StudyView, rich_table, report_markdown, summarize, trial_row
+    from .tracking import MlflowCallback, StudyTracker, trial_state
+
+    for name in ("mlflow", "optuna", "alembic", "ray", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Opening (or creating) the MLflow store takes seconds, like starting Ray: do both at once.
+    made: dict = {}
+
+    def open_tracker():
+        try:
+            made["tracker"] = StudyTracker(uri, study_id, str(study_dir), space, artifact_location=(
+                (study_dir / "mlartifacts").as_uri() if not tracking_uri else None))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            made["error"] = exc
+
+    opener = threading.Thread(target=open_tracker, name="archspace-mlflow-open", daemon=True)
+    opener.start()
+    ray_start_s = start_ray(ray_address)
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # failures are shown by the study view instead
+    _dbg(t_start, "ray started")
+    opener.join()
+    _dbg(t_start, "tracker ready")
+    if "error" in made:
+        import ray as _ray
+
+        _ray.shutdown()
+        raise made["error"]
+    tracker = made["tracker"]
+    if not ray_address:
+        procs.start()
+    try:
+        total_cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+        concurrency = max_concurrent or space.max_concurrent or max(1, int(total_cpus // space.cpus_per_trial))
+        view = StudyView(space, str(study_dir), console=console, live=live)
+        callbacks = [MlflowCallback(tracker), ProgressCallback(view)]
+        resources = {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
+        execution = execution_values(space)
+        if os.environ.get(FAULT_ENV):
+            execution["_fault"] = os.environ[FAULT_ENV]
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, space=space, study_dir=str(study_dir), execution=execution), resources)
+        exp_path = study_dir / EXPERIMENT_NAME
+        resumed = tune.Tuner.can_restore(str(exp_path))
+        if resumed:
+            tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False)
+            run_config = tuner._local_tuner.get_run_config()  # pickled with the first run: swap in live callbacks
+            run_config.callbacks = callbacks
+            console.print(f"resuming study {study_id} from {study_dir}")
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=make_searcher(space), scheduler=make_scheduler(space),
+                                            num_samples=space.trials, max_concurrent_trials=concurrency,
+                                            reuse_actors=True, trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(study_dir), verbose=0,
+                                          callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0)),
+            )
+        console.print(f"study {study_id}: {space.trials} trials, sampler {space.sampler}, pruner "
+                      f"{space.pruner.get('kind')}, up to {concurrency} at a time x {space.cpus_per_trial:g} CPU"
+                      + (f" + {space.gpus_per_trial:g} GPU" if space.gpus_per_trial else "")
+                      + f"; Ray {'at ' + ray_address if ray_address else 'embedded'} ({ray_start_s:.1f} s); "
+                        f"MLflow {uri}")
+        view.start()
+        try:
+            grid = tuner.fit()
+        finally:
+            view.stop()
+        _dbg(t_start, "fit returned")
+        trials = _trials_of(tuner, grid)
+        rows = [trial_row(t, space, str(study_dir)) for t in trials]
+        summary = summarize(rows, space)
+        summary["study"] = study_id
+        unfinished = [t for t in trials if trial_state(t) in ("running", "pending")]
+        interrupted = bool(unfinished) or len(trials) < space.trials
+        wall = time.perf_counter() - t_start
+        report = report_markdown(summary, space, study_dir=str(study_dir), tracking_uri=uri, wall_s=wall)
+        (study_dir / "report.md").write_text(report)
+        (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _dbg(t_start, "rows")
+        tracker.reconcile(trials)
+        _dbg(t_start, "reconciled")
+        if interrupted:
+            tracker.interrupted()
+        else:
+            tracker.finish_study(summary, report)
+        cb_errors = callbacks[0].errors
+        if cb_errors:
+            console.print(f"[yellow]MLflow tracking had {len(cb_errors)} problem(s); first: {cb_errors[0]}[/yellow]")
+        console.print(rich_table(summary, space))
+        c = summary["counts"]
+        console.print(f"trials: completed {c['completed']}, pruned {c['pruned']}, failed {c['failed']}"
+                      + (f", unfinished {len(unfinished)}" if unfinished else "") + f"  ({wall:.1f} s)")
+        if summary["pareto"]:
+            console.print("Pareto front: " + ", ".join(r["trial_id"] for r in summary["pareto"]))
+        console.print(f"report: {study_dir / 'report.md'}")
+        if uri.startswith("sqlite:"):
+            console.print(f"MLflow store: {uri}\n  open it with: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+        else:
+            console.print(f"MLflow: {uri} (experiment {study_id})")
+        if interrupted:
+            code = EXIT_INTERRUPTED
+            console.print(f"[yellow]study interrupted; state saved in {exp_path}.[/yellow] Resume it with the same "
+                          f"command: archspace study {space.file}"
+                          + (f" --results-dir {root}" if results_dir else ""))
+        elif c["completed"] + c["pruned"] == 0:
+            code = EXIT_ALL_FAILED
+            console.print(f"[red]all {len(rows)} trials failed.[/red] Reasons:")
+            for reason, n in summary["failures"].items():
+                console.print(f"  {n} x {reason}")
+        else:
+            code = EXIT_OK
+        return StudyOutcome(code, study_dir, uri, summary, ray_start_s, wall)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if not ray_address:
+            procs.finish()
+        _dbg(t_start, "ray stopped")
+
+
+def _dbg(t0, what):
+    if os.environ.get("ARCHSPACE_DEBUG_TIMING"):
+        print(f"[timing] {time.perf_counter() - t0:7.2f}s {what}", file=sys.stderr, flush=True)
+
+
+def default_tracking_uri_for(study_dir: Path) -> str:
+    from .tracking import default_tracking_uri
+
+    return default_tracking_uri(study_dir)
+
+
+def _trials_of(tuner, grid) -> list:
+    """Every trial of the experiment, in creation order (Trial objects carry status and last result)."""
+    try:
+        trials = list(tuner._local_tuner._experiment_analysis.trials)
+    except AttributeError:
+        trials = []
+    return sorted(trials, key=lambda t: t.trial_id)

@@ -410,7 +410,7 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
         console.print(f"stopped {len(leftovers)} Ray processes left by an earlier driver of this study")
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # small window between a trial ending and the state on disk
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # small window between a trial ending and the state on disk
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
     import ray
     from ray import tune

@@ -117,6 +117,7 @@ class StudyTracker:
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged_params: dict[str, set] = {}
         self._last_step: dict[str, int] = {}
+        self._started: set[str] = set()
 
     # -------------------------------------------------------------------- experiment and runs
     def _experiment(self, artifact_location: Optional[str]) -> str:
@@ -194,6 +195,18 @@ class StudyTracker:
 
     # -------------------------------------------------------------------- trial events
     def trial_started(self, trial) -> None:
+        """A trial began. Its run is created at its first result (see _ensure_started): a trial that
+        starts just before the driver is killed may be missing from Tune's saved state, and on resume
+        the searcher hands its values to a new trial id; deferring keeps such runs from being made."""
+        self._started.discard(trial.trial_id)
+        if trial.trial_id in self._runs or self._find(
+                "archspace.trial_id", trial.trial_id, f" and tags.`archspace.study` = '{self.study_id}'"):
+            self._ensure_started(trial)
+
+    def _ensure_started(self, trial) -> None:
+        if trial.trial_id in self._started:
+            return
+        self._started.add(trial.trial_id)
         from .space import resolve_values, values_from_config
 
         run_id = self.run_of(trial.trial_id)
@@ -214,6 +227,7 @@ class StudyTracker:
     def trial_result(self, trial, result: dict) -> None:
         if result.get(FINAL_KEY) == 1:
             return  # logged by trial_finished with the final metrics
+        self._ensure_started(trial)
         run_id = self.run_of(trial.trial_id)
         step = int(result.get("step", result.get("training_iteration", 0)))
         metrics = {k: v for k, v in result.items()
@@ -230,6 +244,7 @@ class StudyTracker:
         state = state or trial_state(trial)
         if state not in ("completed", "pruned", "failed"):
             return state
+        self._ensure_started(trial)
         run_id = self.run_of(trial.trial_id)
         result = dict(trial.last_result or {})
         saved = _read_json(trial_run_dir(self.study_dir, trial.trial_id) / "metrics.json")
@@ -267,7 +282,18 @@ class StudyTracker:
         return state
 
     def reconcile(self, trials) -> None:
-        """Make every finished trial's run agree with Tune's state (after a resume some events never fired)."""
+        """Make every finished trial's run agree with Tune's state (after a resume some events never fired),
+        and retire orphans: RUNNING runs of trial ids that Tune's restored state does not know (their
+        driver was killed before Tune saved them; the searcher re-issued their values under a new id).
+        Orphans hold no results; they are soft-deleted (restorable with `mlflow runs restore`)."""
+        known = {t.trial_id for t in trials}
+        for run in self.children():
+            tid = run.data.tags.get("archspace.trial_id")
+            if tid and tid not in known and run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, "archspace.status", "orphaned")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                self.client.delete_run(run.info.run_id)
+                self._runs.pop(tid, None)
         for trial in trials:
             state = trial_state(trial)
             if state not in ("completed", "pruned", "failed"):
@@ -276,9 +302,7 @@ class StudyTracker:
             run = self.client.get_run(run_id)
             want = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[state]
             if run.info.status != want or run.data.tags.get("archspace.status") != state:
-                if "resolved.yaml" not in {a.path for a in self.client.list_artifacts(run_id)}:
-                    self.trial_started(trial)
-                self.trial_finished(trial)
+                self.trial_finished(trial, state)
 
     # -------------------------------------------------------------------- study end
     def finish_study(self, summary: dict, report_md: str, status: str = "FINISHED") -> None:
@@ -356,6 +380,3 @@ class MlflowCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._safe(self.tracker and self.tracker.trial_finished, trial, "failed")
-
-    def on_experiment_end(self, trials, **info):
-        self._safe(self.tracker and self.tracker.reconcile, trials)

@@ -360,7 +360,7 @@ def load_space(path) -> Space:
                     continue
                 where = ("axes", key) + (("choices", i) if a.kind == "choice" and isinstance(axes_raw[key], dict) else
                                          (i,) if a.kind == "choice" else (a.kind, i))
-                raise marks.error(f"value {v!r} for {a.name} is invalid: {exc.message}", where) from None
+                raise marks.error(f"value {v!r} for {a.name} is invalid: {exc.message}", where, hint=exc.hint) from None
     if sampler == "grid":
         grid = tuple(enumerate_grid(space))
         if not grid:

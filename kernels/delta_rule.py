@@ -1,0 +1,260 @@
+"""(Gated) delta rule: DeltaNet and Gated DeltaNet.
+
+Shape legend
+------------
+    B  batch size
+    T  sequence length
+    H  number of heads
+    K  key / query head dim
+    V  value head dim
+    N  number of chunks  (ceil(T / C))
+    C  chunk length      (``chunk_size``)
+
+Inputs follow the fla layout ``[B, T, H, D]``; the gate is given in LOG space (g <= 0).
+
+Recurrence (per batch and head, state S in R^{K x V}, float32):
+
+    S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T ,   a_t = exp(g_t)
+    o_t = scale * S_t^T q_t
+
+    beta (b) : [B, T, H], in (0, 1)
+    g        : None  -> DeltaNet        (Yang et al. 2024, https://arxiv.org/abs/2406.06484)
+               [B, T, H] scalar log-decay -> Gated DeltaNet (Yang et al. 2024,
+                                             https://arxiv.org/abs/2412.06464)
+
+Keys are expected to be l2-normalised by the caller; the kernels are exact for any k.
+
+Functions
+    naive_recurrent_delta_rule  token-by-token oracle, straight from the formula
+    chunk_delta_rule            chunkwise WY/UT form for training (pure PyTorch, autograd)
+    delta_rule_step             one decoding step
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+__all__ = ["naive_recurrent_delta_rule", "chunk_delta_rule", "delta_rule_step"]
+
+
+# Decay factors exp(x) for x <= 0 with x < _FLUSH flushed to an exact 0. exp(-60) ~ 1e-26 is
+# far below fp32 resolution of any term it multiplies, while letting such factors underflow to
+# subnormals (x < -87) makes every later CPU op on them ~100x slower.
+_FLUSH = -60.0
+
+
+def _decay(x: Tensor, mask: Optional[Tensor] = None, flush: bool = True) -> Tensor:
+    """exp(x) where ``mask`` (if given) and x >= _FLUSH, else exactly 0; the gradient is 0 there.
+    ``flush=False`` skips the threshold test: only for callers that know x >= _FLUSH."""
+    if not flush:
+        return torch.exp(x if mask is None else torch.where(mask, x, -math.inf))
+    keep = x >= _FLUSH
+    if mask is not None:
+        keep = keep & mask
+    return torch.exp(torch.where(keep, x, -math.inf))
+
+
+def _needs_flush(G: Tensor) -> bool:
+    """Whether some in-chunk difference G_i - G_j (G: [..., C] scalar cumsums) can be < _FLUSH."""
+    return bool((G.amax(-1) - G.amin(-1)).amax() > -_FLUSH)
+
+
+def _bmm_add(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """acc + a @ b in one batched GEMM (baddbmm), over any number of leading batch dims."""
+    lead = acc.shape[:-2]
+    out = torch.baddbmm(
+        acc.reshape(-1, *acc.shape[-2:]), a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    )
+    return out.view(*lead, *acc.shape[-2:])
+
+
+def _init_state(initial_state: Optional[Tensor], B: int, H: int, K: int, V: int, device) -> Tensor:
+    if initial_state is None:
+        return torch.zeros(B, H, K, V, dtype=torch.float32, device=device)
+    return initial_state.float()
+
+
+# --------------------------------------------------------------------------------------
+# reference: token-by-token recurrence
+# --------------------------------------------------------------------------------------
+def naive_recurrent_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    g: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    initial_state: Optional[Tensor] = None,
+    output_final_state: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Oracle: S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, o_t = scale S_t^T q_t.
+
+    q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]; g: None | [B, T, H]
+    returns o [B, T, H, V] (v.dtype) and final state [B, H, K, V] float32 (or None).
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if scale is None:
+        scale = K ** -0.5
+    S = _init_state(initial_state, B, H, K, V, q.device)  # [B, H, K, V]
+    outs = []
+    for t in range(T):
+        q_t, k_t, v_t = q[:, t].float(), k[:, t].float(), v[:, t].float()  # [B, H, K|V]
+        b_t = beta[:, t].float()[:, :, None, None]  # [B, H, 1, 1]
+        # (I - b k k^T) S = S - b k (k^T S): the rank-one product, without forming a K x K matrix
+        kTS = torch.einsum("bhk,bhkv->bhv", k_t, S)  # k_t^T S_{t-1}
+        S = S - b_t * k_t[:, :, :, None] * kTS[:, :, None, :]
+        if g is not None:
+            S = torch.exp(g[:, t].float())[:, :, None, None] * S  # a_t (...)
+        S = S + b_t * k_t[:, :, :, None] * v_t[:, :, None, :]  # + b_t k_t v_t^T
+        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q_t))  # scale * S_t^T q_t
+    o = torch.stack(outs, dim=1).to(v.dtype)  # [B, T, H, V]
+    return o, (S if output_final_state else None)
+
+
+# --------------------------------------------------------------------------------------
+# one decoding step
+# --------------------------------------------------------------------------------------
+def delta_rule_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    g: Optional[Tensor],
+    state: Optional[Tensor],
+    scale: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
+    """One token. q, k: [B, H, K]; v: [B, H, V]; beta: [B, H]; g: None | [B, H];
+    state: [B, H, K, V] float32 or None (zeros). Returns o [B, H, V] (v.dtype), new state fp32."""
+    B, H, K = q.shape
+    V = v.shape[-1]
+    if scale is None:
+        scale = K ** -0.5
+    out_dtype = v.dtype
+    S = _init_state(state, B, H, K, V, q.device)
+    k, v, b = k.float(), v.float(), beta.float()[:, :, None]  # b: [B, H, 1]
+    if g is not None:
+        S = torch.exp(g.float())[:, :, None, None] * S  # a_t S_{t-1}
+    # a (I - b k k^T) S + b k v^T = aS + k (b (v - (aS)^T k))^T : the "delta" form
+    u = b * (v - torch.einsum("bhkv,bhk->bhv", S, k))  # [B, H, V]
+    S = S + k[:, :, :, None] * u[:, :, None, :]
+    o = torch.einsum("bhkv,bhk->bhv", S, q.float() * scale)
+    return o.to(out_dtype), S
+
+
+# --------------------------------------------------------------------------------------
+# chunkwise WY / UT form
+# --------------------------------------------------------------------------------------
+def _to_chunks(x: Tensor, C: int) -> Tensor:
+    """[B, T, H, *D] -> [B, H, N, C, *D] float32 contiguous, zero-padded along T to N*C."""
+    B, T, H = x.shape[:3]
+    rest = x.shape[3:]
+    N = -(-T // C)
+    x = x.float()
+    if N * C != T:
+        pad = [0, 0] * len(rest) + [0, 0, 0, N * C - T]  # F.pad lists dims from the last one
+        x = F.pad(x, pad)
+    x = x.reshape(B, N, C, H, *rest)
+    perm = (0, 3, 1, 2) + tuple(range(4, 4 + len(rest)))
+    return x.permute(perm).contiguous()
+
+
+def chunk_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    g: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    initial_state: Optional[Tensor] = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Chunkwise-parallel (gated) delta rule (same contract as ``naive_recurrent_delta_rule``).
+
+    Derivation (DeltaNet, Yang et al. 2024, Sec. 3.2 "chunkwise parallel form" with the
+    WY/UT representation; the decay folded in as in Gated DeltaNet, Yang et al. 2024, Sec. 3.3).
+    Inside one chunk, with S_0 the entering state, G the inclusive cumsum of g and
+    gamma_i = exp(G_i), write the update as S_i = a_i S_{i-1} + k_i d_i^T with the
+    "pseudo-value" d_i = b_i (v_i - a_i S_{i-1}^T k_i). Unrolling gives
+        S_i = gamma_i S_0 + sum_{j<=i} exp(G_i - G_j) k_j d_j^T
+        d_i + b_i sum_{j<i} exp(G_i - G_j) (k_i . k_j) d_j = b_i v_i - b_i gamma_i S_0^T k_i
+    i.e. (I + L) D = diag(b) V - diag(b gamma) K S_0 with
+        L = tril(diag(b) (K K^T * Gamma), -1),  Gamma_ij = exp(G_i - G_j)   (UT transform)
+    so with U = (I + L)^{-1} diag(b) V and W = (I + L)^{-1} diag(b gamma) K (one
+    unit-lower-triangular solve per chunk, batched over all chunks):
+        D      = U - W S_0
+        O      = (Q * gamma) S_0 + tril(Q K^T * Gamma) D
+        S_C    = gamma_C S_0 + (K * exp(G_C - G))^T D
+    Only the D / S_C recurrence over chunks is sequential (two matmuls per chunk); the output
+    is computed for all chunks at once afterwards. All exponents are <= 0 (masked before exp).
+    Padding of T uses k = v = q = 0, b = 0, g = 0, which leaves the state unchanged.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if scale is None:
+        scale = K ** -0.5
+    C = int(chunk_size)
+    dev = q.device
+
+    qc = _to_chunks(q, C) * scale  # [B, H, N, C, K]
+    kc = _to_chunks(k, C)  # [B, H, N, C, K]
+    vc = _to_chunks(v, C)  # [B, H, N, C, V]
+    bc = _to_chunks(beta, C)  # [B, H, N, C]
+    N = qc.shape[2]
+    tril = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+
+    kk = kc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
+    qk = qc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
+    if g is None:
+        L = (kk * bc[..., :, None]).tril(-1)
+        A = qk.tril()
+        kb = kc * bc[..., None]  # b k
+        q_in, k_st, decay_last = qc, kc, None
+    else:
+        G = _to_chunks(g, C).cumsum(-1)  # [B, H, N, C]
+        D = G[..., :, None] - G[..., None, :]  # G_i - G_j
+        Gamma = _decay(D, tril, _needs_flush(G))  # exp(G_i - G_j), 0 above the diagonal (masked before the exp)
+        L = (kk * Gamma * bc[..., :, None]).tril(-1)
+        A = qk * Gamma
+        gamma = _decay(G)  # [B, H, N, C]
+        kb = kc * (bc * gamma)[..., None]  # b gamma k
+        G_last = G[..., -1:]  # [B, H, N, 1]
+        q_in = qc * gamma[..., None]
+        k_st = kc * _decay(G_last - G)[..., None]
+        decay_last = _decay(G_last)[..., None]  # [B, H, N, 1, 1]
+
+    # UT transform: T = (I + L)^{-1} by one batched unit-lower-triangular solve, then
+    # U = T diag(b) V and W = T diag(b gamma) K as plain batched matmuls.
+    eye = torch.eye(C, dtype=torch.float32, device=dev)
+    Tinv = torch.linalg.solve_triangular(eye + L, eye.expand_as(L), upper=False, unitriangular=True)
+    U = Tinv @ (vc * bc[..., None])  # [B, H, N, C, V]
+    W = Tinv @ kb  # [B, H, N, C, K]
+    k_st_T = k_st.transpose(-1, -2).contiguous()  # [B, H, N, K, C]
+
+    # sequential scan over chunks (unbind once: per-chunk indexing would make autograd
+    # scatter into a full-size zero tensor for every chunk)
+    S = _init_state(initial_state, B, H, K, V, dev)
+    U_n, W_n, Kst_n = U.unbind(2), W.unbind(2), k_st_T.unbind(2)
+    a_n = None if decay_last is None else decay_last.unbind(2)
+    states, deltas = [], []
+    for n in range(N):
+        states.append(S)
+        d = U_n[n] - W_n[n] @ S  # pseudo-values of chunk n [B, H, C, V]
+        deltas.append(d)
+        if a_n is None:
+            S = S + Kst_n[n] @ d
+        else:
+            S = a_n[n] * S + Kst_n[n] @ d
+    S_prev = torch.stack(states, dim=2)  # [B, H, N, K, V]
+    Dd = torch.stack(deltas, dim=2)  # [B, H, N, C, V]
+
+    o = _bmm_add(A @ Dd, q_in, S_prev)  # q_in @ S_prev + A @ D  [B, H, N, C, V]
+    o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
+    return o.to(v.dtype), (S if output_final_state else None)

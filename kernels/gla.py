@@ -1,0 +1,298 @@
+"""Gated linear attention family: plain linear attention, scalar decay, vector (GLA) decay.
+
+Shape legend
+------------
+    B  batch size
+    T  sequence length
+    H  number of heads
+    K  key / query head dim
+    V  value head dim
+    N  number of chunks  (ceil(T / C))
+    C  chunk length      (``chunk_size``)
+    m  sub-chunks per chunk, c = C / m sub-chunk length (vector gates only)
+
+Inputs follow the fla layout ``[B, T, H, D]``; gates are given in LOG space (g <= 0).
+
+Recurrence (per batch and head, state S in R^{K x V}, float32):
+
+    S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T
+    o_t = scale * S_t^T q_t
+
+``g`` is one of
+    None          plain linear attention (Katharopoulos et al. 2020, https://arxiv.org/abs/2006.16236)
+    [B, T, H]     one scalar log-decay per head and step (RetNet, Sun et al. 2023,
+                  https://arxiv.org/abs/2307.08621 ; Mamba2 / SSD, Dao & Gu 2024,
+                  https://arxiv.org/abs/2405.21060)
+    [B, T, H, K]  a vector log-decay over the key dim (GLA, Yang et al. 2023,
+                  https://arxiv.org/abs/2312.06635)
+
+Functions
+    naive_recurrent_gla  token-by-token oracle, straight from the formula
+    chunk_gla            chunkwise-parallel form for training (pure PyTorch, autograd)
+    gla_step             one decoding step
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+__all__ = ["naive_recurrent_gla", "chunk_gla", "gla_step"]
+
+
+def _gate_kind(g: Optional[Tensor], q: Tensor) -> str:
+    if g is None:
+        return "none"
+    if g.dim() == q.dim() - 1:
+        return "scalar"
+    if g.dim() == q.dim() and g.shape[-1] == q.shape[-1]:
+        return "vector"
+    raise ValueError(f"gate of shape {tuple(g.shape)} does not fit q of shape {tuple(q.shape)}")
+
+
+# Decay factors exp(x) for x <= 0 with x < _FLUSH flushed to an exact 0. exp(-60) ~ 1e-26 is
+# far below fp32 resolution of any term it multiplies, while letting such factors underflow to
+# subnormals (x < -87) makes every later CPU op on them ~100x slower.
+_FLUSH = -60.0
+
+
+def _decay(x: Tensor, mask: Optional[Tensor] = None, flush: bool = True) -> Tensor:
+    """exp(x) where ``mask`` (if given) and x >= _FLUSH, else exactly 0; the gradient is 0 there.
+    ``flush=False`` skips the threshold test: only for callers that know x >= _FLUSH."""
+    if not flush:
+        return torch.exp(x if mask is None else torch.where(mask, x, -math.inf))
+    keep = x >= _FLUSH
+    if mask is not None:
+        keep = keep & mask
+    return torch.exp(torch.where(keep, x, -math.inf))
+
+
+def _needs_flush(G: Tensor) -> bool:
+    """Whether some in-chunk difference G_i - G_j (G: [..., C] scalar cumsums) can be < _FLUSH."""
+    return bool((G.amax(-1) - G.amin(-1)).amax() > -_FLUSH)
+
+
+def _bmm_add(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """acc + a @ b in one batched GEMM (baddbmm), over any number of leading batch dims."""
+    lead = acc.shape[:-2]
+    out = torch.baddbmm(
+        acc.reshape(-1, *acc.shape[-2:]), a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    )
+    return out.view(*lead, *acc.shape[-2:])
+
+
+def _init_state(initial_state: Optional[Tensor], B: int, H: int, K: int, V: int, device) -> Tensor:
+    if initial_state is None:
+        return torch.zeros(B, H, K, V, dtype=torch.float32, device=device)
+    return initial_state.float()
+
+
+# --------------------------------------------------------------------------------------
+# reference: token-by-token recurrence
+# --------------------------------------------------------------------------------------
+def naive_recurrent_gla(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    initial_state: Optional[Tensor] = None,
+    output_final_state: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Oracle: loops over t and applies S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t.
+
+    q, k: [B, T, H, K]; v: [B, T, H, V]; g: None | [B, T, H] | [B, T, H, K]
+    returns o [B, T, H, V] (v.dtype) and final state [B, H, K, V] float32 (or None).
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    kind = _gate_kind(g, q)
+    if scale is None:
+        scale = K ** -0.5
+    S = _init_state(initial_state, B, H, K, V, q.device)  # [B, H, K, V]
+    outs = []
+    for t in range(T):
+        q_t, k_t, v_t = q[:, t].float(), k[:, t].float(), v[:, t].float()  # [B, H, K|V]
+        if kind == "scalar":
+            S = torch.exp(g[:, t].float())[:, :, None, None] * S  # decay every row by one scalar
+        elif kind == "vector":
+            S = torch.exp(g[:, t].float())[:, :, :, None] * S  # Diag(exp(g_t)) S: row i by exp(g_t[i])
+        S = S + k_t[:, :, :, None] * v_t[:, :, None, :]  # + k_t v_t^T
+        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q_t))  # scale * S_t^T q_t
+    o = torch.stack(outs, dim=1).to(v.dtype)  # [B, T, H, V]
+    return o, (S if output_final_state else None)
+
+
+# --------------------------------------------------------------------------------------
+# one decoding step
+# --------------------------------------------------------------------------------------
+def gla_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor],
+    state: Optional[Tensor],
+    scale: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
+    """One token. q, k: [B, H, K]; v: [B, H, V]; g: None | [B, H] | [B, H, K];
+    state: [B, H, K, V] float32 or None (zeros). Returns o [B, H, V] (v.dtype), new state fp32."""
+    B, H, K = q.shape
+    V = v.shape[-1]
+    if scale is None:
+        scale = K ** -0.5
+    S = _init_state(state, B, H, K, V, q.device)
+    if g is not None:
+        if g.dim() == 2:
+            S = torch.exp(g.float())[:, :, None, None] * S
+        else:
+            S = torch.exp(g.float())[:, :, :, None] * S
+    S = S + k.float()[:, :, :, None] * v.float()[:, :, None, :]
+    o = torch.einsum("bhkv,bhk->bhv", S, q.float() * scale)
+    return o.to(v.dtype), S
+
+
+# --------------------------------------------------------------------------------------
+# chunkwise parallel form
+# --------------------------------------------------------------------------------------
+def _to_chunks(x: Tensor, C: int) -> Tensor:
+    """[B, T, H, *D] -> [B, H, N, C, *D] float32 contiguous, zero-padded along T to N*C."""
+    B, T, H = x.shape[:3]
+    rest = x.shape[3:]
+    N = -(-T // C)
+    x = x.float()
+    if N * C != T:
+        pad = [0, 0] * len(rest) + [0, 0, 0, N * C - T]  # F.pad lists dims from the last one
+        x = F.pad(x, pad)
+    x = x.reshape(B, N, C, H, *rest)
+    perm = (0, 3, 1, 2) + tuple(range(4, 4 + len(rest)))
+    return x.permute(perm).contiguous()
+
+
+def _sub_chunk_len(C: int, target: int = 16) -> int:
+    """Largest divisor of C that is <= target."""
+    return max(d for d in range(1, min(C, target) + 1) if C % d == 0)
+
+
+def _intra_vector(q: Tensor, k: Tensor, G: Tensor, c: int) -> Tensor:
+    """Causal intra-chunk score matrix for vector gates, without overflow.
+
+    q, k, G: [B, H, N, C, K] (q already scaled, G the inclusive in-chunk cumsum of g).
+    Returns A [B, H, N, C, C] with A_ij = sum_d q_id k_jd exp(G_id - G_jd) for i >= j, 0 otherwise.
+
+    A direct "q * exp(G), k * exp(-G)" factorisation overflows when the decay is strong
+    (exp(-G) grows like exp(5 C)). GLA (Yang et al. 2023, Sec. 4, secondary chunking) splits
+    the chunk into sub-chunks of length c:
+      * diagonal sub-blocks use the exact [c, c, K] tensor exp(G_i - G_j), masked to i >= j
+        before the exp, so every exponent is <= 0;
+      * an off-diagonal block (I > J) factors through the last position r of sub-chunk J:
+        exp(G_i - G_j) = exp(G_i - G_r) * exp(G_r - G_j), both exponents <= 0.
+    """
+    B, H, N, C, K = q.shape
+    m = C // c
+    qs = q.view(B, H, N, m, c, K)
+    ks = k.view(B, H, N, m, c, K)
+    Gs = G.view(B, H, N, m, c, K)
+
+    # diagonal sub-blocks: [B, H, N, m, c, c, K]
+    tril_c = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    D = Gs[..., :, None, :] - Gs[..., None, :, :]
+    A_diag = (qs[..., :, None, :] * ks[..., None, :, :] * _decay(D, tril_c[:, :, None])).sum(-1)  # [B,H,N,m,c,c]
+    if m == 1:
+        return A_diag.view(B, H, N, C, C)
+
+    # off-diagonal sub-blocks I > J through the reference row r = last of sub-chunk J
+    Gr = Gs[..., -1, :]  # [B, H, N, m, K]
+    k_ref = ks * _decay(Gr[..., None, :] - Gs)  # [B,H,N,m(J),c,K], exponent <= 0
+    E = Gs[..., :, None, :, :] - Gr[..., None, :, None, :]  # [B,H,N,m(I),m(J),c,K]
+    lower_m = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)
+    q_ref = qs[..., :, None, :, :] * _decay(E, lower_m[:, :, None, None])  # [B,H,N,m(I),m(J),c,K]
+    A_off = torch.einsum("bhnIJck,bhnJdk->bhnIJcd", q_ref, k_ref)  # [B,H,N,m,m,c,c]
+
+    eye_m = torch.eye(m, dtype=q.dtype, device=q.device)
+    A_blocks = A_off + A_diag[:, :, :, :, None] * eye_m[:, :, None, None]
+    return A_blocks.permute(0, 1, 2, 3, 5, 4, 6).reshape(B, H, N, C, C)
+
+
+def chunk_gla(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+    initial_state: Optional[Tensor] = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Chunkwise-parallel gated linear attention (same contract as ``naive_recurrent_gla``).
+
+    Chunkwise form (linear attention: Katharopoulos et al. 2020; with decay: RetNet
+    Sun et al. 2023 Sec. 2.2 / Mamba2 SSD Dao & Gu 2024 Sec. 6; vector gates: GLA Yang
+    et al. 2023 Sec. 4). With G the inclusive cumsum of g inside a chunk and S_0 the state
+    entering the chunk:
+        o_i   = (q_i * exp(G_i))^T S_0 + sum_{j<=i} [q_i . (k_j * exp(G_i - G_j))] v_j
+        S_C   = Diag(exp(G_C)) S_0 + sum_j (k_j * exp(G_C - G_j)) v_j^T
+    Everything but the S_0 -> S_C scan is batched over all chunks; the scan is a Python
+    loop over chunks of elementwise/add ops only. All exponents are <= 0.
+    Padding of T up to a multiple of C uses q = k = v = 0 and g = 0 (decay 1), which
+    leaves the state unchanged.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    kind = _gate_kind(g, q)
+    if scale is None:
+        scale = K ** -0.5
+    C = int(chunk_size)
+    dev = q.device
+
+    qc = _to_chunks(q, C) * scale  # [B, H, N, C, K]
+    kc = _to_chunks(k, C)  # [B, H, N, C, K]
+    vc = _to_chunks(v, C)  # [B, H, N, C, V]
+    N = qc.shape[2]
+    tril = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+
+    if kind == "none":
+        A = (qc @ kc.transpose(-1, -2)).tril()  # [B, H, N, C, C]
+        q_in, k_st, decay_last = qc, kc, None
+    elif kind == "scalar":
+        G = _to_chunks(g, C).cumsum(-1)  # [B, H, N, C]
+        D = G[..., :, None] - G[..., None, :]  # G_i - G_j
+        # mask before exp: no overflow above the diagonal
+        A = (qc @ kc.transpose(-1, -2)) * _decay(D, tril, _needs_flush(G))  # [B, H, N, C, C]
+        G_last = G[..., -1:]  # [B, H, N, 1]
+        q_in = qc * _decay(G)[..., None]
+        k_st = kc * _decay(G_last - G)[..., None]
+        decay_last = _decay(G_last)[..., None]  # [B, H, N, 1, 1]
+    else:  # vector
+        G = _to_chunks(g, C).cumsum(-2)  # [B, H, N, C, K]
+        A = _intra_vector(qc, kc, G, _sub_chunk_len(C))
+        G_last = G[..., -1:, :]  # [B, H, N, 1, K]
+        q_in = qc * _decay(G)
+        k_st = kc * _decay(G_last - G)
+        decay_last = _decay(G_last).transpose(-1, -2)  # [B, H, N, K, 1]
+
+    o_intra = A @ vc  # [B, H, N, C, V]
+    dS = k_st.transpose(-1, -2) @ vc  # per-chunk state contribution [B, H, N, K, V]
+
+    # sequential scan over chunks: S_n = Diag(decay_n) S_{n-1} + dS_n
+    # (unbind once: per-chunk indexing would make autograd scatter into a full-size zero
+    # tensor for every chunk)
+    S = _init_state(initial_state, B, H, K, V, dev)
+    dS_n = dS.unbind(2)
+    a_n = None if decay_last is None else decay_last.unbind(2)
+    states = []
+    for n in range(N):
+        states.append(S)
+        if a_n is None:
+            S = S + dS_n[n]
+        else:
+            S = a_n[n] * S + dS_n[n]
+    S_prev = torch.stack(states, dim=2)  # state entering each chunk [B, H, N, K, V]
+
+    o = _bmm_add(o_intra, q_in, S_prev)  # o_intra + q_in @ S_prev  [B, H, N, C, V]
+    o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
+    return o.to(v.dtype), (S if output_final_state else None)

@@ -85,9 +85,9 @@ def _inject_fault(spec: Optional[str], values: dict) -> None:
     key, _, want = cond.partition("=")
     if key not in values or (want != "*" and str(values[key]) != want):
         return
-    from ..training import NonFiniteLoss
-
     if kind == "nan":
+        from ..training import NonFiniteLoss
+
         raise NonFiniteLoss(f"non-finite training loss (nan) at step 0 (injected by {FAULT_ENV})")
     if kind == "oom":
         raise MemoryError(f"injected by {FAULT_ENV}")
@@ -95,14 +95,14 @@ def _inject_fault(spec: Optional[str], values: dict) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    from ..training import NonFiniteLoss
-
-    import torch
-
+    """One line: what kind of failure (non-finite loss, out of memory, invalid design, other) and its message."""
+    training = sys.modules.get("archspace.training")  # not imported (and not worth importing) if training never ran
+    torch = sys.modules.get("torch")
+    oom = (MemoryError,) + ((torch.OutOfMemoryError,) if torch is not None else ())
     msg = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
-    if isinstance(exc, NonFiniteLoss):
+    if training is not None and isinstance(exc, training.NonFiniteLoss):
         return f"non-finite loss: {msg}"
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, oom):
         return f"out of memory ({type(exc).__name__}): {msg}".rstrip(": ")
     if isinstance(exc, ConfigError):
         return f"invalid design: {msg}"
@@ -307,6 +307,17 @@ class RayProcesses:
         self.path.unlink(missing_ok=True)
 
 
+def prepare_ray_auth(address: Optional[str]) -> None:
+    """A `ray start --head` cluster (Ray >= 2.59) requires its token, and a driver sends it only in
+    token mode, which it does not pick by itself: use token mode whenever a token is at hand.
+    Ray reads this setting when it is imported, so this runs before `import ray`."""
+    if not address or "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def start_ray(address: Optional[str]) -> float:
     """Start an embedded Ray (or connect to `address`); return the seconds it took."""
     import ray
@@ -314,7 +325,13 @@ def start_ray(address: Optional[str]) -> float:
     t0 = time.perf_counter()
     common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True, namespace="archspace")
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError) as exc:
+            last = [ln for ln in str(exc).splitlines() if ln.strip()][-1:] or [type(exc).__name__]
+            raise ConfigError(f"cannot join the Ray cluster at {address}: {last[0][:300]}", file="<command line>",
+                              hint="Check the address (`ray status` on the head) and that this machine has the "
+                                   "cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN") from None
     else:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
                  **common)
@@ -409,6 +426,7 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
     if leftovers:
         console.print(f"stopped {len(leftovers)} Ray processes left by an earlier driver of this study")
 
+    prepare_ray_auth(ray_address)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # small window between a trial ending and the state on disk
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing

@@ -234,7 +234,7 @@ class StudyView:
         stamp = f"{time.time() - self.t0:6.1f}s"
         self.events = (self.events + [f"{stamp} {line}"])[-6:]
         if not self.live_enabled:
-            print(f"[study] {stamp} {line}", flush=True)
+            self.console.print(f"[study] {stamp} {line}", markup=False, highlight=False, soft_wrap=True)
         self.refresh(force=True)
 
     def counts(self) -> Counter:

@@ -333,8 +333,10 @@ def start_ray(address: Optional[str]) -> float:
                               hint="Check the address (`ray status` on the head) and that this machine has the "
                                    "cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN") from None
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                 **common)
+        # address="local": always a new instance, even when RAY_ADDRESS or a `ray start` of someone else
+        # on this machine (/tmp/ray/ray_current_cluster) would make a bare ray.init() join theirs.
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 object_store_memory=OBJECT_STORE_BYTES, **common)
     return time.perf_counter() - t0
 
 

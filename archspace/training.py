@@ -1,8 +1,9 @@
 """Training: a resolved design -> LightningModule + data module -> Lightning Trainer -> metrics.
 
 `train(resolved, run_dir)` is the one entry point used by `archspace train` and by study trials.
-It writes `resolved.yaml` into the run directory before anything else, `metrics.json` and
-`history.csv` at the end, and checkpoints under `checkpoints/` when the recipe asks for them.
+It writes `resolved.yaml` into the run directory before anything else; `metrics.json`,
+`history.csv` and the final weights `model.safetensors` at the end; and checkpoints under
+`checkpoints/` when the recipe asks for them.
 """
 from __future__ import annotations
 
@@ -274,6 +275,9 @@ def train(
             "kernel_paths": kernel_paths(resolved.model),
         }
     )
+    from safetensors.torch import save_model
+
+    save_model(module.model, str(run_dir / "model.safetensors"))  # final weights, for export
     write_history(history.rows, run_dir / "history.csv")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -54,7 +54,7 @@ def stop(proc: subprocess.Popen, extra_pids=()) -> None:
             except OSError:
                 pass
         try:
-            proc.wait(5)
+            proc.wait(2)  # `ray start --block` may ignore SIGTERM: SIGKILL follows
             break
         except subprocess.TimeoutExpired:
             continue

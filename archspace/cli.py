@@ -107,7 +107,11 @@ def cmd_train(args) -> int:
         / f"{resolved.name}-{resolved.design_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"archspace train: {resolved.name} (design {resolved.design_hash}, layout {resolved.layout}) -> {out}",
           flush=True)
-    metrics = train(resolved, out, progress=not args.no_progress)
+    def report(step: int, m: dict) -> None:
+        slices = "  ".join(f"{k[8:]}={v:.3f}" for k, v in sorted(m.items()) if k.startswith("val/acc/"))
+        print(f"step {step}: val/acc={m['val/acc']:.4f} val/loss={m['val/loss']:.4f}  {slices}", flush=True)
+
+    metrics = train(resolved, out, progress=not args.no_progress, report=report)
     print(f"\nfinal metrics ({resolved.name}, {metrics['steps']} steps, {metrics['train_wall_s']:.1f} s):")
     for k in sorted(k for k in metrics if k.startswith("test/")):
         print(f"  {k:32s} {metrics[k]:.4f}")

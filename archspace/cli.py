@@ -96,10 +96,58 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _resolved_from_export(args):
+    """`train [FILE] --from DIR`: the exported design (FILE, when given, supplies task and train)."""
+    import json
+
+    src = Path(args.init_from)
+    cfg_path = src / "config.json"
+    if not cfg_path.is_file() or not (src / "model.safetensors").is_file():
+        raise ConfigError(f"--from {src}: not an archspace export (needs config.json and model.safetensors)",
+                          file="<command line>", hint="Make one with `archspace export STUDY_OR_RUN --out DIR`")
+    try:
+        exported = json.loads(cfg_path.read_text())["archspace"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{cfg_path} has no resolved archspace design (key \"archspace\")",
+                          file=str(cfg_path)) from None
+    from .blocks.config import ModelConfig
+    from .compiler import Resolved, design_hash
+
+    model = ModelConfig.from_dict(exported["model"])
+    if args.file:
+        _, resolved = _load(args)
+        if resolved.design_hash != design_hash(model.to_dict()):
+            raise ConfigError(
+                f"{args.file} describes design {resolved.design_hash} but {src} holds design "
+                f"{exported.get('design_hash')} ({exported.get('name')}); --from continues the exported model, so "
+                f"FILE must describe the same model (only its task and train sections may differ)", file=args.file,
+                hint=f"Leave FILE out to train with the exported recipe (`archspace train --from {src}`)")
+        return resolved, src / "model.safetensors"
+    task, train_cfg = dict(exported["task"]), dict(exported["train"])
+    for key, value in parse_overrides(getattr(args, "set", None)).items():
+        section = {"train": train_cfg, "task": task}.get(key[0])
+        if section is None or len(key) != 2 or key[1] not in section:
+            raise ConfigError(f"--set {'.'.join(key)}: with --from and no FILE only existing train.* and task.* keys "
+                              f"can be set", file="<command line>",
+                              hint="Give a design FILE to change more than the recipe")
+        section[key[1]] = value
+    resolved = Resolved(name=exported.get("name", "design"), model=model, layout=exported.get("layout", ""),
+                        labels=tuple(exported.get("labels") or ()), task=task, train=train_cfg,
+                        design_hash=design_hash(model.to_dict()))
+    return resolved, src / "model.safetensors"
+
+
 def cmd_train(args) -> int:
     import time
 
-    design, resolved = _load(args)
+    init_weights = None
+    if args.init_from:
+        resolved, init_weights = _resolved_from_export(args)
+    elif not args.file:
+        raise ConfigError("archspace train needs a design FILE, or --from DIR to continue an export",
+                          file="<command line>")
+    else:
+        design, resolved = _load(args)
     from .training import train
 
     out = Path(args.out) if args.out else (
@@ -111,7 +159,9 @@ def cmd_train(args) -> int:
         slices = "  ".join(f"{k[8:]}={v:.3f}" for k, v in sorted(m.items()) if k.startswith("val/acc/"))
         print(f"step {step}: val/acc={m['val/acc']:.4f} val/loss={m['val/loss']:.4f}  {slices}", flush=True)
 
-    metrics = train(resolved, out, progress=not args.no_progress, report=report)
+    if init_weights is not None:
+        print(f"initial weights: {init_weights}", flush=True)
+    metrics = train(resolved, out, progress=not args.no_progress, report=report, init_weights=init_weights)
     print(f"\nfinal metrics ({resolved.name}, {metrics['steps']} steps, {metrics['train_wall_s']:.1f} s):")
     for k in sorted(k for k in metrics if k.startswith("test/")):
         print(f"  {k:32s} {metrics[k]:.4f}")
@@ -132,6 +182,21 @@ def cmd_study(args) -> int:
     outcome = run_study(space, results_dir=args.results_dir, ray_address=args.ray_address,
                         tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent, fresh=args.fresh)
     return outcome.exit_code
+
+
+def cmd_export(args) -> int:
+    from .export import export, select
+
+    sel = select(args.target, results_dir=args.results_dir, rank=args.rank, run_id=args.run_id,
+                 tracking_uri=args.tracking_uri)
+    what = (f"trial {sel.trial_id} of study {sel.study.get('name')}" + (f" (rank {sel.rank})" if sel.rank else "")
+            if sel.trial_id else f"run {sel.run_dir}")
+    print(f"archspace export: {what} -> {args.out}", flush=True)
+    res = export(sel, Path(args.out), force=args.force)
+    print(f"wrote {', '.join(res.files)} to {res.out} ({res.wall_s:.1f} s); the modelling file reproduces "
+          f"archspace's logits (max |diff| {res.max_abs_diff:.1g})")
+    print(f"load it with torch only: from modeling_archspace import load; model = load({str(res.out)!r})")
+    return 0
 
 
 def cmd_schema(args) -> int:
@@ -171,7 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train and evaluate one design", description=
                        "Train one design with Lightning and print its final test metrics. Writes resolved.yaml, "
                        "history.csv, metrics.json and checkpoints into the run directory.")
-    s.add_argument("file", metavar="FILE")
+    s.add_argument("file", metavar="FILE", nargs="?", default=None,
+                   help="design file (optional with --from: the exported design's own task and train are used)")
+    s.add_argument("--from", dest="init_from", default=None, metavar="DIR",
+                   help="start from the weights of an `archspace export` directory; FILE must describe the same "
+                        "model and supplies task and train")
     s.add_argument("--out", default=None, help="run directory (default: RESULTS/runs/<name>-<hash>-<time>)")
     s.add_argument("--results-dir", default=None, help="results root (default: $ARCHSPACE_RESULTS or ./results)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. train.lr=3e-3")
@@ -196,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true",
                    help="start a new study directory (<name>-2, ...) even if one exists; nothing is deleted")
     s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("export", help="export a trained design: weights, torch-only modelling file, model card",
+                       description="Export the best trial of a study (or --rank N, --run-id ID), or a run directory, "
+                       "into DIR: config.json, model.safetensors, modeling_archspace.py (torch only, no archspace), "
+                       "generate.py and README.md. The directory loads with `from modeling_archspace import load` "
+                       "and with transformers' AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True).")
+    s.add_argument("target", metavar="STUDY_OR_RUN",
+                   help="a study directory, a study name under the results root, or a run directory")
+    s.add_argument("--out", required=True, metavar="DIR", help="directory to write (must be empty unless --force)")
+    s.add_argument("--rank", type=int, default=None, metavar="N", help="export the study's N-th best trial (default 1)")
+    s.add_argument("--run-id", default=None, metavar="ID", help="export the trial of this MLflow (child) run id")
+    s.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store for --run-id (default: the study's mlflow.db)")
+    s.add_argument("--results-dir", default=None, help="results root for study names (default: $ARCHSPACE_RESULTS or ./results)")
+    s.add_argument("--force", action="store_true", help="write into a non-empty DIR (replacing the export's files)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("schema", help="write the JSON Schema of design files (editor completion)",
                        description="Print or write the JSON Schema of design files.")

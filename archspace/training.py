@@ -218,8 +218,12 @@ def train(
     progress: bool = True,
     report: Optional[Callable[[int, dict], None]] = None,
     callbacks: tuple = (),
+    init_weights: Optional[Path] = None,
 ) -> dict[str, Any]:
-    """Train and test one resolved design; return the final metrics (also written to metrics.json)."""
+    """Train and test one resolved design; return the final metrics (also written to metrics.json).
+
+    `init_weights`: a model.safetensors (e.g. of an `archspace export`) loaded into the model before fitting.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "resolved.yaml").write_text(resolved.to_yaml())
@@ -230,6 +234,10 @@ def train(
     data = build_datamodule(resolved.task, cfg["batch_size"])
     data.setup("fit")
     module = RecallModule(resolved.to_dict(), data.slice_names("test"))
+    if init_weights is not None:
+        from safetensors.torch import load_model
+
+        load_model(module.model, str(init_weights))  # strict: the same parameter names and shapes
     cost = module.model.cost(max(s["seq_len"] for s in resolved.task["train"]))
     static = {"params": cost.params, "state_size": cost.state, "flops_per_token": cost.flops_per_token}
     history = History(None if report is None else (lambda step, m: report(step, {**static, **m})))

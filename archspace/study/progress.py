@@ -31,9 +31,10 @@ def trial_row(trial, space, study_dir: str, state: Optional[str] = None) -> dict
         values = values_from_config(space, trial.config)
     except Exception:  # noqa: BLE001 - a config the space cannot read is shown as empty
         values = {}
-    design_hash = None
+    design_hash = layout = None
     try:
-        design_hash = resolve_values(space, values).design_hash
+        resolved = resolve_values(space, values)
+        design_hash, layout = resolved.design_hash, resolved.layout
     except Exception:  # noqa: BLE001 - the trial failed on this; its reason says why
         pass
     objectives = {o.metric: float(result[o.metric]) for o in space.objectives if is_number(result.get(o.metric))}
@@ -46,6 +47,8 @@ def trial_row(trial, space, study_dir: str, state: Optional[str] = None) -> dict
         "state_size": int(result["state_size"]) if is_number(result.get("state_size")) else None,
         "steps": int(result["step"]) if is_number(result.get("step")) else None,
         "design_hash": design_hash,
+        "layout": layout,
+        "slices": {k: float(v) for k, v in result.items() if k.startswith("test/acc/") and is_number(v)},
         "reason": failure_reason(trial, study_dir) if state == "failed" else None,
     }
 
@@ -180,9 +183,72 @@ def report_markdown(summary: dict, space, *, study_dir: str, tracking_uri: str, 
                 "(pruned trials stopped at a partial budget and are left out).", ""]
         out += [markdown_table(rank_rows(summary["pareto"], space.objectives), space) if summary["pareto"]
                 else "(no completed trial)", ""]
+    out += effects_markdown(summary["trials"], space)
     if summary["failures"]:
         out += ["## Failures", ""] + [f"- {n} x {reason}" for reason, n in summary["failures"].items()] + [""]
     return "\n".join(out)
+
+
+def _mean(xs: list) -> float:
+    return sum(xs) / len(xs)
+
+
+def effects_markdown(rows: list[dict], space) -> list[str]:
+    """How the first objective (and per-slice test accuracy) moves with each axis and with the
+    share of attention layers, over completed trials: mean and best per value."""
+    done = [r for r in rows if r["status"] == "completed" and r["objectives"]]
+    if len(done) < 2:
+        return []
+    obj = space.objectives[0]
+    out = ["## Effect of each axis", "",
+           f"Mean and best `{obj.metric}` of completed trials for each value of each axis.", ""]
+    for a in space.axes:
+        groups: dict = {}
+        for r in done:
+            if a.name in r["values"] and obj.metric in r["objectives"]:
+                groups.setdefault(str(r["values"][a.name]), []).append(r["objectives"][obj.metric])
+        if len(groups) < 2:
+            continue
+        out += [f"**{a.name}**", "", f"| value | trials | mean {obj.metric} | best |", "|---|---|---|---|"]
+        for value, xs in groups.items():
+            best = max(xs) if obj.mode == "max" else min(xs)
+            out.append(f"| {value} | {len(xs)} | {_mean(xs):.4f} | {best:.4f} |")
+        out.append("")
+    shares: dict = {}
+    for r in done:
+        if r.get("layout") and obj.metric in r["objectives"]:
+            key = (r["layout"].count("A"), len(r["layout"]))
+            shares.setdefault(key, []).append(r)
+    if len(shares) >= 2:
+        slices = sorted({k for r in done for k in r.get("slices", {})})
+        out += ["## Attention share", "",
+                f"Completed designs grouped by the number of softmax-attention layers: mean `{obj.metric}`"
+                + (" and mean test accuracy per slice." if slices else "."), "",
+                "| attention layers | trials | mean " + obj.metric + " | best | " + " | ".join(s[9:] for s in slices)
+                + (" |" if slices else ""),
+                "|---|---|---|---|" + "---|" * len(slices)]
+        means = []
+        for (n_a, n), rs in sorted(shares.items()):
+            xs = [r["objectives"][obj.metric] for r in rs]
+            means.append(_mean(xs))
+            cells = [f"{_mean([r['slices'][s] for r in rs if s in r.get('slices', {})]):.4f}"
+                     if any(s in r.get("slices", {}) for r in rs) else "-" for s in slices]
+            best = max(xs) if obj.mode == "max" else min(xs)
+            out.append(f"| {n_a}/{n} | {len(rs)} | {_mean(xs):.4f} | {best:.4f} | " + " | ".join(cells)
+                       + (" |" if slices else ""))
+        better = (lambda x, y: y >= x) if obj.mode == "max" else (lambda x, y: y <= x)
+        steps = [better(x, y) for x, y in zip(means, means[1:])]
+        trend = " -> ".join(f"{m:.4f}" for m in means)
+        word = "rises" if obj.mode == "max" else "falls"
+        if all(steps):
+            out += ["", f"Mean `{obj.metric}` {word} monotonically as the share of attention layers rises: {trend}."]
+        elif means[-1] != means[0] and better(means[0], means[-1]):
+            out += ["", f"Mean `{obj.metric}` {word} overall as the share of attention layers rises, "
+                        f"but not at every step: {trend}."]
+        else:
+            out += ["", f"Mean `{obj.metric}` does not improve with the share of attention layers: {trend}."]
+        out.append("")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -131,6 +131,17 @@ def _resolved_from_export(args):
                               f"can be set", file="<command line>",
                               hint="Give a design FILE to change more than the recipe")
         section[key[1]] = value
+    from pydantic import ValidationError
+
+    from .grammar import TaskSpec, TrainSpec
+
+    for name, spec, section in (("train", TrainSpec, train_cfg), ("task", TaskSpec, task)):
+        try:
+            section.update(spec.model_validate(section).model_dump())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in (name, *first.get("loc", ())))
+            raise ConfigError(f"{where}: {first.get('msg')}", file="<command line>") from None
     resolved = Resolved(name=exported.get("name", "design"), model=model, layout=exported.get("layout", ""),
                         labels=tuple(exported.get("labels") or ()), task=task, train=train_cfg,
                         design_hash=design_hash(model.to_dict()))

@@ -685,17 +685,29 @@ if _PreTrainedModel is not None:
             self.lm_head = core.lm_head
             self.post_init()
 
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            loaded = super().from_pretrained(*args, **kwargs)
+            (loaded[0] if isinstance(loaded, tuple) else loaded)._rebuild_buffers()
+            return loaded
+
         def _init_weights(self, module):
             pass  # every weight comes from model.safetensors
 
-        def _fix_buffers(self):
-            # Non-persistent buffers (the RetNet decay) are not in the checkpoint: rebuild any that
-            # transformers left on the meta device.
+        def _rebuild_buffers(self):
+            # Non-persistent buffers (the RetNet decay) are not in the checkpoint, and transformers
+            # creates the model on the meta device then fills only what the checkpoint holds: compute
+            # them again, as the SequenceModel constructor does.
             for mod in self.modules():
                 buf = getattr(mod, "log_gamma", None)
-                if isinstance(buf, torch.Tensor) and buf.is_meta:
-                    mod.register_buffer("log_gamma", retnet_log_decay(mod.cfg.heads).to(self.embed.weight.device),
-                                        persistent=False)
+                if isinstance(buf, torch.Tensor):
+                    device = self.embed.weight.device
+                    mod.register_buffer("log_gamma", retnet_log_decay(mod.cfg.heads).to(device), persistent=False)
+            self._archspace_buffers_ok = True
+
+        def _fix_buffers(self):
+            if not getattr(self, "_archspace_buffers_ok", False):
+                self._rebuild_buffers()
 
         def get_input_embeddings(self):
             return self.embed
@@ -785,11 +797,15 @@ def _load_module_from(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, str(path))
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses look their module up in sys.modules
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # leave no __pycache__ in the export
     try:
         spec.loader.exec_module(mod)
     except BaseException:
         sys.modules.pop(name, None)
         raise
+    finally:
+        sys.dont_write_bytecode = before
     return mod
 
 

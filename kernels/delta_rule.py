@@ -240,18 +240,22 @@ def chunk_delta_rule(
 
     # sequential scan over chunks (unbind once: per-chunk indexing would make autograd
     # scatter into a full-size zero tensor for every chunk)
-    S = _init_state(initial_state, B, H, K, V, dev)
-    U_n, W_n, Kst_n = U.unbind(2), W.unbind(2), k_st_T.unbind(2)
-    a_n = None if decay_last is None else decay_last.unbind(2)
+    S = _init_state(initial_state, B, H, K, V, dev).reshape(B * H, K, V)
+    U_n = U.transpose(1, 2).reshape(B, N, H, C, V).unbind(1)
+    W_n = W.transpose(1, 2).reshape(B, N, H, C, K).unbind(1)
+    Kst_n = k_st_T.transpose(1, 2).reshape(B, N, H, K, C).unbind(1)
+    a_n = None if decay_last is None else decay_last.reshape(B, H, N, 1, 1).transpose(1, 2).reshape(B, N, H, 1, 1).unbind(1)
     states, deltas = [], []
     for n in range(N):
         states.append(S)
-        d = U_n[n] - W_n[n] @ S  # pseudo-values of chunk n [B, H, C, V]
+        # one fused GEMM each: d = U - W S ; S = a S + K_st d
+        d = torch.baddbmm(U_n[n].reshape(B * H, C, V), W_n[n].reshape(B * H, C, K), S, alpha=-1.0)
         deltas.append(d)
-        if a_n is None:
-            S = S + Kst_n[n] @ d
-        else:
-            S = a_n[n] * S + Kst_n[n] @ d
+        S_dec = S if a_n is None else a_n[n].reshape(B * H, 1, 1) * S
+        S = torch.baddbmm(S_dec, Kst_n[n].reshape(B * H, K, C), d)
+    states = [st.view(B, H, K, V) for st in states]
+    deltas = [dd.view(B, H, C, V) for dd in deltas]
+    S = S.view(B, H, K, V)
     S_prev = torch.stack(states, dim=2)  # [B, H, N, K, V]
     Dd = torch.stack(deltas, dim=2)  # [B, H, N, C, V]
 

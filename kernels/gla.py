@@ -236,8 +236,8 @@ def chunk_gla(
     entering the chunk:
         o_i   = (q_i * exp(G_i))^T S_0 + sum_{j<=i} [q_i . (k_j * exp(G_i - G_j))] v_j
         S_C   = Diag(exp(G_C)) S_0 + sum_j (k_j * exp(G_C - G_j)) v_j^T
-    Everything but the S_0 -> S_C scan is batched over all chunks; the scan is a Python
-    loop over chunks of elementwise/add ops only. All exponents are <= 0.
+    Everything is batched over all chunks, the S_0 -> S_C scan included (a masked decay matrix
+    over chunks, see below): no Python loop. All exponents are <= 0.
     Padding of T up to a multiple of C uses q = k = v = 0 and g = 0 (decay 1), which
     leaves the state unchanged.
     """
@@ -257,7 +257,7 @@ def chunk_gla(
 
     if kind == "none":
         A = (qc @ kc.transpose(-1, -2)).tril()  # [B, H, N, C, C]
-        q_in, k_st, decay_last = qc, kc, None
+        q_in, k_st = qc, kc
     elif kind == "scalar":
         G = _to_chunks(g, C).cumsum(-1)  # [B, H, N, C]
         D = G[..., :, None] - G[..., None, :]  # G_i - G_j
@@ -266,32 +266,44 @@ def chunk_gla(
         G_last = G[..., -1:]  # [B, H, N, 1]
         q_in = qc * _decay(G)[..., None]
         k_st = kc * _decay(G_last - G)[..., None]
-        decay_last = _decay(G_last)[..., None]  # [B, H, N, 1, 1]
     else:  # vector
         G = _to_chunks(g, C).cumsum(-2)  # [B, H, N, C, K]
         A = _intra_vector(qc, kc, G, _sub_chunk_len(C))
         G_last = G[..., -1:, :]  # [B, H, N, 1, K]
         q_in = qc * _decay(G)
         k_st = kc * _decay(G_last - G)
-        decay_last = _decay(G_last).transpose(-1, -2)  # [B, H, N, K, 1]
 
     o_intra = A @ vc  # [B, H, N, C, V]
     dS = k_st.transpose(-1, -2) @ vc  # per-chunk state contribution [B, H, N, K, V]
 
-    # sequential scan over chunks: S_n = Diag(decay_n) S_{n-1} + dS_n
-    # (unbind once: per-chunk indexing would make autograd scatter into a full-size zero
-    # tensor for every chunk)
-    S = _init_state(initial_state, B, H, K, V, dev)
-    dS_n = dS.unbind(2)
-    a_n = None if decay_last is None else decay_last.unbind(2)
-    states = []
-    for n in range(N):
-        states.append(S)
-        if a_n is None:
-            S = S + dS_n[n]
+    # Inter-chunk recurrence S_n = Diag(a_n) S_{n-1} + dS_n, solved for every chunk at once
+    # instead of a Python loop: with L_n = sum_{j<=n} log a_j (the cumulative chunk decay),
+    #   S_entering(n) = exp(L_{n-1}) S_0 + sum_{m<n} exp(L_{n-1} - L_m) dS_m,
+    # a masked [N+1, N] decay matrix times the stacked chunk states (row N is the final state).
+    # Every exponent is <= 0 and masked before the exp.
+    S0 = _init_state(initial_state, B, H, K, V, dev)
+    if kind == "none":
+        zero = torch.zeros_like(dS[:, :, :1])
+        S_all = torch.cat([zero, dS], dim=2).cumsum(2) + S0[:, :, None]  # [B, H, N+1, K, V]
+    else:
+        # log decay of each chunk: [B, H, N] (scalar) or [B, H, N, K] (vector)
+        log_a = G_last[..., 0] if kind == "scalar" else G_last[..., 0, :]
+        L = log_a.cumsum(2)
+        L_prev = torch.cat([torch.zeros_like(L[:, :, :1]), L], dim=2)  # L_{n-1} for n = 0..N: [B,H,N+1,(K)]
+        if kind == "scalar":
+            E = L_prev[:, :, :, None] - L[:, :, None, :]  # [B, H, N+1, N]
+            lower = torch.ones(N + 1, N, dtype=torch.bool, device=dev).tril(-1)
+            M = _decay(E, lower)
+            S_all = (M @ dS.reshape(B, H, N, K * V)).view(B, H, N + 1, K, V)
+            S_all = S_all + _decay(L_prev)[..., None, None] * S0[:, :, None]
         else:
-            S = a_n[n] * S + dS_n[n]
-    S_prev = torch.stack(states, dim=2)  # state entering each chunk [B, H, N, K, V]
+            E = L_prev[:, :, :, None, :] - L[:, :, None, :, :]  # [B, H, N+1, N, K]
+            lower = torch.ones(N + 1, N, dtype=torch.bool, device=dev).tril(-1)
+            M = _decay(E, lower[:, :, None])
+            # per key channel: [B, H, K, N+1, N] @ [B, H, K, N, V]
+            S_all = (M.permute(0, 1, 4, 2, 3) @ dS.permute(0, 1, 3, 2, 4)).permute(0, 1, 3, 2, 4)
+            S_all = S_all + _decay(L_prev)[..., None] * S0[:, :, None]
+    S_prev, S = S_all[:, :, :N], S_all[:, :, N]  # state entering each chunk, final state
 
     o = _bmm_add(o_intra, q_in, S_prev)  # o_intra + q_in @ S_prev  [B, H, N, C, V]
     o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]

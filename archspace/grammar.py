@@ -5,7 +5,7 @@ A design file has four sections:
     schema_version: 1
     name: gdn-mqar
     model:    # the architecture: width, depth, token mixers, channel mixer, hybrid layout
-    task:     # what to train and evaluate on (MQAR in version 1)
+    task:     # what to train and evaluate on: mqar | mad_* | lm (TASK_SPECS)
     train:    # optimiser, schedule, budget, precision, clipping, seed, checkpointing
 
 A memory mixer is a point on the axes of the Miras framework (Behrouz et al. 2025,
@@ -25,9 +25,9 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import yamlio
 from .errors import ConfigError, closest
@@ -180,7 +180,7 @@ def _default_test_slices() -> list[SliceSpec]:
     return [SliceSpec(seq_len=64, num_kv_pairs=4, num_examples=1000)]
 
 
-class TaskSpec(_Spec):
+class MQARTaskSpec(_Spec):
     """Multi-query associative recall (Zoology, Arora et al. 2023, https://arxiv.org/abs/2312.04927)."""
 
     name: Literal["mqar"] = Field("mqar", description="task name")
@@ -189,7 +189,151 @@ class TaskSpec(_Spec):
     test: list[SliceSpec] = Field(default_factory=_default_test_slices, description="test mixture (per-slice accuracy)")
     power_a: float = Field(0.01, gt=0, le=1, description="power-law exponent of query placement")
     random_non_queries: bool = Field(True, description="fill non-query positions with random tokens")
+    repeat: int = Field(1, ge=1, le=8, description="JRT multi-pass (Arora et al. 2024): the key-value context is read "
+                        "`repeat` times before the queries; labels only after the final pass")
     seed: int = Field(0, ge=0, description="data seed (train and test seeds never overlap)")
+
+
+class _MADSpec(_Spec):
+    """Common keys of the MAD synthetic tasks (Poli et al. 2024, https://arxiv.org/abs/2403.17844)."""
+
+    vocab_size: int = Field(16, ge=4, le=1 << 20, description="vocabulary, special ids included")
+    seq_len: int = Field(128, ge=4, le=1 << 20, description="sequence length (model input)")
+    num_train_examples: int = Field(12800, ge=1, description="training examples (generated once)")
+    num_test_examples: int = Field(1280, ge=1, description="test examples")
+    seed: int = Field(12345, ge=0, description="data seed (train and test use distinct child seeds)")
+
+
+class MADInContextRecallSpec(_MADSpec):
+    """MAD in-context recall: key-value slots, the mapping fresh per example."""
+
+    name: Literal["mad_in_context_recall"] = Field(description="task name")
+
+
+class MADNoisyInContextRecallSpec(_MADSpec):
+    """MAD noisy in-context recall: in-context recall with whole noise slots from the top noise ids."""
+
+    name: Literal["mad_noisy_in_context_recall"] = Field(description="task name")
+    vocab_size: int = Field(32, ge=8, le=1 << 20, description="vocabulary including the noise ids")
+    noise_vocab_size: int = Field(16, ge=1, description="noise ids: the top ids of the vocabulary")
+    frac_noise: float = Field(0.2, ge=0, lt=1, description="probability that a context slot is noise")
+
+
+class MADFuzzyInContextRecallSpec(_MADSpec):
+    """MAD fuzzy in-context recall: keys and values are tuples of 1..motif-size distinct ids."""
+
+    name: Literal["mad_fuzzy_in_context_recall"] = Field(description="task name")
+    k_motif_size: int = Field(3, ge=1, le=16, description="largest key tuple")
+    v_motif_size: int = Field(3, ge=1, le=16, description="largest value tuple")
+    unrecoverable: Literal["keep", "mask"] = Field(
+        "keep", description="final pair whose key never occurred (MAD quirk): keep its targets (MAD) or mask them")
+
+
+class MADSelectiveCopyingSpec(_MADSpec):
+    """MAD selective copying: copy the data tokens scattered among blanks after the copy marker."""
+
+    name: Literal["mad_selective_copying"] = Field(description="task name")
+    seq_len: int = Field(256, ge=4, le=1 << 20, description="sequence length (model input)")
+    num_tokens_to_copy: int = Field(16, ge=1, description="data tokens to copy")
+
+
+class MADCompressionSpec(_MADSpec):
+    """MAD compression: encode the sequence into the last state, decode every position (encoder-decoder readout)."""
+
+    name: Literal["mad_compression"] = Field(description="task name")
+    seq_len: int = Field(32, ge=2, le=1 << 20, description="sequence length (model input)")
+
+
+class MADMemorizationSpec(_MADSpec):
+    """MAD memorization: one fixed key-value map shared by all examples, learned in the weights."""
+
+    name: Literal["mad_memorization"] = Field(description="task name")
+    vocab_size: int = Field(256, ge=4, le=1 << 20, description="vocabulary, insert marker included")
+    seq_len: int = Field(32, ge=2, le=1 << 20, description="sequence length (model input)")
+    num_train_examples: int = Field(256, ge=1, description="training examples (generated once)")
+
+
+class LMTaskSpec(_Spec):
+    """Language modelling on local text: next-token loss at every position; val/ppl and val/bpb."""
+
+    name: Literal["lm"] = Field(description="task name")
+    corpus: Literal["stdlib", "files"] = Field(
+        "stdlib", description="stdlib: the running Python's standard-library *.py sources (offline demo); files: `files`")
+    files: list[str] = Field(default_factory=list, description="text/JSONL/parquet files or globs (relative to the cwd)")
+    text_field: str = Field("text", description="JSONL key / parquet column holding the text")
+    max_bytes: int = Field(4_000_000, ge=1000, description="read documents in sorted order up to this many bytes")
+    tokenizer: Literal["bytes", "bpe"] = Field("bytes", description="bytes: 256 byte ids + specials; bpe: trained on the corpus")
+    vocab_size: Optional[int] = Field(None, ge=16, le=1 << 20,
+                                      description="bytes: 258 (fixed); bpe: target vocabulary (default 4096)")
+    seq_len: int = Field(256, ge=2, le=1 << 20, description="tokens per training sequence")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of documents held out for validation")
+    max_val_sequences: int = Field(64, ge=1, description="validation sequences scored at each evaluation")
+    cache_dir: Optional[str] = Field(None, description="token cache (default $ARCHSPACE_CACHE or <results>/cache/lm)")
+    seed: int = Field(0, ge=0, description="document split seed")
+
+    @model_validator(mode="after")
+    def _vocab(self):
+        if self.tokenizer == "bytes":
+            if self.vocab_size not in (None, 258):
+                raise ValueError("the byte tokenizer has vocab_size 258 (256 bytes + <eos> + <pad>); leave it out")
+            self.__dict__["vocab_size"] = 258
+        elif self.vocab_size is None:
+            self.__dict__["vocab_size"] = 4096
+        if self.corpus == "files" and not self.files:
+            raise ValueError("corpus: files needs a non-empty `files` list")
+        return self
+
+
+TASK_SPECS: dict[str, type[BaseModel]] = {
+    "mqar": MQARTaskSpec,
+    "mad_in_context_recall": MADInContextRecallSpec,
+    "mad_noisy_in_context_recall": MADNoisyInContextRecallSpec,
+    "mad_fuzzy_in_context_recall": MADFuzzyInContextRecallSpec,
+    "mad_selective_copying": MADSelectiveCopyingSpec,
+    "mad_compression": MADCompressionSpec,
+    "mad_memorization": MADMemorizationSpec,
+    "lm": LMTaskSpec,
+}
+AnyTaskSpec = Annotated[Union[tuple(TASK_SPECS.values())], Field(discriminator="name")]
+
+
+class TaskSpec:
+    """The task section: one of TASK_SPECS, chosen by `name` (default mqar).
+
+    Pydantic validates it as a discriminated union; `model_fields` is the union of every task's keys (so
+    key-path tools see `task.seed`, `task.vocab_size`, ...), and `TaskSpec.model_validate(dict)` dispatches.
+    """
+
+    model_fields: dict = {}
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        return handler.generate_schema(AnyTaskSpec)
+
+    @classmethod
+    def variant(cls, name: Any) -> Optional[type[BaseModel]]:
+        return TASK_SPECS.get(name) if isinstance(name, str) else None
+
+    @classmethod
+    def model_validate(cls, data: Any) -> BaseModel:
+        if isinstance(data, dict) and "name" not in data:
+            data = {**data, "name": "mqar"}
+        spec = cls.variant(data.get("name")) if isinstance(data, dict) else None
+        if spec is None:
+            return MQARTaskSpec.model_validate(data)  # raises the usual ValidationError
+        return spec.model_validate(_int_to_float(data, spec))
+
+
+for _spec in TASK_SPECS.values():
+    for _k, _f in _spec.model_fields.items():
+        TaskSpec.model_fields.setdefault(_k, _f)
+
+
+def task_seq_len(task: dict) -> int:
+    """Longest training sequence of a resolved task section (model cost, export)."""
+    if task.get("name", "mqar") == "mqar":
+        return max(s["seq_len"] * 1 + (task.get("repeat", 1) - 1) * 2 * s["num_kv_pairs"] for s in task["train"])
+    return int(task["seq_len"])
 
 
 class TrainSpec(_Spec):
@@ -231,7 +375,7 @@ class Design(_Spec):
     name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$", description="run name (default: file stem)")
     description: str = Field("", description="free text")
     model: ModelSpec = Field(default_factory=ModelSpec)
-    task: TaskSpec = Field(default_factory=TaskSpec)
+    task: TaskSpec = Field(default_factory=MQARTaskSpec, description="what to train and evaluate on")
     train: TrainSpec = Field(default_factory=TrainSpec)
 
 
@@ -268,12 +412,13 @@ def _unwrap(ann) -> tuple[Any, Optional[str]]:
     return ann, None
 
 
-def _node_at(loc: tuple) -> tuple[Optional[type[BaseModel]], Any]:
-    """Walk Design along a pydantic error location: (model class holding the last key, field annotation)."""
-    cls: Any = Design
-    ann: Any = Design
+def _node_at(loc: tuple, root: Any = None, skip: int = 0) -> tuple[Optional[type[BaseModel]], Any]:
+    """Walk Design (or `root`, after `skip` leading parts) along a pydantic error location:
+    (model class holding the last key, field annotation)."""
+    cls: Any = Design if root is None else root
+    ann: Any = cls
     parent = None
-    for part in loc:
+    for part in loc[skip:]:
         if isinstance(part, int):
             continue
         if isinstance(cls, type) and issubclass(cls, BaseModel) and part in cls.model_fields:
@@ -285,20 +430,21 @@ def _node_at(loc: tuple) -> tuple[Optional[type[BaseModel]], Any]:
     return parent, ann
 
 
-def _pydantic_to_config_error(exc: ValidationError, marks: yamlio.Marks, data: Any) -> ConfigError:
+def _pydantic_to_config_error(exc: ValidationError, marks: yamlio.Marks, data: Any, root: Any = None,
+                              skip: int = 0) -> ConfigError:
     errors = exc.errors(include_url=False)
     err = errors[0]
     loc = tuple(err["loc"])
     more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one.)" if len(errors) > 1 else ""
     kind = err["type"]
     if kind == "extra_forbidden":
-        parent, _ = _node_at(loc[:-1] + ("__none__",))
+        parent, _ = _node_at(loc[:-1] + ("__none__",), root, skip)
         valid = list(parent.model_fields) if parent else []
         guess = closest(str(loc[-1]), valid)
         hint = f"Did you mean '{guess}'?" if guess else ""
         hint += f" Valid keys here: {', '.join(valid)}." + more
         return marks.error(f"unknown key '{loc[-1]}'", loc, hint=hint.strip(), at_key=True)
-    _, ann = _node_at(loc)
+    _, ann = _node_at(loc, root, skip)
     value = err.get("input")
     if kind in ("literal_error", "enum"):
         allowed = [str(a) for a in typing.get_args(ann)] if typing.get_origin(ann) is Literal else []
@@ -309,6 +455,8 @@ def _pydantic_to_config_error(exc: ValidationError, marks: yamlio.Marks, data: A
         return marks.error("required key is missing", loc[:-1] + (loc[-1],), hint=more.strip() or None)
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     msg = err["msg"]
+    if kind == "value_error" and isinstance(value, dict):  # a model-level check (e.g. LMTaskSpec._vocab)
+        return marks.error(msg.removeprefix("Value error, "), loc, hint=more.strip() or None)
     if kind.endswith("_type") and isinstance(value, str) and value in ("yes", "no", "on", "off", "y", "n"):
         msg += f" (YAML 1.1 would read {value!r} as a boolean; archspace reads it as text: write true or false)"
     return marks.error(f"{msg}, got {shown}", loc, hint=more.strip() or None)
@@ -376,6 +524,8 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
                           ("schema_version",))
     if isinstance(data.get("task"), str):
         data["task"] = load_task_ref(data["task"], marks)
+    if "task" in data:
+        data["task"] = validate_task(data["task"], marks, ("task",))
     model = data.get("model")
     if isinstance(model, dict):
         model["mixer"] = _expand_mixer(model.get("mixer"), ("model", "mixer"), marks, "gated_deltanet")
@@ -398,24 +548,10 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
     if m.vocab_size is not None and m.vocab_size < design.task.vocab_size:
         raise marks.error(f"vocab_size {m.vocab_size} is smaller than the task's vocabulary ({design.task.vocab_size})",
                           ("model", "vocab_size"))
-    for split in ("train", "test"):
-        for i, s in enumerate(getattr(design.task, split)):
-            where = ("task", split, i)
-            if s.seq_len % 2:
-                raise marks.error(f"seq_len {s.seq_len} must be even (key/value pairs)", where + ("seq_len",))
-            if 4 * s.num_kv_pairs > s.seq_len:
-                raise marks.error(f"num_kv_pairs {s.num_kv_pairs} needs seq_len >= {4 * s.num_kv_pairs} "
-                                  "(context plus query region)", where + ("num_kv_pairs",))
-            if design.task.vocab_size <= s.seq_len:
-                raise marks.error(f"vocab_size {design.task.vocab_size} must exceed seq_len {s.seq_len}",
-                                  ("task", "vocab_size"))
-            if s.num_kv_pairs >= design.task.vocab_size // 2 - 1:
-                raise marks.error(f"num_kv_pairs {s.num_kv_pairs} exceeds the {design.task.vocab_size // 2 - 1} keys",
-                                  where + ("num_kv_pairs",))
-    if not design.task.train:
-        raise marks.error("the training mixture is empty", ("task", "train"))
-    if not design.task.test:
-        raise marks.error("the test mixture is empty", ("task", "test"))
+    if design.task.name == "mqar":
+        _check_mqar(design.task, marks)
+    elif design.task.name.startswith("mad_"):
+        _check_mad(design.task, marks)
     for name in ("mixer", "attention"):
         spec = getattr(m, name)
         dims = [spec.head_dim] if spec.type == "attention" else [spec.key_dim, spec.value_dim]
@@ -423,6 +559,57 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
             raise marks.error(f"d_model {m.d_model} is not divisible by heads {spec.heads}",
                               ("model", name, "heads"), hint="Set the per-head dims explicitly or change heads.")
     return design
+
+
+def _check_mqar(task: MQARTaskSpec, marks: yamlio.Marks) -> None:
+    for split in ("train", "test"):
+        for i, s in enumerate(getattr(task, split)):
+            where = ("task", split, i)
+            if s.seq_len % 2:
+                raise marks.error(f"seq_len {s.seq_len} must be even (key/value pairs)", where + ("seq_len",))
+            if 4 * s.num_kv_pairs > s.seq_len:
+                raise marks.error(f"num_kv_pairs {s.num_kv_pairs} needs seq_len >= {4 * s.num_kv_pairs} "
+                                  "(context plus query region)", where + ("num_kv_pairs",))
+            if task.vocab_size <= s.seq_len:
+                raise marks.error(f"vocab_size {task.vocab_size} must exceed seq_len {s.seq_len}",
+                                  ("task", "vocab_size"))
+            if s.num_kv_pairs >= task.vocab_size // 2 - 1:
+                raise marks.error(f"num_kv_pairs {s.num_kv_pairs} exceeds the {task.vocab_size // 2 - 1} keys",
+                                  where + ("num_kv_pairs",))
+    if not task.train:
+        raise marks.error("the training mixture is empty", ("task", "train"))
+    if not task.test:
+        raise marks.error("the test mixture is empty", ("task", "test"))
+
+
+def _check_mad(task: BaseModel, marks: yamlio.Marks) -> None:
+    """Cross-key constraints of the MAD generators (archspace.tasks.mad.check_params holds the same rules)."""
+    from .tasks.mad_params import check_params  # numpy-free rules shared with the generators
+
+    problem = check_params(task.model_dump())
+    if problem is not None:
+        key, msg = problem
+        raise marks.error(msg, ("task", key))
+
+
+def validate_task(raw: Any, marks: yamlio.Marks, path: tuple) -> Any:
+    """Validate a task section with the spec its `name` selects; ConfigError at file:line:col otherwise."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return raw  # pydantic reports the type error
+    name = raw.get("name", "mqar")
+    spec = TaskSpec.variant(name)
+    if spec is None:
+        guess = closest(str(name), TASK_SPECS)
+        raise marks.error(f"unknown task '{name}'", path + ("name",),
+                          hint=(f"Did you mean '{guess}'? " if guess else "") + f"Tasks: {', '.join(TASK_SPECS)}.")
+    data = _int_to_float({**raw, "name": name}, spec)
+    try:
+        spec.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_to_config_error(_relocate(exc, path), marks, data, root=spec, skip=len(path)) from None
+    return data
 
 
 def study_dirs(anchor: Path) -> list[Path]:
@@ -452,26 +639,22 @@ def load_task_ref(name: str, marks: yamlio.Marks) -> dict:
                 key = sorted(extra)[0]
                 raise sub.error(f"unknown key '{key}' in a study recipe (allowed: schema_version, description, task)",
                                 (key,), at_key=True)
-            try:
-                TaskSpec.model_validate(_int_to_float(data["task"], TaskSpec))
-            except ValidationError as exc:
-                raise _pydantic_to_config_error(_relocate(exc), sub, data) from None
-            return data["task"]
+            return validate_task(data["task"], sub, ("task",))
     known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml")})
     guess = closest(name, known)
     raise marks.error(f"task '{name}' not found in {', '.join(str(d) for d in dirs if d.is_dir()) or 'any studies/ folder'}",
                       ("task",), hint=(f"Did you mean '{guess}'? " if guess else "") + f"Known tasks: {', '.join(known) or 'none'}.")
 
 
-def _relocate(exc: ValidationError):
-    """Prefix a TaskSpec validation error's locations with ('task',) so marks and field lookups line up."""
+def _relocate(exc: ValidationError, prefix: tuple = ("task",)):
+    """Prefix a task spec's validation error locations with `prefix` so marks line up."""
 
     class Wrapped:
         def errors(self, include_url=False):
             out = []
             for e in exc.errors(include_url=False):
                 e = dict(e)
-                e["loc"] = ("task",) + tuple(e["loc"])
+                e["loc"] = tuple(prefix) + tuple(e["loc"])
                 out.append(e)
             return out
 

@@ -56,8 +56,29 @@ def build_datamodule(task: dict, batch_size: int):
             power_a=task["power_a"],
             random_non_queries=task["random_non_queries"],
             seed=task["seed"],
+            repeat=task.get("repeat", 1),
         )
+    if task["name"].startswith("mad_"):
+        from .tasks.mad import MADDataModule
+
+        return MADDataModule(task, batch_size=batch_size)
+    if task["name"] == "lm":
+        from .tasks.lm import LMDataModule
+
+        return LMDataModule(task, batch_size=batch_size)
     raise ValueError(f"unknown task {task['name']!r}")
+
+
+def build_readout(resolved: dict):
+    """Task-dependent head between the model's hidden states and the LM head (None: identity).
+
+    mad_compression: MAD's encoder-decoder readout (archspace.tasks.mad.CompressionReadout).
+    """
+    if resolved["task"]["name"] == "mad_compression":
+        from .tasks.mad import CompressionReadout
+
+        return CompressionReadout(resolved["model"]["d_model"])
+    return None
 
 
 def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -84,6 +105,8 @@ class RecallModule(L.LightningModule):
         self.save_hyperparameters()
         self.train_cfg = resolved["train"]
         self.model = SequenceModel(ModelConfig.from_dict(resolved["model"]))
+        self.readout = build_readout(resolved)
+        self.lm = resolved["task"]["name"] == "lm"  # also log val/ppl and val/bpb
         self.slice_names = list(slice_names)
         self._reset_eval()
 
@@ -93,9 +116,12 @@ class RecallModule(L.LightningModule):
         self._count = torch.zeros(n, dtype=torch.long)
         self._loss_sum = 0.0
         self._loss_n = 0
+        self._bytes = 0
 
     def _step(self, batch):
         hidden = self.model(batch["input_ids"])  # (B, T, D)
+        if self.readout is not None:
+            hidden = self.readout(hidden)
         labels = batch["labels"]
         mask = labels != IGNORE
         logits = self.model.logits(hidden[mask])  # (N, vocab)
@@ -120,11 +146,16 @@ class RecallModule(L.LightningModule):
         self._count += torch.bincount(slices, minlength=n)
         self._loss_sum += loss.item() * int(mask.sum())
         self._loss_n += int(mask.sum())
+        if "n_bytes" in batch:
+            self._bytes += int(batch["n_bytes"].sum())
 
     def _eval_end(self, prefix: str):
         acc = self._correct.sum().item() / max(1, self._count.sum().item())
         self.log(f"{prefix}/acc", acc, prog_bar=True)
         self.log(f"{prefix}/loss", self._loss_sum / max(1, self._loss_n))
+        if self.lm:
+            self.log(f"{prefix}/ppl", math.exp(min(50.0, self._loss_sum / max(1, self._loss_n))), prog_bar=True)
+            self.log(f"{prefix}/bpb", self._loss_sum / (math.log(2) * max(1, self._bytes)))
         for name, c, n in zip(self.slice_names, self._correct.tolist(), self._count.tolist()):
             self.log(f"{prefix}/acc/{name}", c / max(1, n))
         self._reset_eval()
@@ -238,7 +269,9 @@ def train(
         from safetensors.torch import load_model
 
         load_model(module.model, str(init_weights))  # strict: the same parameter names and shapes
-    cost = module.model.cost(max(s["seq_len"] for s in resolved.task["train"]))
+    from .grammar import task_seq_len
+
+    cost = module.model.cost(task_seq_len(resolved.task))
     static = {"params": cost.params, "state_size": cost.state, "flops_per_token": cost.flops_per_token}
     history = History(None if report is None else (lambda step, m: report(step, {**static, **m})))
     cbs: list = [history, *callbacks]

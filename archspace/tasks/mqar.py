@@ -16,7 +16,12 @@ Efficient Language Models", https://arxiv.org/abs/2312.04927). One example of le
 * ``labels[t]`` is the token the model should emit after reading ``inputs[t]``: the
   key's value at every query position, ``-100`` (ignored by the loss) elsewhere;
 * with ``random_non_queries`` (default, as in Zoology) every remaining filler position
-  is replaced by a token drawn uniformly from ``[0, V)``.
+  is replaced by a token drawn uniformly from ``[0, V)``;
+* with ``repeat = r > 1`` (multi-pass, JRT: Arora et al. 2024, "Just read twice: closing
+  the recall gap for recurrent language models", https://arxiv.org/abs/2407.05483) the
+  key-value context ``k1 v1 ... kn vn`` is read ``r`` times before the query region, so an
+  example is ``seq_len + (r - 1) * 2n`` tokens long; labels stay on the query positions,
+  i.e. only after the final pass. ``repeat = 1`` produces exactly the single-pass data.
 
 Sampling without replacement is vectorised over examples: uniform subsets come from
 whole-row rejection sampling when collisions are rare and from random sort keys
@@ -73,6 +78,10 @@ class MQARSlice:
     @property
     def name(self) -> str:
         return f"seq{self.seq_len}_kv{self.num_kv_pairs}"
+
+    def length(self, repeat: int = 1) -> int:
+        """Tokens per example when the context is read ``repeat`` times."""
+        return self.seq_len + (repeat - 1) * 2 * self.num_kv_pairs
 
 
 # Zoology's standard MQAR mixtures (vocab 8192): train on lengths up to 256,
@@ -167,15 +176,20 @@ def _uniform_without_replacement(rng: np.random.Generator, n_rows: int, k: int, 
 
 
 def generate_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: int, seed: int,
-                  power_a: float = 0.01, random_non_queries: bool = True
+                  power_a: float = 0.01, random_non_queries: bool = True, repeat: int = 1
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate one MQAR slice.
 
     Returns ``inputs`` [N, seq_len] int64 and ``labels`` [N, seq_len] int64, where
     ``labels[i, t]`` is the value the model should predict after reading ``inputs[i, t]``
     (a key in the query region) and ``-100`` everywhere else. Deterministic in ``seed``
-    (an int or a ``numpy.random.SeedSequence``).
+    (an int or a ``numpy.random.SeedSequence``). ``repeat`` > 1 prepends ``repeat - 1``
+    extra copies of the key-value context (label -100): rows are
+    ``seq_len + (repeat - 1) * 2 * num_kv_pairs`` long, and the random draws (hence the
+    single-pass content) do not depend on ``repeat``.
     """
+    if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+        raise ValueError(f"MQAR: repeat must be an int >= 1, got {repeat!r}")
     validate_mqar(vocab_size, seq_len, num_kv_pairs, num_examples, power_a)
     rng = np.random.default_rng(seed)
     n, kv = int(num_examples), int(num_kv_pairs)
@@ -203,6 +217,10 @@ def generate_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples
     if random_non_queries:
         filler = inputs == 0  # keys >= 1 and values >= V//2 >= 1, so 0 is only filler
         inputs[filler] = rng.integers(0, vocab_size, size=int(filler.sum()), dtype=np.int64)
+    if repeat > 1:
+        ctx = inputs[:, :context]
+        inputs = np.concatenate([np.tile(ctx, (1, repeat - 1)), inputs], axis=1)
+        labels = np.concatenate([np.full((n, (repeat - 1) * context), IGNORE_INDEX, dtype=np.int64), labels], axis=1)
     return torch.from_numpy(inputs), torch.from_numpy(labels)
 
 
@@ -339,7 +357,7 @@ class MQARDataModule(lightning.LightningDataModule):
     def __init__(self, vocab_size: int = 8192, train: Sequence[MQARSlice] = DEFAULT_TRAIN,
                  test: Sequence[MQARSlice] = DEFAULT_TEST, batch_size: int = 64,
                  power_a: float = 0.01, random_non_queries: bool = True, seed: int = 0,
-                 num_workers: int = 0):
+                 num_workers: int = 0, repeat: int = 1):
         super().__init__()
         self.vocab_size = int(vocab_size)
         self.train_slices = tuple(MQARSlice(*s) if not isinstance(s, MQARSlice) else s for s in train)
@@ -355,6 +373,9 @@ class MQARDataModule(lightning.LightningDataModule):
         self.batch_size = int(batch_size)
         self.power_a = float(power_a)
         self.random_non_queries = bool(random_non_queries)
+        if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+            raise ValueError(f"MQAR: repeat must be an int >= 1, got {repeat!r}")
+        self.repeat = int(repeat)
         self.seed = int(seed)
         self.num_workers = int(num_workers)
         self.train_data: MQARSplit | None = None
@@ -390,13 +411,15 @@ class MQARDataModule(lightning.LightningDataModule):
             "random_non_queries": self.random_non_queries,
             "seed": self.seed,
         }
+        if self.repeat != 1:  # single-pass hashes stay what they were before `repeat` existed
+            params["repeat"] = self.repeat
         blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     # ------------------------------------------------------------------ data
     def _generate(self, split: str) -> MQARSplit:
         slices = self._slices(split)
-        width = max(s.seq_len for s in slices)
+        width = max(s.length(self.repeat) for s in slices)
         total = sum(s.num_examples for s in slices)
         inputs = torch.zeros((total, width), dtype=torch.int32)
         labels = torch.full((total, width), IGNORE_INDEX, dtype=torch.int32)
@@ -405,9 +428,10 @@ class MQARDataModule(lightning.LightningDataModule):
         for i, s in enumerate(slices):
             x, y = generate_mqar(self.vocab_size, s.seq_len, s.num_kv_pairs, s.num_examples,
                                  seed=slice_seed(self.seed, split, i), power_a=self.power_a,
-                                 random_non_queries=self.random_non_queries)
-            inputs[row:row + s.num_examples, :s.seq_len] = x
-            labels[row:row + s.num_examples, :s.seq_len] = y
+                                 random_non_queries=self.random_non_queries, repeat=self.repeat)
+            length = s.length(self.repeat)
+            inputs[row:row + s.num_examples, :length] = x
+            labels[row:row + s.num_examples, :length] = y
             slice_ids[row:row + s.num_examples] = i
             row += s.num_examples
         return MQARSplit(inputs, labels, slice_ids)

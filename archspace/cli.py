@@ -224,6 +224,31 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_mad(args) -> int:
+    """`mad DESIGN.yaml`: the MAD score (archspace.tasks.mad_score)."""
+    from .tasks.mad_params import TASKS
+    from .tasks.mad_score import BUDGETS, evaluate, format_table
+
+    design, resolved = _load(args)
+    budget = dict(BUDGETS[args.budget])
+    for key, value in (("max_steps", args.steps), ("batch_size", args.batch_size),
+                       ("num_test_examples", args.test_examples)):
+        if value is not None:
+            budget[key] = value
+    tasks = args.tasks or list(TASKS)
+    known = set(TASKS) | set(TASKS.values())
+    for t in tasks:
+        if t not in known:
+            raise ConfigError(f"--tasks: unknown MAD task {t!r}", file="<command line>",
+                              hint=f"Tasks: {', '.join(TASKS.values())}")
+    out = Path(args.out) if args.out else Path(args.results_dir or default_results_dir()) / "mad" / resolved.name
+    result = evaluate(resolved, out, tasks=tasks, which=args.settings, budget=budget,
+                      lrs=args.lrs or (1e-4, 5e-4, 1e-3), wds=args.wds if args.wds is not None else (0.0, 0.1))
+    print(format_table(result))
+    print(f"wrote {out / 'mad_scores.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="archspace",
@@ -297,6 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print or write the JSON Schema of design files.")
     s.add_argument("--out", default=None, help="file to write (default: stdout)")
     s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("mad", help="MAD score: train on the six MAD tasks over the lr x weight-decay sweep",
+                       description="Train DESIGN's model on MAD's synthetic tasks (Poli et al. 2024): per setting the "
+                                   "best test accuracy over the lr x weight-decay sweep, averaged over settings, then "
+                                   "tasks. Writes mad_scores.json.")
+    s.add_argument("file", help="design file (its model and train sections; the task section is replaced)")
+    s.add_argument("--tasks", nargs="+", default=None,
+                   help="subset of: in_context_recall fuzzy_in_context_recall noisy_in_context_recall "
+                        "selective_copying compression memorization (default: all)")
+    s.add_argument("--settings", choices=["baseline", "grid"], default="baseline",
+                   help="baseline only, or baseline + difficulty grid (MAD's 66 settings)")
+    s.add_argument("--budget", choices=["cpu", "full"], default="cpu", help="steps, batch and test size per run")
+    s.add_argument("--steps", type=int, default=None, help="override the budget's max_steps")
+    s.add_argument("--batch-size", type=int, default=None, help="override the budget's batch size")
+    s.add_argument("--test-examples", type=int, default=None, help="override the budget's test-set size")
+    s.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates (default 1e-4 5e-4 1e-3)")
+    s.add_argument("--wds", type=float, nargs="+", default=None, help="weight decays (default 0 0.1)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a design key")
+    s.add_argument("--out", default=None, help="output directory (default RESULTS/mad/<design name>)")
+    s.add_argument("--results-dir", default=None, help="results root (default: $ARCHSPACE_RESULTS or ./results)")
+    s.set_defaults(func=cmd_mad)
     return p
 
 

@@ -1,0 +1,63 @@
+"""MQAR variants: multi-pass (JRT) repetition and the Zoology/Based mixture recipes."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from archspace.grammar import load_task_ref, task_seq_len, validate_data
+from archspace.tasks.mqar import MQARDataModule, MQARSlice, generate_mqar, slice_seed
+from archspace.yamlio import Marks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_repeat_prepends_the_context_and_labels_only_the_final_pass():
+    V, T, KV, N = 512, 64, 8, 50
+    x1, y1 = (a.numpy() for a in generate_mqar(V, T, KV, N, seed=slice_seed(0, "train", 0)))
+    x2, y2 = (a.numpy() for a in generate_mqar(V, T, KV, N, seed=slice_seed(0, "train", 0), repeat=2))
+    x3, y3 = (a.numpy() for a in generate_mqar(V, T, KV, N, seed=slice_seed(0, "train", 0), repeat=3))
+    C = 2 * KV
+    assert x2.shape == (N, T + C) and x3.shape == (N, T + 2 * C)
+    assert np.array_equal(x2[:, C:], x1) and np.array_equal(y2[:, C:], y1)  # the single pass, unchanged
+    assert np.array_equal(x2[:, :C], x1[:, :C])  # the context again, first
+    assert np.array_equal(x3[:, :C], x1[:, :C]) and np.array_equal(x3[:, C:2 * C], x1[:, :C])
+    assert (y2[:, :2 * C] == -100).all() and (y3[:, :3 * C] == -100).all()
+    # labels only in the query region after the final pass; every answer is in the context
+    for row, lab in zip(x2, y2):
+        ctx = dict(zip(row[:C:2], row[1:C:2]))
+        pos = np.nonzero(lab != -100)[0]
+        assert len(pos) == KV and (pos >= 2 * C).all()
+        assert all(ctx[row[p]] == lab[p] for p in pos)
+    with pytest.raises(ValueError):
+        generate_mqar(V, T, KV, N, seed=0, repeat=0)
+
+
+def test_repeat_data_module_widths_hash_and_split_separation():
+    mk = lambda r: MQARDataModule(vocab_size=256, train=[MQARSlice(32, 4, 100)],
+                                  test=[MQARSlice(32, 4, 20), MQARSlice(64, 8, 20)], batch_size=8, repeat=r)
+    a, b = mk(1), mk(2)
+    assert a.data_hash() != b.data_hash() and b.data_hash() == mk(2).data_hash()
+    b.setup("fit")
+    assert b.train_data.inputs.shape[1] == 40 and b.test_data.inputs.shape[1] == 80
+    assert b.train_test_overlap == 0
+
+
+def test_jrt_in_the_grammar_and_seq_len():
+    d = validate_data({"task": {"vocab_size": 256, "repeat": 2, "train": [{"seq_len": 64, "num_kv_pairs": 8,
+                                                                          "num_examples": 10}]}}, Marks("<t>"))
+    assert d.task.repeat == 2 and task_seq_len(d.task.model_dump()) == 80
+    with pytest.raises(Exception, match="repeat"):
+        validate_data({"task": {"repeat": 0}}, Marks("<t>"))
+
+
+@pytest.mark.parametrize("recipe", ["mqar_zoology", "mqar_zoology_jrt"])
+def test_zoology_recipes(recipe):
+    task = load_task_ref(recipe, Marks(str(ROOT / "x.yaml")))
+    assert task["vocab_size"] == 8192
+    train = [(s["seq_len"], s["num_kv_pairs"]) for s in task["train"]]
+    test = [(s["seq_len"], s["num_kv_pairs"]) for s in task["test"]]
+    assert train == [(64, 4), (128, 8), (256, 16), (256, 32), (256, 64)]
+    assert test[-1] == (1024, 256) and (64, 4) in test
+    assert task.get("repeat", 1) == (2 if recipe.endswith("jrt") else 1)
+    # CPU-sized: a few thousand examples a slice
+    assert sum(s["num_examples"] for s in task["train"]) <= 20000

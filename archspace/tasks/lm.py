@@ -169,9 +169,6 @@ def build_shards(task: dict[str, Any]) -> Path:
     vocab = int(task["vocab_size"])
     if task["tokenizer"] == "bytes":
         token_bytes = np.array([1] * 256 + [0, 0], dtype=np.int64)
-
-        def encode(d: str) -> list[int] | bytes:
-            return d.encode("utf-8")
         eos = EOS
     else:
         tok = _train_bpe(splits["train"], vocab)

@@ -66,7 +66,9 @@ def cmd_show(args) -> int:
     from .blocks.model import Layer, SequenceModel
 
     design, resolved = _load(args)
-    seq_len = args.seq_len or max(s["seq_len"] for s in resolved.task["train"])
+    from .grammar import task_seq_len
+
+    seq_len = args.seq_len or task_seq_len(resolved.task)
     costs = [Layer.cost(layer, seq_len) for layer in resolved.model.layers]
     total = SequenceModel.cost_of(resolved.model, seq_len)
     table = Table(title=f"{resolved.name}  design {resolved.design_hash}  layout {resolved.layout}  (T={seq_len})")

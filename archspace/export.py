@@ -836,10 +836,45 @@ def verify(out: Path, run_dir: Path, model_cfg) -> float:
     return diff
 
 
+def _seq_len(resolved: dict) -> int:
+    """The longest training length of the design's task (for state size and FLOPs in the card)."""
+    from .grammar import task_seq_len
+
+    try:
+        return task_seq_len(resolved.get("task") or {})
+    except (KeyError, TypeError, ValueError):
+        return 64
+
+
+def export_tokenizer(task: dict, out: Path) -> str:
+    """Write the task's tokenizer files into `out`; return the model card's sentence about them.
+
+    LM tasks: the BPE tokenizer trained on the corpus (`tokenizer.json`, from the token-shard
+    cache, rebuilt if the cache is gone) or a description of the byte tokenizer. Synthetic tasks
+    (MQAR, MAD) have none: their inputs are token ids made by a generator.
+    """
+    if task.get("name") != "lm":
+        return (f"This task has no tokenizer: `{task.get('name')}` sequences are integer token ids "
+                f"in [0, {task.get('vocab_size')}) made by its generator, so the export ships none; "
+                "give the model token ids directly.")
+    from .tasks.lm import EOS, PAD, build_shards
+
+    if task.get("tokenizer") == "bpe":
+        shards = build_shards(task)
+        shutil.copy2(shards / "tokenizer.json", out / "tokenizer.json")
+        return ("The task's BPE tokenizer (trained on the training documents) is `tokenizer.json`; load it with "
+                "`tokenizers.Tokenizer.from_file` (`<eos>` ends every document).")
+    spec = {"type": "bytes", "vocab_size": 258, "eos_id": EOS, "pad_id": PAD,
+            "encode": "token id = UTF-8 byte value; <eos> ends every document"}
+    (out / "tokenizer.json").write_text(json.dumps(spec, indent=2) + "\n")
+    return ("The task's tokenizer is byte-level: token id = UTF-8 byte value, `<eos>` = 256, `<pad>` = 257 "
+            "(described in `tokenizer.json`).")
+
+
 def _design_rows(resolved: dict, model_cfg) -> list[list[str]]:
     from .blocks.model import Layer
 
-    seq_len = max((s["seq_len"] for s in (resolved.get("task") or {}).get("train", [])), default=64)
+    seq_len = _seq_len(resolved)
     rows = []
     labels = resolved.get("labels") or []
     for i, layer in enumerate(model_cfg.layers):
@@ -874,7 +909,7 @@ def _fmt(v: Any) -> str:
 def model_card(resolved: dict, model_cfg, metrics: dict, sel: Selection, out: Path, tokenizer_note: str) -> str:
     from .blocks.model import SequenceModel
 
-    seq_len = max((s["seq_len"] for s in (resolved.get("task") or {}).get("train", [])), default=64)
+    seq_len = _seq_len(resolved)
     total = SequenceModel.cost_of(model_cfg, seq_len)
     name = resolved.get("name", "design")
     lines = [f"# {name} (archspace export)", "",
@@ -976,14 +1011,6 @@ def export(sel: Selection, out: Path, *, force: bool = False) -> ExportResult:
             metrics = {}
     version = _version()
     task = resolved.get("task") or {}
-    tokenizer = task.get("tokenizer")
-    if tokenizer:
-        tokenizer_note = f"The task's tokenizer files are copied here from `{tokenizer}`."
-    else:
-        tokenizer_note = (f"This task has no tokenizer: `{task.get('name')}` sequences are integer token ids "
-                          f"in [0, {task.get('vocab_size')}) made by its generator, so the export ships none; "
-                          "give the model token ids directly.")
-
     out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open
@@ -997,12 +1024,7 @@ def export(sel: Selection, out: Path, *, force: bool = False) -> ExportResult:
 
     (out / MODELING_FILE).write_text(build_modeling_source(model_cfg, version=version))
     (out / "generate.py").write_text(GENERATE_PY)
-    if tokenizer:
-        src = Path(tokenizer)
-        if src.is_dir():
-            shutil.copytree(src, out, dirs_exist_ok=True)
-        elif src.is_file():
-            shutil.copy2(src, out / src.name)
+    tokenizer_note = export_tokenizer(task, out)
     source = {"run_dir": str(sel.run_dir)}
     if sel.study_dir is not None:
         source.update({"study": sel.study.get("name"), "study_dir": str(sel.study_dir), "trial_id": sel.trial_id,
@@ -1027,7 +1049,7 @@ def export(sel: Selection, out: Path, *, force: bool = False) -> ExportResult:
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "source": source,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-            "tokenizer": None if not tokenizer else Path(tokenizer).name,
+            "tokenizer": "tokenizer.json" if (out / "tokenizer.json").exists() else None,
             "modeling_file": MODELING_FILE,
             "excluded_modules": sorted(_short(m) for m in excluded_modules(model_cfg)),
         },

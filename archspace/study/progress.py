@@ -242,11 +242,11 @@ def effects_markdown(rows: list[dict], space) -> list[str]:
         word = "rises" if obj.mode == "max" else "falls"
         if all(steps):
             out += ["", f"Mean `{obj.metric}` {word} monotonically as the share of attention layers rises: {trend}."]
-        elif means[-1] != means[0] and better(means[0], means[-1]):
-            out += ["", f"Mean `{obj.metric}` {word} overall as the share of attention layers rises, "
-                        f"but not at every step: {trend}."]
         else:
-            out += ["", f"Mean `{obj.metric}` does not improve with the share of attention layers: {trend}."]
+            best_i = max(range(len(means)), key=lambda i: means[i] if obj.mode == "max" else -means[i])
+            n_a, n = sorted(shares)[best_i]
+            out += ["", f"Mean `{obj.metric}` does not {'rise' if obj.mode == 'max' else 'fall'} monotonically with the "
+                        f"share of attention layers; it is best at {n_a}/{n} attention layers: {trend}."]
         out.append("")
     return out
 

@@ -22,6 +22,8 @@ UPDATES = ("gd",)  # one gradient step per token
 FEATURE_MAPS = ("identity", "elu1", "silu", "relu")
 KEY_NORMS = ("none", "l2")
 KERNEL_PATHS = ("chunk", "reference")
+HIERARCHIES = ("none", "log_linear")  # log_linear: Fenwick-tree levels (Guo et al. 2025, arXiv:2506.04761)
+TITANS_VARIANTS = ("mac", "mag", "mal")  # Titans (Behrouz et al. 2024, arXiv:2501.00663)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class MemoryConfig:
     gate_temperature: float = 16.0  # GLA: log a_t = logsigmoid(.) / temperature
     chunk_size: int = 64
     path: Literal["chunk", "reference"] = "chunk"
+    # Log-linear memory: O(log T) Fenwick-level states read with data-dependent per-level weights
+    # lambda_t = softplus(W_l x_t) [H, levels]; tokens beyond the top level share the last level.
+    hierarchy: Literal["none", "log_linear"] = "none"
+    levels: int = 16  # Fenwick levels (covers 2**(levels-1) tokens before the last level saturates)
     kind: Literal["memory"] = "memory"
 
 
@@ -69,8 +75,85 @@ class SwiGLUConfig:
     kind: Literal["swiglu"] = "swiglu"
 
 
-TokenMixerConfig = Union[MemoryConfig, AttentionConfig]
-ChannelMixerConfig = Union[SwiGLUConfig]
+@dataclass(frozen=True)
+class MoMConfig:
+    """Mixture-of-Memories (Du et al. 2025, https://arxiv.org/abs/2502.13685) over any memory mixer.
+
+    A router (linear + softmax over `memories`) picks the top_k memories per token and renormalises
+    their weights; each memory has its own key/value projections (one shared pair when share_kv) and
+    decays and writes only at the tokens routed to it. An optional always-on shared memory is added
+    with weight 1. aux_loss_weight scales the load-balancing loss; capacity (a factor) caps the tokens
+    one memory takes per sequence at ceil(capacity * T * top_k / memories).
+    """
+
+    memory: MemoryConfig
+    memories: int = 4
+    top_k: int = 2
+    shared_memory: bool = True
+    share_kv: bool = False
+    aux_loss_weight: float = 0.01
+    capacity: Optional[float] = None
+    kind: Literal["mom"] = "mom"
+
+    @property
+    def d_model(self) -> int:
+        return self.memory.d_model
+
+
+@dataclass(frozen=True)
+class TitansConfig:
+    """A Titans composition (Behrouz et al. 2024, https://arxiv.org/abs/2501.00663) of a memory mixer
+    and softmax attention with `persistent_tokens` learned tokens.
+
+    mac  memory as context: segments of `segment` tokens; each segment attends (causally) over
+         [persistent tokens, memory read for the segment, segment]; the memory then writes the
+         attention output and gates it.
+    mag  memory as gate: a sliding-window attention branch (window from `attention.window`) gated
+         by the memory branch.
+    mal  memory as layer: the memory mixer, then sliding-window attention, in one block.
+    """
+
+    memory: MemoryConfig
+    attention: AttentionConfig
+    variant: Literal["mac", "mag", "mal"] = "mac"
+    segment: int = 64
+    persistent_tokens: int = 4
+    kind: Literal["titans"] = "titans"
+
+    @property
+    def d_model(self) -> int:
+        return self.memory.d_model
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Mixture-of-Experts SwiGLU MLP (Linear-MoE, Sun et al. 2025, https://arxiv.org/abs/2503.05447):
+    a softmax router picks top_k of `experts` SwiGLU experts of width `hidden` per token (weights
+    renormalised), with a load-balancing loss scaled by aux_loss_weight and an optional capacity factor."""
+
+    d_model: int
+    hidden: int
+    experts: int = 8
+    top_k: int = 2
+    aux_loss_weight: float = 0.01
+    capacity: Optional[float] = None
+    kind: Literal["moe"] = "moe"
+
+
+TokenMixerConfig = Union[MemoryConfig, AttentionConfig, MoMConfig, TitansConfig]
+ChannelMixerConfig = Union[SwiGLUConfig, MoEConfig]
+CONFIG_KINDS = {"memory": MemoryConfig, "attention": AttentionConfig, "swiglu": SwiGLUConfig,
+                "mom": MoMConfig, "titans": TitansConfig, "moe": MoEConfig}
+
+
+def config_from_dict(d: dict):
+    """Inverse of dataclasses.asdict for block configs (nested memory/attention configs included)."""
+    cls = CONFIG_KINDS[d["kind"]]
+    args = dict(d)
+    for key in ("memory", "attention"):
+        if isinstance(args.get(key), dict):
+            args[key] = config_from_dict(args[key])
+    return cls(**args)
 
 
 @dataclass(frozen=True)
@@ -96,11 +179,10 @@ class ModelConfig:
 
     @staticmethod
     def from_dict(d: dict) -> "ModelConfig":
-        kinds = {"memory": MemoryConfig, "attention": AttentionConfig, "swiglu": SwiGLUConfig}
         layers = []
         for layer in d["layers"]:
-            mixer = kinds[layer["mixer"]["kind"]](**layer["mixer"])
-            mlp = None if layer["mlp"] is None else kinds[layer["mlp"]["kind"]](**layer["mlp"])
+            mixer = config_from_dict(layer["mixer"])
+            mlp = None if layer["mlp"] is None else config_from_dict(layer["mlp"])
             layers.append(LayerConfig(mixer=mixer, mlp=mlp))
         rest = {k: v for k, v in d.items() if k != "layers"}
         return ModelConfig(layers=tuple(layers), **rest)
@@ -114,11 +196,21 @@ class Cost:
     state: numbers held per sequence at inference after T tokens (recurrent state, conv state,
         or the KV cache of attention).
     flops_per_token: forward FLOPs (2 per multiply-add) averaged over the T positions of a sequence.
+    active_params: parameters one token uses (routed blocks: MoE, MoM); None means all of them.
     """
 
     params: int
     state: int
     flops_per_token: float
+    active_params: Optional[int] = None
+
+    @property
+    def active(self) -> int:
+        return self.params if self.active_params is None else self.active_params
 
     def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.params + other.params, self.state + other.state, self.flops_per_token + other.flops_per_token)
+        active = None
+        if self.active_params is not None or other.active_params is not None:
+            active = self.active + other.active
+        return Cost(self.params + other.params, self.state + other.state,
+                    self.flops_per_token + other.flops_per_token, active)

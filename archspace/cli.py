@@ -59,6 +59,24 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}" if float(n).is_integer() else f"{n:.1f}"
 
 
+def _mixer_summary(mx) -> tuple[str, str, str]:
+    """(axes, heads, dims) columns of `archspace show` for one token-mixer config."""
+    if mx.kind == "attention":
+        return "softmax" + (f" window={mx.window}" if mx.window else " global"), str(mx.heads), f"d={mx.head_dim}"
+    if mx.kind == "mom":
+        axes, heads, dims = _mixer_summary(mx.memory)
+        extra = " +shared" if mx.shared_memory else ""
+        return f"MoM top{mx.top_k}/{mx.memories}{extra} {axes}", heads, dims
+    if mx.kind == "titans":
+        axes, heads, dims = _mixer_summary(mx.memory)
+        att = f"seg={mx.segment}" if mx.variant == "mac" else f"window={mx.attention.window}"
+        return f"titans-{mx.variant} {att} P={mx.persistent_tokens} {axes}", heads, dims
+    axes = f"{mx.structure}/{mx.bias}/{mx.retention}/{mx.update}"
+    if mx.hierarchy == "log_linear":
+        axes += f" log-linear L={mx.levels}"
+    return axes, str(mx.heads), f"K={mx.key_dim} V={mx.value_dim}"
+
+
 def cmd_show(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -72,27 +90,30 @@ def cmd_show(args) -> int:
     costs = [Layer.cost(layer, seq_len) for layer in resolved.model.layers]
     total = SequenceModel.cost_of(resolved.model, seq_len)
     table = Table(title=f"{resolved.name}  design {resolved.design_hash}  layout {resolved.layout}  (T={seq_len})")
-    for col in ("layer", "mixer", "axes", "heads", "dims", "mlp", "params", "state", "FLOPs/token"):
-        table.add_column(col, justify="right" if col in ("params", "state", "FLOPs/token", "layer", "heads") else "left")
+    routed = total.active_params is not None
+    cols = ["layer", "mixer", "axes", "heads", "dims", "mlp", "params"] + (["active"] if routed else [])
+    for col in cols + ["state", "FLOPs/token"]:
+        table.add_column(col, justify="right" if col in ("params", "active", "state", "FLOPs/token", "layer", "heads")
+                         else "left")
     for i, (layer, label, cost) in enumerate(zip(resolved.model.layers, resolved.labels, costs)):
-        mx = layer.mixer
-        if mx.kind == "memory":
-            axes = f"{mx.structure}/{mx.bias}/{mx.retention}/{mx.update}"
-            dims = f"K={mx.key_dim} V={mx.value_dim}"
-        else:
-            axes = "softmax" + (f" window={mx.window}" if mx.window else " global")
-            dims = f"d={mx.head_dim}"
-        mlp = f"swiglu {layer.mlp.hidden}" if layer.mlp else "-"
-        table.add_row(str(i), label, axes, str(mx.heads), dims, mlp, _fmt(cost.params), _fmt(cost.state),
-                      _fmt(cost.flops_per_token))
-    table.add_row("all", "", "embedding + head included", "", "", "", _fmt(total.params), _fmt(total.state),
-                  _fmt(total.flops_per_token), style="bold")
+        axes, heads, dims = _mixer_summary(layer.mixer)
+        mlp = "-"
+        if layer.mlp is not None and layer.mlp.kind == "moe":
+            mlp = f"moe {layer.mlp.top_k}/{layer.mlp.experts}x{layer.mlp.hidden}"
+        elif layer.mlp is not None:
+            mlp = f"swiglu {layer.mlp.hidden}"
+        table.add_row(str(i), label, axes, heads, dims, mlp, _fmt(cost.params),
+                      *([_fmt(cost.active)] if routed else []), _fmt(cost.state), _fmt(cost.flops_per_token))
+    table.add_row("all", "", "embedding + head included", "", "", "", _fmt(total.params),
+                  *([_fmt(total.active)] if routed else []), _fmt(total.state), _fmt(total.flops_per_token),
+                  style="bold")
     console = Console()
     if not console.is_terminal:
-        console = Console(width=150)
+        console = Console(width=160)
     console.print(table)
-    print(f"params {total.params:,}  state {total.state:,} numbers/sequence  FLOPs/token {total.flops_per_token:,.0f}  "
-          f"design_hash {resolved.design_hash}")
+    active = f"  active params/token {total.active:,}" if routed else ""
+    print(f"params {total.params:,}{active}  state {total.state:,} numbers/sequence  "
+          f"FLOPs/token {total.flops_per_token:,.0f}  design_hash {resolved.design_hash}")
     if args.resolved:
         print(resolved.to_yaml())
     return 0

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import yamlio
-from .grammar import Design, HybridSpec, MixerSpec
+from .grammar import Design, HybridSpec, MixerSpec, parse_pattern
 
 # Fields that choose how a layer is computed, not what it computes: excluded from the design hash,
 # so the chunked and reference paths of one design share a hash.
@@ -25,11 +25,16 @@ class Resolved:
 
     name: str
     model: Any  # archspace.blocks.config.ModelConfig
-    layout: str  # one letter per layer: M memory mixer, A attention
+    layout: str  # one letter per layer: M model.mixer, A model.attention, other letters model.mixers
     labels: tuple  # per layer, the preset name (or "custom") of its token mixer, for display
     task: dict
     train: dict
     design_hash: str
+
+    @property
+    def attention_layers(self) -> int:
+        """Layers whose token mixer is plain softmax attention (global or sliding window)."""
+        return sum(1 for layer in self.model.layers if layer.mixer.kind == "attention")
 
     def to_dict(self) -> dict:
         return {
@@ -57,7 +62,7 @@ def expand_layout(hybrid: HybridSpec, n_layers: int | None) -> str:
     bottom (first layers), middle (centred).
     """
     if hybrid.pattern is not None:
-        return "".join(hybrid.pattern)
+        return "".join(parse_pattern(hybrid.pattern))
     n = 2 if n_layers is None else n_layers
     m, a = (int(x) for x in (hybrid.ratio or "1:0").split(":"))
     if a == 0:
@@ -80,8 +85,11 @@ def expand_layout(hybrid: HybridSpec, n_layers: int | None) -> str:
     return "".join("A" if i in idx else "M" for i in range(n))
 
 
-def _mixer_config(spec: MixerSpec, d_model: int):
-    from .blocks.config import AttentionConfig, MemoryConfig
+def _mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = None):
+    """One token-mixer config; `attention` is the model's attention spec (the branch of Titans blocks)."""
+    from dataclasses import replace
+
+    from .blocks.config import AttentionConfig, MemoryConfig, MoMConfig, TitansConfig
 
     if spec.type == "attention":
         return AttentionConfig(
@@ -91,6 +99,21 @@ def _mixer_config(spec: MixerSpec, d_model: int):
             window=spec.window,
             rope_base=spec.rope_base,
         )
+    memory = _memory_config(spec, d_model)
+    if spec.mom is not None:
+        return MoMConfig(memory=memory, **spec.mom.model_dump())
+    if spec.titans is not None:
+        t = spec.titans
+        branch = _mixer_config(attention, d_model)
+        branch = replace(branch, window=None if t.variant == "mac" else t.window)
+        return TitansConfig(memory=memory, attention=branch, variant=t.variant, segment=t.segment,
+                            persistent_tokens=t.persistent_tokens)
+    return memory
+
+
+def _memory_config(spec: MixerSpec, d_model: int):
+    from .blocks.config import MemoryConfig
+
     return MemoryConfig(
         d_model=d_model,
         heads=spec.heads,
@@ -109,6 +132,8 @@ def _mixer_config(spec: MixerSpec, d_model: int):
         gate_temperature=spec.gate_temperature,
         chunk_size=spec.chunk_size,
         path=spec.path,
+        hierarchy=spec.hierarchy,
+        levels=spec.levels,
     )
 
 
@@ -127,17 +152,21 @@ def design_hash(model_dict: dict) -> str:
 
 
 def resolve(design: Design) -> Resolved:
-    from .blocks.config import LayerConfig, ModelConfig, SwiGLUConfig
+    from .blocks.config import LayerConfig, ModelConfig, MoEConfig, SwiGLUConfig
 
     m = design.model
     layout = expand_layout(m.hybrid, m.n_layers)
     d = m.d_model
-    memory = _mixer_config(m.mixer, d)
-    attention = _mixer_config(m.attention, d)
+    specs = {"M": m.mixer, "A": m.attention, **m.mixers}
+    mixers = {letter: _mixer_config(spec, d, m.attention) for letter, spec in specs.items()}
     mlp = None
+    hidden = m.mlp.hidden or max(1, round(m.mlp.hidden_mult * d))
     if m.mlp.kind == "swiglu":
-        mlp = SwiGLUConfig(d_model=d, hidden=m.mlp.hidden or max(1, round(m.mlp.hidden_mult * d)))
-    layers = tuple(LayerConfig(mixer=memory if ch == "M" else attention, mlp=mlp) for ch in layout)
+        mlp = SwiGLUConfig(d_model=d, hidden=hidden)
+    elif m.mlp.kind == "moe":
+        mlp = MoEConfig(d_model=d, hidden=hidden, experts=m.mlp.experts, top_k=m.mlp.top_k,
+                        aux_loss_weight=m.mlp.aux_loss_weight, capacity=m.mlp.capacity)
+    layers = tuple(LayerConfig(mixer=mixers[ch], mlp=mlp) for ch in layout)
     model = ModelConfig(
         vocab_size=m.vocab_size or design.task.vocab_size,
         d_model=d,
@@ -149,11 +178,25 @@ def resolve(design: Design) -> Resolved:
         name=design.name or "design",
         model=model,
         layout=layout,
-        labels=tuple((m.mixer.preset if ch == "M" else m.attention.preset) or "custom" for ch in layout),
+        labels=tuple(_label(specs[ch]) for ch in layout),
         task=design.task.model_dump(),
         train=design.train.model_dump(),
         design_hash=design_hash(model.to_dict()),
     )
+
+
+def _label(spec: MixerSpec) -> str:
+    """Display name of a layer's token mixer: its preset plus what wraps it."""
+    name = spec.preset or "custom"
+    if spec.type != "memory":
+        return name
+    if spec.hierarchy == "log_linear":
+        name = f"log_linear_{name}"
+    if spec.mom is not None:
+        name = f"mom{spec.mom.memories}x{name}"
+    if spec.titans is not None:
+        name = f"titans_{spec.titans.variant}({name})"
+    return name
 
 
 def build_model(resolved: Resolved):

@@ -64,13 +64,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 MEMORY_ONLY_KEYS = (
     "key_dim", "value_dim", "structure", "bias", "retention", "update", "feature_map", "key_norm",
     "short_conv", "norm", "output_gate", "gate_rank", "gate_temperature", "chunk_size", "path",
+    "hierarchy", "levels", "mom", "titans",
 )
 ATTENTION_ONLY_KEYS = ("head_dim", "window", "rope_base")
 
 
+SET = "<set>"  # in Incompatibility.when: the key is present and not null (e.g. a `mom:` section)
+
+
 @dataclass(frozen=True)
 class Incompatibility:
-    when: dict[str, Any]  # mixer key -> value; the rule fires when all match
+    when: dict[str, Any]  # mixer key -> value (or SET); the rule fires when all match
     why: str
 
 
@@ -86,12 +90,31 @@ INCOMPATIBLE: tuple[Incompatibility, ...] = (
         "the delta rule needs l2-normalised keys (key_norm: l2): with ||k|| > 1 the transition "
         "I - b k k^T can expand the state and training diverges",
     ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "retention": "vector"},
+        "log-linear memory is defined for scalar (or no / constant) retention: the Mamba2 and Gated DeltaNet "
+        "forms of Guo et al. 2025; use retention: scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "mom": SET},
+        "a Mixture-of-Memories of log-linear memories is not in grammar version 1; use one or the other",
+    ),
+    Incompatibility(
+        {"type": "memory", "mom": SET, "titans": SET},
+        "a Titans composition takes one memory mixer, not a Mixture-of-Memories, in grammar version 1",
+    ),
 )
+
+
+def _matches(mixer: dict[str, Any], key: str, want: Any) -> bool:
+    if key not in mixer:
+        return False
+    return mixer[key] is not None if want == SET else mixer[key] == want
 
 
 def violations(mixer: dict[str, Any]) -> list[Incompatibility]:
     """Rules of INCOMPATIBLE that a (possibly partial) mixer assignment breaks."""
-    return [r for r in INCOMPATIBLE if all(k in mixer and mixer[k] == v for k, v in r.when.items())]
+    return [r for r in INCOMPATIBLE if all(_matches(mixer, k, v) for k, v in r.when.items())]
 
 
 def could_violate(partial: dict[str, Any], key: str, value: Any) -> bool:
@@ -106,6 +129,36 @@ def could_violate(partial: dict[str, Any], key: str, value: Any) -> bool:
 # ----------------------------------------------------------------------------------------------
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class MoMSpec(_Spec):
+    """Mixture-of-Memories (Du et al. 2025, https://arxiv.org/abs/2502.13685) over this memory mixer."""
+
+    memories: int = Field(4, ge=1, le=256, description="number of memories M")
+    top_k: int = Field(2, ge=1, le=256, description="memories each token is routed to (weights renormalised)")
+    shared_memory: bool = Field(True, description="add an always-on shared memory that sees every token")
+    share_kv: bool = Field(False, description="one key/value projection shared by all memories")
+    aux_loss_weight: float = Field(0.01, ge=0, description="weight of the load-balancing loss (logged as train/aux_loss)")
+    capacity: Optional[float] = Field(None, gt=0, description="capacity factor: a memory takes at most "
+                                      "ceil(capacity * T * top_k / memories) tokens per sequence (null = no cap)")
+
+    @model_validator(mode="after")
+    def _k(self):
+        if self.top_k > self.memories:
+            raise ValueError(f"top_k {self.top_k} exceeds memories {self.memories}")
+        return self
+
+
+class TitansSpec(_Spec):
+    """A Titans composition (Behrouz et al. 2024, https://arxiv.org/abs/2501.00663) of this memory mixer
+    with the model's `attention` mixer."""
+
+    variant: Literal["mac", "mag", "mal"] = Field(
+        "mac", description="mac: memory as context; mag: memory as gate; mal: memory as layer")
+    segment: int = Field(64, ge=1, le=1 << 16, description="mac: segment length")
+    persistent_tokens: int = Field(4, ge=0, le=1024, description="learned tokens prepended to the attention context")
+    window: Optional[int] = Field(64, ge=1, description="mag/mal: sliding-window length of the attention branch "
+                                  "(null = global)")
 
 
 class MixerSpec(_Spec):
@@ -131,6 +184,11 @@ class MixerSpec(_Spec):
     gate_temperature: float = Field(16.0, gt=0, description="GLA gate: log a = logsigmoid(.) / temperature")
     chunk_size: int = Field(64, ge=1, le=1024, description="chunk length of the chunked training path")
     path: Literal["chunk", "reference"] = Field("chunk", description="kernel path: chunk (training) or reference (token loop)")
+    hierarchy: Literal["none", "log_linear"] = Field(
+        "none", description="log_linear: Fenwick-tree levels of states with data-dependent level weights (Guo et al. 2025)")
+    levels: int = Field(16, ge=2, le=64, description="log-linear levels (older tokens share the last level)")
+    mom: Optional[MoMSpec] = Field(None, description="make this memory a Mixture-of-Memories")
+    titans: Optional[TitansSpec] = Field(None, description="compose this memory with attention, Titans-style")
     # attention
     head_dim: Optional[int] = Field(None, ge=1, le=1024, description="attention head dim (default d_model / heads)")
     window: Optional[int] = Field(None, ge=1, description="sliding window length (null = global causal)")
@@ -143,13 +201,25 @@ class HybridSpec(_Spec):
     ratio: Optional[str] = Field(None, description='memory : attention layers, e.g. "3:1"; "1:0" pure memory, "0:1" pure attention')
     placement: Literal["interleave", "top", "bottom", "middle"] = Field(
         "interleave", description="where attention layers go for a ratio")
-    pattern: Optional[Any] = Field(None, description='explicit per-layer pattern: "MMAM" or a list ["M", "A", ...]')
+    pattern: Optional[Any] = Field(None, description='explicit per-layer pattern: "MMAM", "MMMA x 4", "MA x 2 MM" '
+                                   'or a list ["M", "A", ...]; letters M (mixer), A (attention) or a key of `mixers`')
 
 
 class MLPSpec(_Spec):
-    kind: Literal["swiglu", "none"] = Field("swiglu", description="channel mixer")
-    hidden: Optional[int] = Field(None, ge=1, description="hidden width (default hidden_mult * d_model)")
+    kind: Literal["swiglu", "moe", "none"] = Field("swiglu", description="channel mixer: SwiGLU, Mixture-of-Experts of SwiGLUs, or none")
+    hidden: Optional[int] = Field(None, ge=1, description="hidden width (per expert for moe; default hidden_mult * d_model)")
     hidden_mult: float = Field(2.0, gt=0, le=64, description="hidden = round(hidden_mult * d_model)")
+    experts: int = Field(8, ge=1, le=1024, description="moe: number of experts")
+    top_k: int = Field(2, ge=1, le=1024, description="moe: experts per token (weights renormalised)")
+    aux_loss_weight: float = Field(0.01, ge=0, description="moe: load-balancing loss weight (logged as train/aux_loss)")
+    capacity: Optional[float] = Field(None, gt=0, description="moe: capacity factor, an expert takes at most "
+                                      "ceil(capacity * tokens * top_k / experts) tokens (null = no cap)")
+
+    @model_validator(mode="after")
+    def _k(self):
+        if self.kind == "moe" and self.top_k > self.experts:
+            raise ValueError(f"top_k {self.top_k} exceeds experts {self.experts}")
+        return self
 
 
 class ModelSpec(_Spec):
@@ -160,6 +230,8 @@ class ModelSpec(_Spec):
                              description="the memory mixer of M layers")
     attention: MixerSpec = Field(default_factory=lambda: MixerSpec(preset="attention"),
                                  description="the token mixer of A layers")
+    mixers: dict[str, MixerSpec] = Field(default_factory=dict, description="more token mixers for hybrid patterns, "
+                                         "by one upper-case letter (not M or A), e.g. {G: {preset: gla}, S: {preset: swa}}")
     hybrid: HybridSpec = Field(default_factory=HybridSpec, description="layer layout")
     mlp: MLPSpec = Field(default_factory=MLPSpec, description="channel mixer of every layer")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
@@ -493,7 +565,45 @@ def _expand_mixer(raw: Any, path: tuple, marks: yamlio.Marks, default_preset: Op
     return merged
 
 
-def _check_layout(hybrid: HybridSpec, n_layers: Optional[int], marks: yamlio.Marks, path: tuple) -> None:
+_PATTERN_TERM = re.compile(r"\s*([A-Z]+)(?:\s*[x*]\s*(\d+))?\s*")
+
+
+def parse_pattern(pattern: Any) -> Optional[list[str]]:
+    """A hybrid pattern -> one letter per layer, or None if it is malformed.
+
+    "MMAM" -> M M A M;  "MMMA x 4" -> (M M M A) four times;  "MA x 2 MM" -> M A M A M M;
+    a list ["M", "A"] is taken letter by letter (each entry may also be a term like "MMA x 2").
+    """
+    if isinstance(pattern, list):
+        out: list[str] = []
+        for item in pattern:
+            sub = parse_pattern(item) if isinstance(item, str) else None
+            if not sub:
+                return None
+            out += sub
+        return out
+    if not isinstance(pattern, str) or not pattern.strip():
+        return None
+    out, pos = [], 0
+    while pos < len(pattern):
+        m = _PATTERN_TERM.match(pattern, pos)
+        if m is None or m.end() == pos:
+            return None
+        reps = int(m.group(2)) if m.group(2) else 1
+        if reps < 1:
+            return None
+        out += list(m.group(1)) * reps
+        pos = m.end()
+    return out or None
+
+
+def _check_layout(model: "ModelSpec", marks: yamlio.Marks, path: tuple) -> None:
+    hybrid, n_layers = model.hybrid, model.n_layers
+    letters_ok = {"M", "A", *model.mixers}
+    for letter in model.mixers:
+        if not re.fullmatch(r"[B-LN-Z]", letter):
+            raise marks.error(f"mixer name {letter!r} must be one upper-case letter other than M and A "
+                              "(M is `mixer`, A is `attention`)", ("model", "mixers", letter), at_key=True)
     if hybrid.ratio is not None and hybrid.pattern is not None:
         raise marks.error("give either ratio or pattern, not both", path + ("pattern",), at_key=True)
     if hybrid.ratio is not None:
@@ -501,13 +611,18 @@ def _check_layout(hybrid: HybridSpec, n_layers: Optional[int], marks: yamlio.Mar
             raise marks.error(f"ratio '{hybrid.ratio}' must look like \"3:1\" (memory:attention layers)", path + ("ratio",))
     if hybrid.pattern is not None:
         pat = hybrid.pattern
-        letters = list(pat) if isinstance(pat, str) else pat
-        if not isinstance(letters, list) or not letters:
-            raise marks.error("pattern must be a non-empty string like \"MMAM\" or a list of \"M\"/\"A\"", path + ("pattern",))
+        letters = parse_pattern(pat)
+        if letters is None:
+            raise marks.error(f"pattern {pat!r} is not a layer pattern: write letters, optionally repeated, like "
+                              "\"MMAM\", \"MMMA x 4\" or a list [\"M\", \"A\"]", path + ("pattern",))
         for i, ch in enumerate(letters):
-            if ch not in ("M", "A"):
-                where = path + ("pattern",) + ((i,) if isinstance(pat, list) else ())
-                raise marks.error(f"pattern entry {ch!r} must be 'M' (memory layer) or 'A' (attention layer)", where)
+            if ch not in letters_ok:
+                where = path + ("pattern",)
+                if isinstance(pat, list):
+                    where += (min(i, len(pat) - 1),)
+                extra = f", {', '.join(sorted(model.mixers))} (from model.mixers)" if model.mixers else ""
+                raise marks.error(f"pattern letter {ch!r} is not a mixer: use M (model.mixer), A (model.attention)"
+                                  f"{extra}", where, hint="Define more letters under model.mixers.")
         if n_layers is not None and len(letters) != n_layers:
             raise marks.error(f"pattern has {len(letters)} layers but n_layers is {n_layers}", path + ("pattern",),
                               hint="Drop n_layers or make them agree.")
@@ -530,21 +645,27 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
     if isinstance(model, dict):
         model["mixer"] = _expand_mixer(model.get("mixer"), ("model", "mixer"), marks, "gated_deltanet")
         model["attention"] = _expand_mixer(model.get("attention"), ("model", "attention"), marks, "attention")
+        if isinstance(model.get("mixers"), dict):
+            model["mixers"] = {k: _expand_mixer(v, ("model", "mixers", k), marks, None)
+                               for k, v in model["mixers"].items()}
     data = _int_to_float(data, Design)
     try:
         design = Design.model_validate(data)
     except ValidationError as exc:
         raise _pydantic_to_config_error(exc, marks, data) from None
     m = design.model
-    for name in ("mixer", "attention"):
-        spec = getattr(m, name)
+    named = [(("model", "mixer"), m.mixer), (("model", "attention"), m.attention)]
+    named += [(("model", "mixers", k), v) for k, v in m.mixers.items()]
+    for where, spec in named:
         for rule in violations(spec.model_dump()):
             keys = [k for k in rule.when if k != "type"]
-            err = marks.error(f"incompatible combination {', '.join(f'{k}: {rule.when[k]}' for k in keys)}: {rule.why}",
-                              ("model", name, keys[-1]))
+            shown = ", ".join(f"{k}: {'(set)' if rule.when[k] == SET else rule.when[k]}" for k in keys)
+            err = marks.error(f"incompatible combination {shown}: {rule.why}", where + (keys[-1],))
             err.kind = "incompatible"
             raise err
-    _check_layout(m.hybrid, m.n_layers, marks, ("model", "hybrid"))
+        if spec.titans is not None and m.attention.type != "attention":
+            raise marks.error("a Titans composition needs model.attention to be softmax attention", where + ("titans",))
+    _check_layout(m, marks, ("model", "hybrid"))
     if m.vocab_size is not None and m.vocab_size < design.task.vocab_size:
         raise marks.error(f"vocab_size {m.vocab_size} is smaller than the task's vocabulary ({design.task.vocab_size})",
                           ("model", "vocab_size"))
@@ -552,12 +673,11 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
         _check_mqar(design.task, marks)
     elif design.task.name.startswith("mad_"):
         _check_mad(design.task, marks)
-    for name in ("mixer", "attention"):
-        spec = getattr(m, name)
+    for where, spec in named:
         dims = [spec.head_dim] if spec.type == "attention" else [spec.key_dim, spec.value_dim]
         if any(d is None for d in dims) and m.d_model % spec.heads:
             raise marks.error(f"d_model {m.d_model} is not divisible by heads {spec.heads}",
-                              ("model", name, "heads"), hint="Set the per-head dims explicitly or change heads.")
+                              where + ("heads",), hint="Set the per-head dims explicitly or change heads.")
     return design
 
 

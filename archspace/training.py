@@ -133,7 +133,12 @@ class RecallModule(L.LightningModule):
         loss, _, _ = self._step(batch)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite training loss ({loss.item()}) at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        aux = self.model.aux_loss()  # MoE / MoM load balancing, already weighted
+        if aux is not None:
+            self.log("train/aux_loss", aux.detach(), on_step=True, on_epoch=False, batch_size=bs)
+            loss = loss + aux
         return loss
 
     def _eval_step(self, batch):
@@ -216,7 +221,10 @@ class History(L.Callback):
         self.train_tokens += batch["input_ids"].numel()
         step = trainer.global_step
         if step % 10 == 0 and "train/loss" in trainer.callback_metrics:
-            self.rows.append({"step": step, "train/loss": float(trainer.callback_metrics["train/loss"])})
+            row = {"step": step, "train/loss": float(trainer.callback_metrics["train/loss"])}
+            if "train/aux_loss" in trainer.callback_metrics:
+                row["train/aux_loss"] = float(trainer.callback_metrics["train/aux_loss"])
+            self.rows.append(row)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -272,7 +280,8 @@ def train(
     from .grammar import task_seq_len
 
     cost = module.model.cost(task_seq_len(resolved.task))
-    static = {"params": cost.params, "state_size": cost.state, "flops_per_token": cost.flops_per_token}
+    static = {"params": cost.params, "active_params": cost.active, "state_size": cost.state,
+              "flops_per_token": cost.flops_per_token}
     history = History(None if report is None else (lambda step, m: report(step, {**static, **m})))
     cbs: list = [history, *callbacks]
     if cfg["checkpoint"]:

@@ -112,6 +112,15 @@ class SequenceModel(nn.Module):
         return self.cost_of(self.cfg, seq_len)
 
     # ------------------------------------------------------------------ compute
+    def aux_loss(self) -> Optional[torch.Tensor]:
+        """Sum of the weighted auxiliary losses (MoE / MoM load balancing) of the last forward, or None.
+
+        Routed blocks set ``self.aux_loss`` (a 0-dim tensor, already scaled by its weight) on every forward.
+        """
+        losses = [m.aux_loss for m in self.modules()
+                  if m is not self and isinstance(getattr(m, "aux_loss", None), torch.Tensor)]
+        return torch.stack(losses).sum() if losses else None
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] (final-normed) -> logits [..., vocab]."""
         w = self.embed.weight if self.lm_head is None else self.lm_head.weight

@@ -31,10 +31,11 @@ def trial_row(trial, space, study_dir: str, state: Optional[str] = None) -> dict
         values = values_from_config(space, trial.config)
     except Exception:  # noqa: BLE001 - a config the space cannot read is shown as empty
         values = {}
-    design_hash = layout = None
+    design_hash = layout = attention_layers = None
     try:
         resolved = resolve_values(space, values)
         design_hash, layout = resolved.design_hash, resolved.layout
+        attention_layers = resolved.attention_layers
     except Exception:  # noqa: BLE001 - the trial failed on this; its reason says why
         pass
     objectives = {o.metric: float(result[o.metric]) for o in space.objectives if is_number(result.get(o.metric))}
@@ -48,6 +49,7 @@ def trial_row(trial, space, study_dir: str, state: Optional[str] = None) -> dict
         "steps": int(result["step"]) if is_number(result.get("step")) else None,
         "design_hash": design_hash,
         "layout": layout,
+        "attention_layers": attention_layers,
         "slices": {k: float(v) for k, v in result.items() if k.startswith("test/acc/") and is_number(v)},
         "reason": failure_reason(trial, study_dir) if state == "failed" else None,
     }
@@ -216,8 +218,8 @@ def effects_markdown(rows: list[dict], space) -> list[str]:
         out.append("")
     shares: dict = {}
     for r in done:
-        if r.get("layout") and obj.metric in r["objectives"]:
-            key = (r["layout"].count("A"), len(r["layout"]))
+        if r.get("layout") and r.get("attention_layers") is not None and obj.metric in r["objectives"]:
+            key = (r["attention_layers"], len(r["layout"]))
             shares.setdefault(key, []).append(r)
     if len(shares) >= 2:
         slices = sorted({k for r in done for k in r.get("slices", {})})

@@ -144,12 +144,15 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
         if final is None:
             (run_dir / "error.json").unlink(missing_ok=True)
             _inject_fault(fault, values)
-            from ..training import train
+            if space.mad is not None:
+                final = _mad_trial(space, resolved, run_dir, objectives, t0)
+            else:
+                from ..training import train
 
-            def report(step: int, metrics: dict) -> None:
-                tune.report(_with_proxies(_numbers(metrics), objectives, time.perf_counter() - t0))
+                def report(step: int, metrics: dict) -> None:
+                    tune.report(_with_proxies(_numbers(metrics), objectives, time.perf_counter() - t0))
 
-            final = train(resolved, run_dir, progress=False, report=report)
+                final = train(resolved, run_dir, progress=False, report=report)
     except Exception as exc:
         reason = _reason(exc)
         (run_dir / "error.json").write_text(json.dumps({"reason": reason, "type": type(exc).__name__}, indent=2))
@@ -158,6 +161,40 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
     out["step"] = float(final.get("steps", 0))
     out[FINAL_KEY] = 1.0
     tune.report(out)
+
+
+def _mad_trial(space, resolved, run_dir: Path, objectives: list, t0: float) -> dict:
+    """A MAD-score trial: the lr x weight-decay sweep over every MAD task (archspace.tasks.mad_score).
+
+    After each task it reports `mad_score` as the mean over the tasks finished so far (the pruner's
+    intermediate metric; trials are compared after the same tasks), and at the end the MAD score,
+    one `mad/<task>` per task and the design's size; metrics.json holds them with `test/acc` = MAD score.
+    """
+    from ray import tune
+
+    from ..blocks.model import SequenceModel
+    from ..tasks.mad_score import evaluate
+
+    cfg = space.mad
+    cost = SequenceModel.cost_of(resolved.model, 128)
+    static = {"params": cost.params, "active_params": cost.active, "state_size": cost.state,
+              "flops_per_token": cost.flops_per_token}
+    done: list = []
+
+    def on_task(task: str, score: float) -> None:
+        done.append(score)
+        partial = {**static, "mad_score": sum(done) / len(done), f"mad/{task}": score}
+        tune.report(_with_proxies(partial, objectives, time.perf_counter() - t0))
+
+    result = evaluate(resolved, run_dir / "mad", tasks=cfg["tasks"], which=cfg["settings"], budget=cfg["budget"],
+                      lrs=cfg["lrs"], wds=cfg["weight_decays"], log=None, on_task=on_task)
+    final = {**static, "mad_score": result["mad_score"], "test/acc": result["mad_score"],
+             **{f"mad/{k}": v for k, v in result["tasks"].items()},
+             "steps": len(result["runs"]), "train_wall_s": result["wall_s"], "design_hash": resolved.design_hash,
+             "data_hash": result.get("data_hash", "")}
+    (run_dir / "resolved.yaml").write_text(resolved.to_yaml())
+    (run_dir / "metrics.json").write_text(json.dumps(final, indent=2))
+    return final
 
 
 def trial_dirname(trial) -> str:

@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -40,17 +41,19 @@ from ..grammar import Design, _unwrap, set_path, validate_data
 SECTIONS = ("model", "task", "train")
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 PRUNERS = ("none", "asha", "median", "hyperband")
-STATIC_METRICS = ("params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s")
+STATIC_METRICS = ("params", "active_params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s")
 TOP_KEYS = ("schema_version", "name", "description", "base", "axes", "objectives", "search", "pruner", "resources",
-            "results_dir")
+            "results_dir", "mad")
+MAD_KEYS = ("tasks", "settings", "budget", "steps", "batch_size", "test_examples", "lrs", "weight_decays")
 GRID_INDEX = "grid_index"
 
 
 @dataclass(frozen=True)
 class Axis:
     path: tuple
-    kind: str  # "choice" | "int" | "float"
-    choices: tuple = ()
+    kind: str  # "choice" | "int" | "float" | "bundle"
+    choices: tuple = ()  # for a bundle: the labels
+    bundle: tuple = ()  # bundle only: ((label, ((path, value), ...)), ...): one choice sets several keys
     low: Optional[float] = None
     high: Optional[float] = None
     log: bool = False
@@ -63,10 +66,10 @@ class Axis:
 
     @property
     def discrete(self) -> bool:
-        return self.kind == "choice" or (self.kind == "int" and not self.log)
+        return self.kind in ("choice", "bundle") or (self.kind == "int" and not self.log)
 
     def values(self) -> list:
-        if self.kind == "choice":
+        if self.kind in ("choice", "bundle"):
             return list(self.choices)
         if self.kind == "int" and not self.log:
             step = int(self.step or 1)
@@ -96,6 +99,7 @@ class Space:
     max_concurrent: Optional[int]
     results_dir: Optional[str]
     description: str = ""
+    mad: Optional[dict] = None  # the MAD-score evaluation of each trial (objective mad_score), else None
     grid: tuple = field(default=(), compare=False)  # the enumerated grid (grid sampler only)
 
     @property
@@ -111,10 +115,17 @@ class Space:
 # ----------------------------------------------------------------------------------------------
 def _field_exists(path: tuple) -> bool:
     cls: Any = Design
-    for part in path:
+    parts = list(path)
+    while parts:
+        part = parts.pop(0)
         if not (isinstance(cls, type) and hasattr(cls, "model_fields") and part in cls.model_fields):
             return False
         cls, _ = _unwrap(cls.model_fields[part].annotation)
+        if typing.get_origin(cls) is dict:  # model.mixers.<letter>.<key>: any letter, then the value type
+            if not parts:
+                return True
+            parts.pop(0)
+            cls, _ = _unwrap(typing.get_args(cls)[1])
     return True
 
 
@@ -172,18 +183,42 @@ def _number(v, marks, path, integer=False):
     return v
 
 
+def _parse_bundle(name: str, spec: dict, marks: yamlio.Marks) -> tuple:
+    """`bundle: {label: {key.path: value, ...}, ...}` -> ((label, ((path, value), ...)), ...)."""
+    where = ("axes", name, "bundle")
+    options = _mapping(spec["bundle"], marks, where, "bundle")
+    if not options:
+        raise marks.error("a bundle needs at least one labelled choice", where)
+    out = []
+    for label, settings in options.items():
+        if not isinstance(label, str) or not label:
+            raise marks.error("bundle labels must be text", where + (label,), at_key=True)
+        settings = _mapping(settings, marks, where + (label,), "a bundle choice")
+        if not settings:
+            raise marks.error("a bundle choice sets at least one key", where + (label,))
+        out.append((label, tuple((expand_path(k, marks, where + (label, k)), copy.deepcopy(v))
+                                 for k, v in settings.items())))
+    return tuple(out)
+
+
 def _parse_axis(name: str, spec: Any, marks: yamlio.Marks) -> Axis:
     where = ("axes", name)
-    path = expand_path(name, marks, where)
     when: tuple = ()
     if isinstance(spec, list):
         spec = {"choices": spec}
     if not isinstance(spec, dict):
-        raise marks.error("an axis is a list of choices or a mapping with choices / int / float", where)
-    _check_keys(spec, ("choices", "int", "float", "log", "step", "when"), marks, where)
-    kinds = [k for k in ("choices", "int", "float") if k in spec]
+        raise marks.error("an axis is a list of choices or a mapping with choices / int / float / bundle", where)
+    _check_keys(spec, ("choices", "int", "float", "bundle", "log", "step", "when"), marks, where)
+    kinds = [k for k in ("choices", "int", "float", "bundle") if k in spec]
     if len(kinds) != 1:
-        raise marks.error("an axis needs exactly one of choices, int or float", where)
+        raise marks.error("an axis needs exactly one of choices, int, float or bundle", where)
+    if kinds[0] == "bundle":
+        if "." in str(name) or not str(name).replace("_", "").replace("-", "").isalnum():
+            raise marks.error(f"a bundle axis has a free name without dots (letters, digits, '_', '-'), got {name!r}",
+                              where, at_key=True)
+        path = (str(name),)
+    else:
+        path = expand_path(name, marks, where)
     if "when" in spec:
         cond = _mapping(spec["when"], marks, where + ("when",), "when")
         items = []
@@ -192,6 +227,9 @@ def _parse_axis(name: str, spec: Any, marks: yamlio.Marks) -> Axis:
             items.append((cpath, tuple(cv) if isinstance(cv, list) else (cv,)))
         when = tuple(items)
     kind = kinds[0]
+    if kind == "bundle":
+        bundle = _parse_bundle(name, spec, marks)
+        return Axis(path, "bundle", choices=tuple(label for label, _ in bundle), bundle=bundle, when=when)
     if kind == "choices":
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
@@ -220,12 +258,52 @@ def _parse_axis(name: str, spec: Any, marks: yamlio.Marks) -> Axis:
 
 
 def _metric_ok(metric: str) -> bool:
-    if metric in STATIC_METRICS:
+    if metric in STATIC_METRICS or metric == "mad_score" or metric.startswith("mad/"):
         return True
     head, _, rest = metric.partition("/")
     if head not in ("val", "test"):
         return False
-    return rest in ("acc", "loss") or rest.startswith("acc/")
+    return rest in ("acc", "loss", "ppl", "bpb") or rest.startswith("acc/")
+
+
+def _parse_mad(raw: Any, marks: yamlio.Marks) -> dict:
+    """The `mad:` section: how each trial's MAD score is measured (archspace.tasks.mad_score)."""
+    from ..tasks.mad_params import SWEEP_LR, SWEEP_WD, TASKS
+    from ..tasks.mad_score import BUDGETS
+
+    raw = _mapping(raw, marks, ("mad",), "mad")
+    _check_keys(raw, MAD_KEYS, marks, ("mad",))
+    tasks = raw.get("tasks", list(TASKS.values()))
+    if not isinstance(tasks, list) or not tasks:
+        raise marks.error("mad.tasks must be a non-empty list", ("mad", "tasks"))
+    short = {v: k for k, v in TASKS.items()}
+    for i, t in enumerate(tasks):
+        if t not in short and t not in TASKS:
+            guess = closest(str(t), list(short))
+            raise marks.error(f"unknown MAD task {t!r}", ("mad", "tasks", i),
+                              hint=(f"Did you mean '{guess}'? " if guess else "") + f"Tasks: {', '.join(short)}.")
+    settings = raw.get("settings", "baseline")
+    if settings not in ("baseline", "grid"):
+        raise marks.error("mad.settings must be baseline or grid", ("mad", "settings"))
+    budget = raw.get("budget", "cpu")
+    if budget not in BUDGETS:
+        raise marks.error(f"mad.budget must be one of {', '.join(BUDGETS)}", ("mad", "budget"))
+    b = dict(BUDGETS[budget])
+    for key, field in (("steps", "max_steps"), ("batch_size", "batch_size"), ("test_examples", "num_test_examples")):
+        if key in raw:
+            v = _number(raw[key], marks, ("mad", key), integer=True)
+            if v < 1:
+                raise marks.error(f"mad.{key} must be at least 1", ("mad", key))
+            b[field] = v
+    sweeps = {}
+    for key, default in (("lrs", SWEEP_LR), ("weight_decays", SWEEP_WD)):
+        vals = raw.get(key, list(default))
+        if not isinstance(vals, list) or not vals:
+            raise marks.error(f"mad.{key} must be a non-empty list of numbers", ("mad", key))
+        for i, v in enumerate(vals):
+            _number(v, marks, ("mad", key, i))
+        sweeps[key] = [float(v) for v in vals]
+    return {"tasks": [short.get(t, t) for t in tasks], "settings": settings, "budget": b, **sweeps}
 
 
 def load_space(path) -> Space:
@@ -287,8 +365,8 @@ def load_space(path) -> Space:
         metric, mode = o.get("metric"), o.get("mode", "max")
         if not isinstance(metric, str) or not _metric_ok(metric):
             raise marks.error(f"unknown metric {metric!r}", ("objectives", i, "metric"),
-                              hint="Use val/acc, val/loss, val/acc/<slice>, test/acc, test/loss, test/acc/<slice>, "
-                                   + ", ".join(STATIC_METRICS) + ".")
+                              hint="Use val/acc, val/loss, val/ppl, val/bpb, val/acc/<slice>, the test/ forms, "
+                                   "mad_score, mad/<task>, " + ", ".join(STATIC_METRICS) + ".")
         if mode not in ("max", "min"):
             raise marks.error(f"mode must be max or min, got {mode!r}", ("objectives", i, "mode"))
         objectives.append(Objective(metric, mode))
@@ -320,9 +398,19 @@ def load_space(path) -> Space:
           "grace_period": pruner.get("grace_period", 1), "reduction_factor": pruner.get("reduction_factor", 2)}
     if pr["kind"] not in PRUNERS:
         raise marks.error(f"unknown pruner {pr['kind']!r}", ("pruner", "kind"), hint=f"Pruners: {', '.join(PRUNERS)}.")
-    if not isinstance(pr["metric"], str) or not pr["metric"].startswith("val/") or not _metric_ok(pr["metric"]):
-        raise marks.error(f"the pruner needs an intermediate validation metric (val/acc, val/loss, val/acc/<slice>), "
-                          f"got {pr['metric']!r}", ("pruner", "metric"))
+    uses_mad = any(o.metric == "mad_score" or o.metric.startswith("mad/") for o in objectives)
+    if uses_mad and "metric" not in pruner:
+        pr["metric"] = "mad_score"
+    intermediate = pr["metric"].startswith("val/") or (uses_mad and pr["metric"] == "mad_score")
+    if not isinstance(pr["metric"], str) or not intermediate or not _metric_ok(pr["metric"]):
+        raise marks.error(f"the pruner needs an intermediate validation metric (val/acc, val/loss, val/ppl, val/bpb, "
+                          f"val/acc/<slice>; mad_score in a MAD study), got {pr['metric']!r}", ("pruner", "metric"))
+    if uses_mad and pr["metric"].startswith("val/"):
+        raise marks.error("a MAD-score study reports mad_score (the running mean over finished tasks) as it goes, "
+                          "not val/ metrics: set pruner.metric: mad_score or pruner.kind: none", ("pruner", "metric"))
+    if "mad" in data and not uses_mad:
+        raise marks.error("a `mad:` section needs the objective mad_score (or mad/<task>)", ("mad",), at_key=True)
+    mad = _parse_mad(data.get("mad"), marks) if uses_mad else None
     if pr["mode"] not in ("max", "min"):
         raise marks.error("mode must be max or min", ("pruner", "mode"))
     _number(pr["grace_period"], marks, ("pruner", "grace_period"), integer=True)
@@ -347,19 +435,25 @@ def load_space(path) -> Space:
 
     space = Space(name=name, file=file, base=base, axes=axes, objectives=tuple(objectives), sampler=sampler, seed=seed,
                   trials=trials or 0, pruner=pr, cpus_per_trial=float(cpus), gpus_per_trial=float(gpus),
-                  max_concurrent=maxc, results_dir=results_dir, description=str(data.get("description", "")))
+                  max_concurrent=maxc, results_dir=results_dir, description=str(data.get("description", "")), mad=mad)
     # Check every value of every axis against the grammar (incompatible combinations are fine here:
     # the sampler skips them), so a typo fails now, not in a worker.
+    # Each value is probed with every other axis at its first value, so an axis may rely on another
+    # (a pattern letter defined by a `model.mixers.X` axis).
+    firsts = {b.name: (b.choices[0] if b.kind in ("choice", "bundle") else b.low) for b in axes}
     for a, key in zip(axes, axes_raw):
-        probes = a.choices if a.kind == "choice" else (a.low, a.high)
+        probes = a.choices if a.kind in ("choice", "bundle") else (a.low, a.high)
         for i, v in enumerate(probes):
             try:
-                _validate(space, {a.name: v}, check=False)
+                _validate(space, {**firsts, a.name: v}, check=False)
             except ConfigError as exc:
                 if exc.kind == "incompatible":
                     continue
-                where = ("axes", key) + (("choices", i) if a.kind == "choice" and isinstance(axes_raw[key], dict) else
-                                         (i,) if a.kind == "choice" else (a.kind, i))
+                if a.kind == "bundle":
+                    where = ("axes", key, "bundle", v)
+                else:
+                    where = ("axes", key) + (("choices", i) if a.kind == "choice" and isinstance(axes_raw[key], dict)
+                                             else (i,) if a.kind == "choice" else (a.kind, i))
                 raise marks.error(f"value {v!r} for {a.name} is invalid: {exc.message}", where, hint=exc.hint) from None
     if sampler == "grid":
         grid = tuple(enumerate_grid(space))
@@ -377,8 +471,13 @@ def load_space(path) -> Space:
 # ----------------------------------------------------------------------------------------------
 def _with_values(space: Space, values: dict) -> dict:
     data = copy.deepcopy(space.base)
+    bundles = {a.name: dict(a.bundle) for a in space.axes if a.kind == "bundle"}
     for name, v in values.items():
-        set_path(data, tuple(name.split(".")), v)
+        if name in bundles:
+            for path, value in bundles[name][v]:
+                set_path(data, path, copy.deepcopy(value))
+        else:
+            set_path(data, tuple(name.split(".")), v)
     return data
 
 
@@ -458,7 +557,7 @@ def define_by_run(space: Space, trial) -> None:
     for a in space.axes:
         if not _active(space, a, values):
             continue
-        if a.kind == "choice":
+        if a.kind in ("choice", "bundle"):
             allowed = [c for c in a.choices if not is_incompatible(space, {**values, a.name: c})]
             if not allowed:  # nothing compatible: keep the base value for this axis
                 continue
@@ -513,7 +612,7 @@ def grid_size(space: Space) -> Optional[int]:
 def describe(space: Space) -> str:
     lines = [f"space {space.name}: {len(space.axes)} axes, sampler {space.sampler}, {space.trials} trials"]
     for a in space.axes:
-        dom = (", ".join(map(str, a.choices)) if a.kind == "choice"
+        dom = (", ".join(map(str, a.choices)) if a.kind in ("choice", "bundle")
                else f"{a.kind} [{a.low}, {a.high}]{' log' if a.log else ''}")
         cond = (" when " + ", ".join(f"{'.'.join(p)} in {list(v)}" for p, v in a.when)) if a.when else ""
         lines.append(f"  {a.name}: {dom}{cond}")

@@ -26,8 +26,9 @@ from ray.tune import Callback
 # Keys of a Tune result that are Tune's own bookkeeping, not archspace metrics.
 FINAL_KEY = "archspace/final"  # 1.0 on the report sent after testing: the trial ran to the end
 STEP_METRIC_PREFIXES = ("val/", "train/", "test/")
+MAD_PREFIXES = ("mad_score", "mad/")  # a MAD-score study reports these as each task finishes
 STEP_METRICS = ("throughput_tok_s",)
-STATIC_KEYS = ("params", "state_size", "flops_per_token")
+STATIC_KEYS = ("params", "active_params", "state_size", "flops_per_token")
 FINAL_EXTRA = ("steps", "train_wall_s", "throughput_tok_s")
 
 _BAD = re.compile(r"[^/\w.\- :]")
@@ -231,7 +232,7 @@ class StudyTracker:
         run_id = self.run_of(trial.trial_id)
         step = int(result.get("step", result.get("training_iteration", 0)))
         metrics = {k: v for k, v in result.items()
-                   if k.startswith(STEP_METRIC_PREFIXES[:2]) or k in STEP_METRICS}
+                   if k.startswith(STEP_METRIC_PREFIXES[:2] + MAD_PREFIXES) or k in STEP_METRICS}
         self._log_metrics(run_id, metrics, step)
         self._last_step[trial.trial_id] = step
         if trial.trial_id not in self._logged_params or "params" not in self._logged_params[trial.trial_id]:
@@ -254,7 +255,7 @@ class StudyTracker:
             step = int(result.get("steps", result.get("step", 0)))
             curves_logged = trial.trial_id in self._last_step  # else (a resumed trial) the final val/ values too
             final = {k: v for k, v in result.items()
-                     if k.startswith("test/") or k in STATIC_KEYS or k in FINAL_EXTRA
+                     if k.startswith(("test/",) + MAD_PREFIXES) or k in STATIC_KEYS or k in FINAL_EXTRA
                      or (not curves_logged and k.startswith(STEP_METRIC_PREFIXES))}
             self._log_metrics(run_id, final, step)
             extra = {"data_hash": saved.get("data_hash"), "kernel_paths": ",".join(saved.get("kernel_paths") or []) or None}

@@ -17,6 +17,7 @@ Budgets (per run):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -59,10 +60,12 @@ def _run_resolved(resolved, task: dict, lr: float, wd: float, budget: dict):
 
 def evaluate(resolved, out_dir: Path, *, tasks: Sequence[str] = tuple(TASKS), which: str = "baseline",
              budget: str | dict = "cpu", lrs: Sequence[float] = SWEEP_LR, wds: Sequence[float] = SWEEP_WD,
-             log: Optional[Callable[[str], None]] = print) -> dict[str, Any]:
+             log: Optional[Callable[[str], None]] = print,
+             on_task: Optional[Callable[[str, float], None]] = None) -> dict[str, Any]:
     """Run the sweep for one resolved design; write and return {"runs", "settings", "tasks", "mad_score"}.
 
     Runs whose run directory already holds metrics.json are not trained again (a resumed evaluation).
+    `on_task(task, score)` is called as each task's last setting finishes (a study's intermediate report).
     """
     from ..training import train
 
@@ -72,8 +75,10 @@ def evaluate(resolved, out_dir: Path, *, tasks: Sequence[str] = tuple(TASKS), wh
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     runs, per_setting = [], []
+    data_hashes: dict[str, str] = {}
     t0 = time.perf_counter()
-    for name, label, params in plan(tasks, which):
+    planned = plan(tasks, which)
+    for i, (name, label, params) in enumerate(planned):
         task = {**params, "num_test_examples": b["num_test_examples"]}
         best = None
         for lr in lrs:
@@ -84,6 +89,7 @@ def evaluate(resolved, out_dir: Path, *, tasks: Sequence[str] = tuple(TASKS), wh
                     m = json.loads(done.read_text())
                 else:
                     m = train(_run_resolved(resolved, task, lr, wd, b), run_dir, progress=False)
+                data_hashes[f"{TASKS[name]}/{label}"] = m.get("data_hash", "")
                 acc = float(m["test/acc"])
                 acc = 0.0 if math.isnan(acc) else acc
                 runs.append({"task": TASKS[name], "setting": label, "lr": lr, "weight_decay": wd, "test/acc": acc,
@@ -95,6 +101,9 @@ def evaluate(resolved, out_dir: Path, *, tasks: Sequence[str] = tuple(TASKS), wh
         if log:
             log(f"{TASKS[name]:<24} {label:<24} best test/acc {best['test/acc']:.3f} "
                 f"(lr {best['lr']:g}, wd {best['weight_decay']:g})  [{time.perf_counter() - t0:.0f}s]")
+        if on_task is not None and (i + 1 == len(planned) or planned[i + 1][0] != name):
+            accs = [s["best_acc"] for s in per_setting if s["task"] == TASKS[name]]
+            on_task(TASKS[name], sum(accs) / len(accs))
     task_scores: dict[str, float] = {}
     for s in per_setting:
         task_scores.setdefault(s["task"], []).append(s["best_acc"])  # type: ignore[arg-type]
@@ -102,6 +111,7 @@ def evaluate(resolved, out_dir: Path, *, tasks: Sequence[str] = tuple(TASKS), wh
     result = {"design": resolved.name, "design_hash": resolved.design_hash, "settings_kind": which, "budget": b,
               "lrs": list(lrs), "weight_decays": list(wds), "runs": runs, "settings": per_setting,
               "tasks": task_scores, "mad_score": sum(task_scores.values()) / len(task_scores),
+              "data_hash": hashlib.sha256(json.dumps(data_hashes, sort_keys=True).encode()).hexdigest()[:16],
               "wall_s": time.perf_counter() - t0}
     (out_dir / "mad_scores.json").write_text(json.dumps(result, indent=2))
     return result

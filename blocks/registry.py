@@ -4,14 +4,20 @@ from __future__ import annotations
 from .attention import Attention
 from .config import Cost
 from .memory import MemoryMixer
+from .moe import MoEMLP
+from .mom import MoMMixer
 from .swiglu import SwiGLU
+from .titans import TitansMixer
 
 __all__ = ["BLOCKS", "UnknownBlockError", "block_class", "build_block", "block_cost"]
 
 BLOCKS: dict[str, type] = {
     "memory": MemoryMixer,
     "attention": Attention,
+    "mom": MoMMixer,
     "swiglu": SwiGLU,
+    "titans": TitansMixer,
+    "moe": MoEMLP,
 }
 
 

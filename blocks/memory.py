@@ -17,20 +17,37 @@ Pipeline of ``MemoryMixer.forward`` on x [B, T, D]:
         scalar    g = -exp(A_log) * softplus(W_dt x + dt_bias)   [B,T,H] (Mamba2 / SSD)
         vector    g = logsigmoid(W2 W1 x + b) / temperature     [B,T,H,K] (GLA, low rank r)
     beta = sigmoid(W_b x) per head (l2 bias only)
+    level weights lambda = softplus(W_l x + b_l) [B,T,H,levels] (hierarchy "log_linear" only)
     memory recurrence via archspace.kernels (chunk_* when cfg.path == "chunk", else naive_*)
     optional per-head RMSNorm, optional output gate o * silu(W_g x), then W_o (H*V -> D).
 
+Log-linear memory (cfg.hierarchy == "log_linear"; Guo et al. 2025, https://arxiv.org/abs/2506.04761;
+kernels/log_linear.py): the single state becomes Fenwick levels, o_t = K**-0.5 sum_l lambda_t[l] S_t^(l)T q_t,
+where key s sits at level min(bit_length(t XOR s), levels-1) for the query t (the last level absorbs
+everything older). lambda = softplus(level_proj(x)) per head and level, with the bias initialised to
+softplus^-1(1) so every lambda starts near 1: the model starts close to the plain mixer (exactly it at
+lambda == 1). Defined for the scalar-gated forms only (retention none / constant / scalar: log-linear
+Mamba2 and log-linear Gated DeltaNet); vector retention is rejected. The chunk path needs a
+power-of-two chunk_size.
+
 State (``init_state``/``forward(..., return_state=True)``/``step``) is a dict:
     "memory": [B, H, K, V] fp32, and when short_conv > 1 "conv_q", "conv_k", "conv_v": [B, C, k-1].
+    log_linear: "levels": [B, H, n, K, V] fp32 and "pos": int (tokens seen) replace "memory", where
+    n = levels_in_use(pos, levels) = min(levels, bit_length(pos-1) + 1) grows as log2(pos).
 
 Accounting (``MemoryMixer.cost(cfg, seq_len)``), analytic from the config:
     params: the module's trainable parameters (the RetNet decay is a buffer, not counted);
     state: H*K*V + (k-1)*(2*H*K + H*V) when a short conv of size k is on (independent of T);
+        log_linear: H*K*V*levels_in_use(T, levels) for the memory (grows as log2 T, capped at levels);
     flops_per_token (2 per multiply-add): every linear 2*in*out; the short conv IS included as
         2*k per convolved channel; the recurrence in its token-by-token form, per head:
         write 2*K*V (dot) or 4*K*V (delta: S^T k plus the rank-1 write), decay K*V when
         retention != none, read 2*K*V. Norms, activations, feature maps and gates' nonlinearities
         are ignored. The recurrent-form count does not depend on T (nor on the chunked path).
+        log_linear adds the level projection 2*D*H*levels and counts, per head and level slot in use
+        (n averaged over the T decoding positions, n_t = levels_in_use(t+1)): decay K*V (retention != none),
+        read 2*K*V, and for the delta rule the transition (I - b k k^T) S^(l) 4*K*V plus one write 2*K*V;
+        the dot write stays 2*K*V. The level merges (amortised O(K*V) adds per token) are ignored.
 """
 from __future__ import annotations
 
@@ -43,6 +60,7 @@ from torch import nn
 
 from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step, naive_recurrent_delta_rule
 from ..kernels.gla import chunk_gla, gla_step, naive_recurrent_gla
+from ..kernels.log_linear import chunk_log_linear, levels_in_use, log_linear_step, naive_recurrent_log_linear
 from .config import Cost, MemoryConfig
 from .norm import GroupRMSNorm
 from .short_conv import ShortConv
@@ -97,6 +115,31 @@ def _validate(cfg: MemoryConfig) -> None:
         raise ValueError("gate_rank must be >= 1 for vector retention")
     if cfg.chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
+    if cfg.hierarchy not in ("none", "log_linear"):
+        raise ValueError(f"unknown hierarchy {cfg.hierarchy!r}; valid: none, log_linear")
+    if cfg.hierarchy == "log_linear":
+        if cfg.retention not in ("none", "constant", "scalar"):
+            raise ValueError(f"hierarchy 'log_linear' needs a scalar (or no / constant) retention gate, got "
+                             f"{cfg.retention!r}: log-linear memory is defined for the Mamba2 and Gated DeltaNet "
+                             f"forms (Guo et al. 2025); use retention 'scalar'")
+        if cfg.levels < 1:
+            raise ValueError(f"levels must be >= 1 for hierarchy 'log_linear', got {cfg.levels}")
+        if cfg.chunk_size & (cfg.chunk_size - 1):
+            raise ValueError(f"hierarchy 'log_linear' needs a power-of-two chunk_size, got {cfg.chunk_size}")
+
+
+def _mean_levels_in_use(seq_len: int, levels: int) -> float:
+    """(1/T) sum_{t=1..T} levels_in_use(t, levels): the level slots a decoding step touches, averaged.
+    levels_in_use(t) = min(levels, bit_length(t-1) + 1) is constant on t-1 in [2**(m-1), 2**m)."""
+    T = int(seq_len)
+    if T <= 0:
+        return 0.0
+    total, lo, m = 1, 1, 1  # t-1 = 0 uses one slot; then t-1 in [lo, 2*lo) uses min(levels, m+1)
+    while lo <= T - 1:
+        hi = min(2 * lo, T)  # t-1 in [lo, hi)
+        total += (hi - lo) * min(levels, m + 1)
+        lo, m = 2 * lo, m + 1
+    return total / T
 
 
 def _linear(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
@@ -141,6 +184,12 @@ class MemoryMixer(nn.Module):
 
         if cfg.bias == "l2":
             self.b_proj = _linear(D, H)
+        self.log_linear = cfg.hierarchy == "log_linear"
+        if self.log_linear:
+            # lambda = softplus(W_l x + b_l) >= 0 per head and level; b_l = softplus^-1(1) so that
+            # lambda ~ 1 at init: all levels weighted equally, i.e. close to the plain mixer.
+            self.level_proj = _linear(D, H * cfg.levels, bias=True)
+            nn.init.constant_(self.level_proj.bias, math.log(math.expm1(1.0)))
         if cfg.norm == "rmsnorm":
             self.o_norm = GroupRMSNorm(H, V)
         if cfg.output_gate:
@@ -168,8 +217,12 @@ class MemoryMixer(nn.Module):
             linears.append((D, H * V))
         if cfg.norm == "rmsnorm":
             extra += H * V
+        log_linear = cfg.hierarchy == "log_linear"
+        if log_linear:
+            linears.append((D, H * cfg.levels))
+            extra += H * cfg.levels  # level_proj bias
         conv_channels = 2 * H * K + H * V
-        state = H * K * V
+        state = H * K * V * (levels_in_use(seq_len, cfg.levels) if log_linear else 1)
         flops = 0.0
         if cfg.short_conv > 0:
             extra += ShortConv.params(conv_channels, cfg.short_conv)
@@ -177,18 +230,27 @@ class MemoryMixer(nn.Module):
             flops += 2 * cfg.short_conv * conv_channels
         params = sum(i * o for i, o in linears) + extra
         flops += sum(2 * i * o for i, o in linears)
-        write = 2 * K * V if cfg.bias == "dot" else 4 * K * V
         decay = K * V if cfg.retention != "none" else 0
         read = 2 * K * V
-        flops += H * (write + decay + read)
+        if log_linear:
+            n = _mean_levels_in_use(seq_len, cfg.levels)
+            transition = 4 * K * V if cfg.bias == "l2" else 0
+            flops += H * (2 * K * V + n * (transition + decay + read))
+        else:
+            write = 2 * K * V if cfg.bias == "dot" else 4 * K * V
+            flops += H * (write + decay + read)
         return Cost(params=params, state=state, flops_per_token=float(flops))
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int, device=None) -> dict:
         cfg = self.cfg
         device = device if device is not None else self.q_proj.weight.device
-        state = {"memory": torch.zeros(batch_size, cfg.heads, cfg.key_dim, cfg.value_dim,
-                                       device=device, dtype=torch.float32)}
+        if self.log_linear:  # no level in use before the first token
+            state = {"levels": torch.zeros(batch_size, cfg.heads, 0, cfg.key_dim, cfg.value_dim,
+                                           device=device, dtype=torch.float32), "pos": 0}
+        else:
+            state = {"memory": torch.zeros(batch_size, cfg.heads, cfg.key_dim, cfg.value_dim,
+                                           device=device, dtype=torch.float32)}
         if self.use_conv:
             dtype = self.q_proj.weight.dtype
             state["conv_q"] = self.q_conv.init_state(batch_size, device, dtype)
@@ -226,6 +288,9 @@ class MemoryMixer(nn.Module):
         elif cfg.retention == "vector":
             g = F.logsigmoid(self.gk_up(self.gk_down(x))).view(*lead, H, K) / cfg.gate_temperature
         beta = torch.sigmoid(self.b_proj(x)) if cfg.bias == "l2" else None
+        if self.log_linear:
+            lam = F.softplus(self.level_proj(x)).view(*lead, H, cfg.levels)
+            return q, k, v, g, beta, lam, new_conv
         return q, k, v, g, beta, new_conv
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -247,6 +312,8 @@ class MemoryMixer(nn.Module):
         entries the last k-1 inputs of each convolved stream.
         """
         cfg = self.cfg
+        if self.log_linear:
+            return self._forward_log_linear(x, state, return_state)
         q, k, v, g, beta, new_conv = self._inputs(x, state, step=False)
         init = None if state is None else state.get("memory")
         chunk = cfg.path == "chunk"
@@ -269,10 +336,28 @@ class MemoryMixer(nn.Module):
         new_state = {"memory": mem, **new_conv}
         return y, new_state
 
+    def _forward_log_linear(self, x: torch.Tensor, state: Optional[dict], return_state: bool):
+        q, k, v, g, beta, lam, new_conv = self._inputs(x, state, step=False)
+        init = None if state is None else {"levels": state["levels"], "pos": state["pos"]}
+        if self.cfg.path == "chunk":
+            o, mem = chunk_log_linear(q, k, v, g, lam, beta, initial_state=init, output_final_state=return_state,
+                                      chunk_size=self.cfg.chunk_size)
+        else:
+            o, mem = naive_recurrent_log_linear(q, k, v, g, lam, beta, initial_state=init,
+                                                output_final_state=return_state)
+        y = self._output(o, x)
+        if not return_state:
+            return y
+        return y, {"levels": mem["levels"], "pos": mem["pos"], **new_conv}
+
     def step(self, x: torch.Tensor, state: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
         """One decoding step: x [B, D], state dict (or None = fresh) -> (y [B, D], new state)."""
         if state is None:
             state = self.init_state(x.shape[0], x.device)
+        if self.log_linear:
+            q, k, v, g, beta, lam, new_conv = self._inputs(x, state, step=True)
+            o, mem = log_linear_step(q, k, v, g, lam, beta, {"levels": state["levels"], "pos": state["pos"]})
+            return self._output(o, x), {"levels": mem["levels"], "pos": mem["pos"], **new_conv}
         q, k, v, g, beta, new_conv = self._inputs(x, state, step=True)
         if self.cfg.bias == "dot":
             o, mem = gla_step(q, k, v, g, state["memory"])
@@ -283,4 +368,5 @@ class MemoryMixer(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"bias={c.bias}, retention={c.retention}, feature_map={c.feature_map}, key_norm={c.key_norm}, "
-                f"short_conv={c.short_conv}, path={c.path}, chunk_size={c.chunk_size}")
+                f"short_conv={c.short_conv}, path={c.path}, chunk_size={c.chunk_size}"
+                + (f", hierarchy={c.hierarchy}, levels={c.levels}" if c.hierarchy != "none" else ""))

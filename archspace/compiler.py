@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from . import yamlio
@@ -89,7 +89,7 @@ def _mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = N
     """One token-mixer config; `attention` is the model's attention spec (the branch of Titans blocks)."""
     from dataclasses import replace
 
-    from .blocks.config import AttentionConfig, MemoryConfig, MoMConfig, TitansConfig
+    from .blocks.config import AttentionConfig, MoMConfig, TitansConfig
 
     if spec.type == "attention":
         return AttentionConfig(

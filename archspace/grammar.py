@@ -581,7 +581,7 @@ def parse_pattern(pattern: Any) -> Optional[list[str]]:
             if not sub:
                 return None
             out += sub
-        return out
+        return out or None
     if not isinstance(pattern, str) or not pattern.strip():
         return None
     out, pos = [], 0

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from .blocks.config import AttentionConfig, MemoryConfig, ModelConfig
+from .blocks.config import ModelConfig, kernel_paths
 from .blocks.model import SequenceModel
 from .compiler import Resolved
 
@@ -27,20 +27,6 @@ IGNORE = -100
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
-
-
-def kernel_paths(model: ModelConfig) -> list[str]:
-    """Which computation each layer's token mixer runs (logged with every run)."""
-    out = []
-    for layer in model.layers:
-        if isinstance(layer.mixer, MemoryConfig):
-            op = "delta_rule" if layer.mixer.bias == "l2" else "gla"
-            out.append(f"{op}:{layer.mixer.path}")
-        elif isinstance(layer.mixer, AttentionConfig):
-            out.append("sdpa" if layer.mixer.window is None else f"sdpa:window{layer.mixer.window}")
-        else:
-            out.append(type(layer.mixer).__name__)
-    return out
 
 
 def build_datamodule(task: dict, batch_size: int):

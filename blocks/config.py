@@ -146,6 +146,15 @@ CONFIG_KINDS = {"memory": MemoryConfig, "attention": AttentionConfig, "swiglu": 
                 "mom": MoMConfig, "titans": TitansConfig, "moe": MoEConfig}
 
 
+def leaf_mixers(cfg) -> list:
+    """The plain MemoryConfig / AttentionConfig parts of a token-mixer config (wrappers unwrapped)."""
+    if isinstance(cfg, MoMConfig):
+        return [cfg.memory]
+    if isinstance(cfg, TitansConfig):
+        return [cfg.memory, cfg.attention]
+    return [cfg]
+
+
 def config_from_dict(d: dict):
     """Inverse of dataclasses.asdict for block configs (nested memory/attention configs included)."""
     cls = CONFIG_KINDS[d["kind"]]
@@ -214,3 +223,27 @@ class Cost:
             active = self.active + other.active
         return Cost(self.params + other.params, self.state + other.state,
                     self.flops_per_token + other.flops_per_token, active)
+
+
+def kernel_paths(model: ModelConfig) -> list[str]:
+    """Which computation each layer's token mixer runs (logged with every run), e.g. "delta_rule:chunk",
+    "log_linear:chunk", "mom4(gla:chunk)", "titans-mac(delta_rule:chunk+sdpa)"."""
+    def leaf(m) -> str:
+        if isinstance(m, MemoryConfig):
+            op = "log_linear" if m.hierarchy == "log_linear" else ("delta_rule" if m.bias == "l2" else "gla")
+            return f"{op}:{m.path}"
+        if isinstance(m, AttentionConfig):
+            return "sdpa" if m.window is None else f"sdpa:window{m.window}"
+        return type(m).__name__
+
+    out = []
+    for layer in model.layers:
+        mx = layer.mixer
+        inner = "+".join(leaf(m) for m in leaf_mixers(mx))
+        if mx.kind == "mom":
+            out.append(f"mom{mx.memories}({inner})")
+        elif mx.kind == "titans":
+            out.append(f"titans-{mx.variant}({inner})")
+        else:
+            out.append(inner)
+    return out

@@ -5,7 +5,6 @@ Accounting: params = 3 * D * hidden, state = 0, flops_per_token = 3 linears = 6 
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -58,7 +58,6 @@ Accounting (``TitansMixer.cost(cfg, seq_len)``), conventions of blocks/memory.py
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -180,7 +179,6 @@ class TitansMixer(nn.Module):
         p_pos = torch.arange(Np, device=device)
         mem = self.memory.init_state(B, device)
         if cfg.variant == "mac":
-            m = cfg.memory
             k_p, v_p = self._kv(P, p_pos)
             empty = k_p.new_zeros(B, cfg.attention.heads, 0, cfg.attention.head_dim)
             state = {"memory": mem, "segment_memory": mem["memory"].clone(), "k_p": k_p, "v_p": v_p,

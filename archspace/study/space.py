@@ -289,12 +289,12 @@ def _parse_mad(raw: Any, marks: yamlio.Marks) -> dict:
     if budget not in BUDGETS:
         raise marks.error(f"mad.budget must be one of {', '.join(BUDGETS)}", ("mad", "budget"))
     b = dict(BUDGETS[budget])
-    for key, field in (("steps", "max_steps"), ("batch_size", "batch_size"), ("test_examples", "num_test_examples")):
+    for key, target in (("steps", "max_steps"), ("batch_size", "batch_size"), ("test_examples", "num_test_examples")):
         if key in raw:
             v = _number(raw[key], marks, ("mad", key), integer=True)
             if v < 1:
                 raise marks.error(f"mad.{key} must be at least 1", ("mad", key))
-            b[field] = v
+            b[target] = v
     sweeps = {}
     for key, default in (("lrs", SWEEP_LR), ("weight_decays", SWEEP_WD)):
         vals = raw.get(key, list(default))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -141,14 +142,22 @@ class RecallModule(L.LightningModule):
             self._bytes += int(batch["n_bytes"].sum())
 
     def _eval_end(self, prefix: str):
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # DDP: every rank scored its shard; sum them
+            sums = torch.tensor([self._loss_sum, self._loss_n, self._bytes], dtype=torch.float64, device=self.device)
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
+            self._loss_sum, self._loss_n, self._bytes = float(sums[0]), int(sums[1]), int(sums[2])
+            self._correct = trainer.strategy.reduce(self._correct.to(self.device), reduce_op="sum").cpu()
+            self._count = trainer.strategy.reduce(self._count.to(self.device), reduce_op="sum").cpu()
+        sync = trainer is not None and trainer.world_size > 1  # values are already summed: the mean is a no-op
         acc = self._correct.sum().item() / max(1, self._count.sum().item())
-        self.log(f"{prefix}/acc", acc, prog_bar=True)
-        self.log(f"{prefix}/loss", self._loss_sum / max(1, self._loss_n))
+        self.log(f"{prefix}/acc", acc, prog_bar=True, sync_dist=sync)
+        self.log(f"{prefix}/loss", self._loss_sum / max(1, self._loss_n), sync_dist=sync)
         if self.lm:
-            self.log(f"{prefix}/ppl", math.exp(min(50.0, self._loss_sum / max(1, self._loss_n))), prog_bar=True)
-            self.log(f"{prefix}/bpb", self._loss_sum / (math.log(2) * max(1, self._bytes)))
+            self.log(f"{prefix}/ppl", math.exp(min(50.0, self._loss_sum / max(1, self._loss_n))), prog_bar=True, sync_dist=sync)
+            self.log(f"{prefix}/bpb", self._loss_sum / (math.log(2) * max(1, self._bytes)), sync_dist=sync)
         for name, c, n in zip(self.slice_names, self._correct.tolist(), self._count.tolist()):
-            self.log(f"{prefix}/acc/{name}", c / max(1, n))
+            self.log(f"{prefix}/acc/{name}", c / max(1, n), sync_dist=sync)
         self._reset_eval()
 
     def on_validation_epoch_start(self):
@@ -190,14 +199,46 @@ class RecallModule(L.LightningModule):
 
 
 class History(L.Callback):
-    """Collects the metric curves and throughput; calls `report(step, metrics)` after each validation."""
+    """Collects the metric curves and throughput; calls `report(step, metrics)` after each validation.
 
-    def __init__(self, report: Optional[Callable[[int, dict], None]] = None):
+    Under DDP with spawned processes (several devices) the callback runs in the workers: rank 0 then
+    sends ("row", row), ("report", step, metrics) and ("throughput", value) messages through `queue`
+    and the launching process replays them (`replay`), so reports still come from the process that
+    owns the Ray Tune session.
+    """
+
+    def __init__(self, report: Optional[Callable[[int, dict], None]] = None, queue=None):
         self.rows: list[dict] = []
         self.report = report
+        self.queue = queue
         self.train_tokens = 0
         self.train_time = 0.0
         self._t0 = None
+        self._throughput: Optional[float] = None
+
+    def __getstate__(self):  # sent to spawned DDP workers: the report callable stays in this process
+        state = dict(self.__dict__)
+        state["report"] = None
+        return state
+
+    def _row(self, trainer, row: dict) -> None:
+        self.rows.append(row)
+        if self.queue is not None and trainer.is_global_zero:
+            self.queue.put(("row", row))
+
+    def replay(self, message: tuple) -> None:
+        """Apply one message sent by rank 0 of a spawned DDP run (in the launching process)."""
+        kind = message[0]
+        if kind == "row":
+            self.rows.append(message[1])
+        elif kind == "report" and self.report is not None:
+            self.report(message[1], message[2])
+        elif kind == "throughput":
+            self._throughput = message[1]
+
+    def on_train_end(self, trainer, pl_module):
+        if self.queue is not None and trainer.is_global_zero:
+            self.queue.put(("throughput", self.throughput))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._t0 = time.perf_counter()
@@ -210,7 +251,7 @@ class History(L.Callback):
             row = {"step": step, "train/loss": float(trainer.callback_metrics["train/loss"])}
             if "train/aux_loss" in trainer.callback_metrics:
                 row["train/aux_loss"] = float(trainer.callback_metrics["train/aux_loss"])
-            self.rows.append(row)
+            self._row(trainer, row)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -218,13 +259,49 @@ class History(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         metrics["step"] = trainer.global_step
         metrics["throughput_tok_s"] = self.throughput
-        self.rows.append(dict(metrics))
-        if self.report is not None:
+        self._row(trainer, dict(metrics))
+        if self.queue is not None:
+            if trainer.is_global_zero:
+                self.queue.put(("report", trainer.global_step, metrics))
+        elif self.report is not None:
             self.report(trainer.global_step, metrics)
 
     @property
     def throughput(self) -> float:
-        return self.train_tokens / self.train_time if self.train_time > 0 else 0.0
+        """Training tokens per second (of rank 0 times the number of ranks under DDP)."""
+        if self._throughput is not None:
+            return self._throughput
+        world = self._world if hasattr(self, "_world") else 1
+        return world * self.train_tokens / self.train_time if self.train_time > 0 else 0.0
+
+    def setup(self, trainer, pl_module, stage):
+        self._world = trainer.world_size
+
+
+def _fit_relaying(trainer, module, data, history: History, queue) -> None:
+    """trainer.fit in a thread while this (the caller's) thread replays rank 0's messages: reports to a
+    Ray Tune session must come from the trial's own thread."""
+    import queue as queue_mod
+    import threading
+
+    failure: list = []
+
+    def fit():
+        try:
+            trainer.fit(module, datamodule=data)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=fit, name="archspace-ddp-fit", daemon=True)
+    worker.start()
+    while worker.is_alive() or not queue.empty():
+        try:
+            history.replay(queue.get(timeout=0.2))
+        except queue_mod.Empty:
+            continue
+    worker.join()
+    if failure:
+        raise failure[0]
 
 
 def write_history(rows: list[dict], path: Path) -> None:
@@ -268,7 +345,18 @@ def train(
     cost = module.model.cost(task_seq_len(resolved.task))
     static = {"params": cost.params, "active_params": cost.active, "state_size": cost.state,
               "flops_per_token": cost.flops_per_token}
-    history = History(None if report is None else (lambda step, m: report(step, {**static, **m})))
+    multi = cfg["devices"] > 1
+    queue = None
+    if multi:
+        # Several devices train with DDP in spawned processes ("ddp_spawn"): the "ddp" launcher re-runs
+        # sys.argv, which inside a Ray Tune worker is Ray's worker script, not archspace.
+        import torch.multiprocessing as mp
+
+        manager = mp.get_context("spawn").Manager()
+        queue = manager.Queue()
+        if cfg["threads"]:
+            os.environ["OMP_NUM_THREADS"] = str(max(1, cfg["threads"] // cfg["devices"]))
+    history = History(None if report is None else (lambda step, m: report(step, {**static, **m})), queue=queue)
     cbs: list = [history, *callbacks]
     if cfg["checkpoint"]:
         from lightning.pytorch.callbacks import ModelCheckpoint
@@ -284,7 +372,7 @@ def train(
         precision=cfg["precision"],
         accelerator=cfg["accelerator"],
         devices=cfg["devices"],
-        strategy="ddp" if cfg["devices"] > 1 else "auto",
+        strategy="ddp_spawn" if multi else "auto",
         deterministic=True,
         logger=False,
         enable_checkpointing=bool(cfg["checkpoint"]),
@@ -294,7 +382,11 @@ def train(
         default_root_dir=str(run_dir),
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    if multi:
+        _fit_relaying(trainer, module, data, history, queue)
+        manager.shutdown()
+    else:
+        trainer.fit(module, datamodule=data)
     wall = time.perf_counter() - t0
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     tested = trainer.test(module, datamodule=data, verbose=False)[0]
@@ -303,7 +395,7 @@ def train(
     metrics.update(static)
     metrics.update(
         {
-            "steps": trainer.global_step,
+            "steps": max([trainer.global_step] + [int(r["step"]) for r in history.rows]),  # spawned DDP: from rank 0
             "train_wall_s": wall,
             "throughput_tok_s": history.throughput,
             "design_hash": resolved.design_hash,

@@ -1,0 +1,58 @@
+"""Several devices per run train with Lightning's DDP (spawned workers, gloo on CPU), also inside a Ray
+Tune trial, with validation reports relayed from rank 0 to the trial's session."""
+from __future__ import annotations
+
+import json
+
+from test_study_e2e import mlflow_runs, run_cli
+
+DESIGN = """
+model: {d_model: 16, n_layers: 2, hybrid: {pattern: MA}, mixer: {preset: gated_deltanet, heads: 2}, attention: {heads: 2}}
+task:
+  vocab_size: 64
+  train: [{seq_len: 16, num_kv_pairs: 2, num_examples: 256}]
+  test: [{seq_len: 16, num_kv_pairs: 2, num_examples: 64}]
+train: {max_steps: 8, batch_size: 16, eval_every: 4, warmup_steps: 1, checkpoint: false, devices: 2, threads: 2}
+"""
+
+
+def test_two_process_ddp_run(tmp_path):
+    design = tmp_path / "ddp.yaml"
+    design.write_text("name: ddp\n" + DESIGN)
+    proc = run_cli(["train", str(design), "--results-dir", str(tmp_path / "res")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stderr + proc.stdout
+    run = next((tmp_path / "res" / "runs").iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 8
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    history = (run / "history.csv").read_text().splitlines()
+    header = history[0].split(",")
+    val_steps = [int(r.split(",")[0]) for r in history[1:] if r.split(",")[header.index("val/acc")]]
+    assert val_steps == [4, 8]  # rank 0's validation rows reached the launching process
+    assert (run / "model.safetensors").stat().st_size > 0
+
+
+def test_ddp_trial_inside_ray_tune(tmp_path):
+    space = tmp_path / "ddpstudy.yaml"
+    body = "\n".join("  " + line for line in DESIGN.strip().splitlines())
+    space.write_text(f"""schema_version: 1
+name: ddpstudy
+base:
+{body}
+axes:
+  lr: [0.003]
+search: {{sampler: grid}}
+pruner: {{kind: asha, metric: val/acc, mode: max, grace_period: 1, reduction_factor: 2}}
+resources: {{cpus_per_trial: 2}}
+""")
+    res = tmp_path / "res"
+    proc = run_cli(["study", str(space), "--results-dir", str(res)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, _, children = mlflow_runs(f"sqlite:///{res / 'studies' / 'ddpstudy' / 'mlflow.db'}", "ddpstudy")
+    assert len(children) == 1
+    run = children[0]
+    assert run.info.status == "FINISHED", run.data.tags
+    hist = client.get_metric_history(run.info.run_id, "val/acc")
+    assert sorted({m.step for m in hist}) == [4, 8]  # intermediate reports from the DDP workers
+    assert "test/acc" in run.data.metrics

@@ -98,6 +98,7 @@ def _mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = N
             head_dim=spec.head_dim or d_model // spec.heads,
             window=spec.window,
             rope_base=spec.rope_base,
+            short_conv=spec.short_conv,
         )
     memory = _memory_config(spec, d_model)
     if spec.mom is not None:

@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 MEMORY_ONLY_KEYS = (
     "key_dim", "value_dim", "structure", "bias", "retention", "update", "feature_map", "key_norm",
-    "short_conv", "norm", "output_gate", "gate_rank", "gate_temperature", "chunk_size", "path",
+    "norm", "output_gate", "gate_rank", "gate_temperature", "chunk_size", "path",
     "hierarchy", "levels", "mom", "titans",
 )
 ATTENTION_ONLY_KEYS = ("head_dim", "window", "rope_base")
@@ -177,7 +177,8 @@ class MixerSpec(_Spec):
     update: Literal["gd"] = Field("gd", description="update algorithm: one gradient step per token")
     feature_map: Literal["identity", "elu1", "silu", "relu"] = Field("identity", description="map on q and k")
     key_norm: Literal["none", "l2"] = Field("none", description="l2-normalise q and k per head")
-    short_conv: int = Field(0, ge=0, le=16, description="causal depthwise conv size on q, k, v (0 = off)")
+    short_conv: int = Field(0, ge=0, le=16, description="causal depthwise conv size on q, k, v (0 = off); "
+                            "memory mixers and attention")
     norm: Literal["rmsnorm", "none"] = Field("rmsnorm", description="per-head output normalisation")
     output_gate: bool = Field(False, description="o = norm(o) * silu(W_g x)")
     gate_rank: int = Field(16, ge=1, le=1024, description="rank of the vector (GLA) gate projection")
@@ -665,6 +666,10 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
             raise err
         if spec.titans is not None and m.attention.type != "attention":
             raise marks.error("a Titans composition needs model.attention to be softmax attention", where + ("titans",))
+        if spec.titans is not None and m.attention.short_conv:
+            raise marks.error("a Titans composition's attention branch has no short conv: set model.attention.short_conv "
+                              "to 0, or give the other attention layers their own letter under model.mixers",
+                              where + ("titans",))
     _check_layout(m, marks, ("model", "hybrid"))
     if m.vocab_size is not None and m.vocab_size < design.task.vocab_size:
         raise marks.error(f"vocab_size {m.vocab_size} is smaller than the task's vocabulary ({design.task.vocab_size})",

@@ -6,14 +6,20 @@ softmax(q k^T / sqrt(head_dim) + mask) v via F.scaled_dot_product_attention, the
 The mask is an explicit boolean: query at position t sees key positions s with t - w < s <= t
 (the w most recent positions, itself included) when cfg.window = w, or s <= t when global.
 
+Optional short convolution (cfg.short_conv = k > 0): a depthwise causal conv + SiLU on each of q, k, v
+after the projections and before RoPE, as on the memory mixers' q, k, v; it gives attention the
+previous-token mixing that memory mixers get from their conv.
+
 State = KV cache dict {"k": [B,H,L,hd], "v": [B,H,L,hd], "pos": int (tokens seen)}; keys are
-cached after RoPE. With a window w only the last w keys are kept.
+cached after RoPE. With a window w only the last w keys are kept. With a short conv the state also
+holds "conv_q", "conv_k", "conv_v" [B, H*hd, k-1].
 
 Accounting (``Attention.cost(cfg, seq_len)``):
-    params = 4 * D * H * head_dim;
-    state  = 2 * H * head_dim * min(T, w or T) (the KV cache);
+    params = 4 * D * H * head_dim (+ 3 * H * hd * k for a short conv of size k);
+    state  = 2 * H * head_dim * min(T, w or T) (the KV cache) (+ 3 * H * hd * (k-1) conv state);
     flops_per_token = 4 projections (2 * D * H * hd each) + scores and values
-        2 * 2 * H * hd * avg_context with avg_context = mean_{t=1..T} min(t, w or t).
+        2 * 2 * H * hd * avg_context with avg_context = mean_{t=1..T} min(t, w or t)
+        (+ 2 * k * 3 * H * hd for the conv).
     RoPE, softmax and masking are ignored.
 """
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AttentionConfig, Cost
+from .short_conv import ShortConv
 
 __all__ = ["Attention", "apply_rope", "rope_cos_sin", "average_context"]
 
@@ -72,6 +79,13 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(HD, D, bias=False)
         for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
             nn.init.normal_(lin.weight, 0.0, _INIT_STD)
+        if cfg.short_conv < 0:
+            raise ValueError(f"short_conv must be >= 0, got {cfg.short_conv}")
+        self.use_conv = cfg.short_conv > 0
+        if self.use_conv:
+            self.q_conv = ShortConv(HD, cfg.short_conv)
+            self.k_conv = ShortConv(HD, cfg.short_conv)
+            self.v_conv = ShortConv(HD, cfg.short_conv)
 
     @staticmethod
     def cost(cfg: AttentionConfig, seq_len: int) -> Cost:
@@ -80,6 +94,10 @@ class Attention(nn.Module):
         params = 4 * D * H * hd
         state = 2 * H * hd * ctx
         flops = 4 * 2 * D * H * hd + 2 * 2 * H * hd * average_context(seq_len, cfg.window)
+        if cfg.short_conv > 0:
+            params += 3 * ShortConv.params(H * hd, cfg.short_conv)
+            state += 3 * ShortConv.state_size(H * hd, cfg.short_conv)
+            flops += 2 * cfg.short_conv * 3 * H * hd
         return Cost(params=params, state=state, flops_per_token=float(flops))
 
     def init_state(self, batch_size: int, device=None) -> dict:
@@ -87,7 +105,11 @@ class Attention(nn.Module):
         device = device if device is not None else self.q_proj.weight.device
         dtype = self.q_proj.weight.dtype
         empty = torch.zeros(batch_size, cfg.heads, 0, cfg.head_dim, device=device, dtype=dtype)
-        return {"k": empty, "v": empty.clone(), "pos": 0}
+        state = {"k": empty, "v": empty.clone(), "pos": 0}
+        if self.use_conv:
+            for name in ("q", "k", "v"):
+                state[f"conv_{name}"] = getattr(self, f"{name}_conv").init_state(batch_size, device, dtype)
+        return state
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [B,T,H*hd] -> [B,H,T,hd]
         B, T, _ = t.shape
@@ -100,7 +122,13 @@ class Attention(nn.Module):
         if state is None:
             state = self.init_state(B, x.device)
         start = int(state["pos"])
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        convs = {}
+        if self.use_conv:
+            q, convs["conv_q"] = self.q_conv(q, state.get("conv_q"))
+            k, convs["conv_k"] = self.k_conv(k, state.get("conv_k"))
+            v, convs["conv_v"] = self.v_conv(v, state.get("conv_v"))
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         q_pos = torch.arange(start, start + T, device=x.device)
         cos, sin = rope_cos_sin(q_pos, cfg.head_dim, cfg.rope_base, dtype=q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -118,7 +146,7 @@ class Attention(nn.Module):
             return y
         if cfg.window is not None:
             k_all, v_all = k_all[:, :, -cfg.window:], v_all[:, :, -cfg.window:]
-        return y, {"k": k_all, "v": v_all, "pos": start + T}
+        return y, {"k": k_all, "v": v_all, "pos": start + T, **convs}
 
     def step(self, x: torch.Tensor, state: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
         """One decoding step: x [B, D] -> (y [B, D], new cache)."""

@@ -63,6 +63,7 @@ class AttentionConfig:
     head_dim: int
     window: Optional[int] = None  # None = global causal attention
     rope_base: float = 10000.0
+    short_conv: int = 0  # depthwise causal conv (+SiLU) kernel size on q, k, v before RoPE (0 = off)
     kind: Literal["attention"] = "attention"
 
 

@@ -13,13 +13,13 @@ from blocks_testutil import rel_err
 D, H, HD = 32, 4, 8
 
 
-def _reference(mod: Attention, x: torch.Tensor, window):
-    """Hand-written causal (optionally windowed) softmax attention, explicit loops over the mask."""
+def _reference(mod: Attention, x: torch.Tensor, window, qkv=None):
+    """Hand-written causal (optionally windowed) softmax attention, explicit loops over the mask.
+    `qkv`: the three [B, T, H*HD] streams when they are not the plain projections."""
     cfg = mod.cfg
     B, T, _ = x.shape
-    q = mod.q_proj(x).view(B, T, H, HD).transpose(1, 2)
-    k = mod.k_proj(x).view(B, T, H, HD).transpose(1, 2)
-    v = mod.v_proj(x).view(B, T, H, HD).transpose(1, 2)
+    q, k, v = qkv if qkv is not None else (mod.q_proj(x), mod.k_proj(x), mod.v_proj(x))
+    q, k, v = (a.view(B, T, H, HD).transpose(1, 2) for a in (q, k, v))
     # RoPE by hand: pairs (i, i + HD/2) rotated by angle pos * base^(-2i/HD)
     half = HD // 2
     inv = torch.tensor([cfg.rope_base ** (-2 * i / HD) for i in range(half)])
@@ -108,3 +108,41 @@ def test_average_context():
     assert average_context(5, 3) == pytest.approx(12 / 5)  # (1+2+3+3+3)/5
     assert average_context(5, 10) == 3.0
     assert average_context(1, 1) == 1.0
+
+
+def _conv_reference(mod: Attention, x: torch.Tensor, window):
+    """Short conv written out per position: y_t = silu(sum_j w[:, j] * x_{t-(k-1)+j}), then attention."""
+    kk = mod.cfg.short_conv
+
+    def conv(proj, weight):
+        a = proj(x)  # [B, T, C]
+        out = torch.zeros_like(a)
+        for t in range(a.shape[1]):
+            for j in range(kk):
+                s = t - (kk - 1) + j
+                if s >= 0:
+                    out[:, t] += weight[:, 0, j] * a[:, s]
+        return torch.nn.functional.silu(out)
+
+    qkv = (conv(mod.q_proj, mod.q_conv.weight), conv(mod.k_proj, mod.k_conv.weight), conv(mod.v_proj, mod.v_conv.weight))
+    return _reference(mod, x, window, qkv)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_short_conv_matches_reference_and_decodes(window):
+    mod = Attention(AttentionConfig(D, H, HD, window=window, short_conv=4))
+    x = torch.randn(2, 13, D)
+    with torch.no_grad():
+        y = mod(x)
+        assert rel_err(y, _conv_reference(mod, x, window)) <= 1e-5
+        a, s = mod(x[:, :6], return_state=True)
+        assert s["conv_q"].shape == (2, H * HD, 3)
+        outs = [a]
+        for t in range(6, 13):
+            o, s = mod.step(x[:, t], s)
+            outs.append(o.unsqueeze(1))
+    assert rel_err(torch.cat(outs, 1), y) <= 1e-5
+    cost = Attention.cost(mod.cfg, 13)
+    assert cost.params == sum(p.numel() for p in mod.parameters())
+    kept = s["k"].numel() + s["v"].numel() + sum(s[f"conv_{n}"].numel() for n in "qkv")
+    assert cost.state == kept // 2  # per sequence (batch of 2)

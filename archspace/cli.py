@@ -208,7 +208,12 @@ def cmd_train(args) -> int:
 def cmd_study(args) -> int:
     from .study.space import load_space
 
-    space = load_space(args.space)  # a malformed space exits 2 here, before Ray starts
+    overrides = {}
+    for key, value in parse_overrides(args.set).items():  # base keys; short forms like lr as in axes
+        overrides[key] = value
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {args.trials}", file="<command line>")
+    space = load_space(args.space, overrides=overrides, trials=args.trials)  # bad input exits 2 before Ray starts
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be at least 1, got {args.max_concurrent}", file="<command line>")
     from .study.runner import run_study
@@ -323,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials at a time (default: the space's max_concurrent, else CPUs // cpus_per_trial)")
     s.add_argument("--fresh", action="store_true",
                    help="start a new study directory (<name>-2, ...) even if one exists; nothing is deleted")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the base design, e.g. train.max_steps=50 (a changed space is a new study: "
+                        "combine with --fresh or another --results-dir when the study exists)")
+    s.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="run at most N trials (the first N of a grid), overriding search.trials")
     s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("export", help="export a trained design: weights, torch-only modelling file, model card",

@@ -306,9 +306,14 @@ def _parse_mad(raw: Any, marks: yamlio.Marks) -> dict:
     return {"tasks": [short.get(t, t) for t in tasks], "settings": settings, "budget": b, **sweeps}
 
 
-def load_space(path) -> Space:
-    """Load and validate a space file: every problem is a ConfigError (file:line:col, key path)."""
+def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = None) -> Space:
+    """Load and validate a space file: every problem is a ConfigError (file:line:col, key path).
+
+    `overrides`: {key path: value} applied to the base design (the CLI's --set; short forms such as
+    `lr` or `hybrid.ratio` expand as axis names do). `trials`: cap on the number of trials (--trials).
+    """
     file = str(Path(path).absolute())
+    trials_cap = trials
     data, marks = yamlio.load(path)
     marks.file = str(path)
     if not isinstance(data, dict):
@@ -332,6 +337,10 @@ def load_space(path) -> Space:
     base = copy.deepcopy(base)
     if not isinstance(data.get("base"), str):
         base_marks.file = str(path)
+    cli = yamlio.Marks("<command line>")
+    for key, value in (overrides or {}).items():
+        name = ".".join(key)
+        set_path(base, expand_path(name, cli, (f"--set {name}",)), value)
     validate_data(base, base_marks)  # the base itself must be a valid design
     if isinstance(base.get("task"), str):  # inline the referenced recipe so trials need no file lookups
         from ..grammar import load_task_ref
@@ -455,11 +464,16 @@ def load_space(path) -> Space:
                     where = ("axes", key) + (("choices", i) if a.kind == "choice" and isinstance(axes_raw[key], dict)
                                              else (i,) if a.kind == "choice" else (a.kind, i))
                 raise marks.error(f"value {v!r} for {a.name} is invalid: {exc.message}", where, hint=exc.hint) from None
+    if trials_cap is not None:
+        trials = min(trials, trials_cap) if trials else trials_cap
+        space = Space(**{**space.__dict__, "trials": trials})
     if sampler == "grid":
         grid = tuple(enumerate_grid(space))
         if not grid:
             raise marks.error("every design of this grid is forbidden by the incompatibility table", ("axes",))
         trials = min(trials or len(grid), len(grid))
+        if trials_cap is not None:
+            grid = grid[:trials]  # --trials N on a grid: its first N designs
         space = Space(**{**space.__dict__, "grid": grid, "trials": trials})
     elif not trials:
         raise marks.error("search.trials is required for the random, tpe and nsga2 samplers", ("search",), at_key=True)

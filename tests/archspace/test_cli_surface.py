@@ -35,7 +35,7 @@ def test_shipped_schema_is_current():
     assert shipped == json_schema(), "run `archspace schema --out archspace.schema.json`"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").rglob("*.yaml")), ids=lambda p: p.name)
 def test_examples_validate(path):
     assert main(["validate", str(path)]) == 0
 

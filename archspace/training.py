@@ -240,6 +240,14 @@ class History(L.Callback):
         if self.queue is not None and trainer.is_global_zero:
             self.queue.put(("throughput", self.throughput))
 
+    def teardown(self, trainer, pl_module, stage):
+        # In spawned DDP workers: leave the process group before the process exits. Left to interpreter
+        # shutdown, gloo's threads were seen to abort a worker ("terminate called without an active
+        # exception", SIGABRT) after a finished fit, which failed the whole run.
+        if self.queue is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._t0 = time.perf_counter()
 

@@ -581,9 +581,10 @@ def _core(model):
 
 
 def state_numel(state):
-    """Numbers held in a decoding state (tensors only; counters like the KV cache's position are not numbers)."""
+    """Numbers held in a decoding state (floating-point tensors only; counters such as the KV cache's or a
+    log-linear memory's position, ints or integer tensors, are not numbers)."""
     if isinstance(state, torch.Tensor):
-        return state.numel()
+        return state.numel() if state.is_floating_point() else 0
     if isinstance(state, dict):
         return sum(state_numel(v) for v in state.values())
     if isinstance(state, (list, tuple)):

@@ -96,10 +96,6 @@ INCOMPATIBLE: tuple[Incompatibility, ...] = (
         "forms of Guo et al. 2025; use retention: scalar",
     ),
     Incompatibility(
-        {"type": "memory", "hierarchy": "log_linear", "mom": SET},
-        "a Mixture-of-Memories of log-linear memories is not in grammar version 1; use one or the other",
-    ),
-    Incompatibility(
         {"type": "memory", "mom": SET, "titans": SET},
         "a Titans composition takes one memory mixer, not a Mixture-of-Memories, in grammar version 1",
     ),

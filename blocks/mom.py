@@ -1,7 +1,7 @@
 """Mixture-of-Memories token mixer (MoM, Du et al. 2025, https://arxiv.org/abs/2502.13685).
 
-Several matrix memories (any ``MemoryConfig`` bias / retention of blocks/memory.py) behind a
-token router. Shape legend: B batch, T length, D model width, M memories, H heads, K key dim,
+Several matrix memories (any ``MemoryConfig`` of blocks/memory.py: bias, retention, and the
+log-linear hierarchy) behind a token router. Shape legend: B batch, T length, D model width, M memories, H heads, K key dim,
 V value dim, L longest per-memory token list in the batch, k top_k.
 
 Routing, per token x_t [D]:
@@ -34,6 +34,12 @@ Memories. What is shared and what each memory owns:
 Output (mix the raw reads, then normalise: per-memory norms would cancel the router weights):
     o_t = sum_{m in E_t} w_{t,m} read_m(t)  (+ read_shared(t))      [H, V]
     y_t = W_o (RMSNorm_heads(o_t) * silu(W_g x_t))                   (norm / gate as configured)
+Log-linear memories (``hierarchy: log_linear``, kernels/log_linear.py): memory m keeps Fenwick
+    level states over ITS OWN time (the i-th token routed to m sits at position i of m's list), so
+    its levels merge only when it is written; the level weights lambda_t = softplus(W_l x_t + b_l)
+    [H, levels] belong to the shared query path (``level_proj``) like q_t, and read_m(t) =
+    K**-0.5 sum_l lambda_t[l] (S^{m,l})^T q_t. The shared memory is a plain log-linear memory over
+    the full sequence.
 With M = 1, k = 1 and no shared memory this is exactly ``MemoryMixer`` (w = 1). Note that with
 k = 1 the renormalised weight is identically 1, so the router learns only from the aux loss.
 
@@ -49,15 +55,22 @@ Paths:
                along the batch ([B*M, L, ...]) and run through ONE call of chunk_gla /
                chunk_delta_rule, and the reads are gathered back to their tokens. Padding uses
                k = v = 0, beta = 0, log-decay g = 0, so the final states are exact.
+               Log-linear: chunk_log_linear once per group of lists that start at the same
+               position (one group without a state) and, when final states are returned, have
+               the same length (trailing padding would merge old tokens into higher levels).
     reference  straight from the formulas: a Python loop over tokens and memories with the
-               one-token kernels (gla_step / delta_rule_step), capacity by a running counter,
+               one-token kernels (gla_step / delta_rule_step / log_linear_step_slots, each
+               memory at its own position), capacity by a running counter,
                and each memory's state replaced only where the token is kept.
 
 State (dict), fp32 memories:
     "memory" [B, M, H, K, V]; "shared" [B, H, K, V] (shared_memory); with a short conv of size c > 1:
     "conv_q" [B, H*K, c-1], "conv_k" [B, M, H*K, c-1], "conv_v" [B, M, H*V, c-1] (one per memory,
     also with share_kv: the conv state follows the memory's own tokens), and
-    "shared_conv_k", "shared_conv_v" for the shared memory.
+    "shared_conv_k", "shared_conv_v" for the shared memory. Log-linear memories replace "memory" by
+    "levels" [B, M, H, levels, K, V] (every slot; those beyond levels_in_use(pos) hold zeros) and
+    "pos" [B, M] int64 (tokens each memory has received), and "shared" by "shared_levels"
+    [B, H, levels_in_use(shared_pos), K, V] and the int "shared_pos".
 ``step`` is a call of length 1: capacity (per call) never drops its token, so step-by-step
 decoding matches a forward without capacity. A forward given ``state`` continues the sequence
 (capacity then counts the tokens of that call only).
@@ -69,11 +82,15 @@ softmax / top-k ignored):
         paths, the shared memory's write path);
     active_params: router + query path + norm/gate/o_proj + the write paths one token uses
         (top_k of them, or the single one with share_kv) + the shared memory's;
-    state: M*H*K*V (+ H*K*V shared) + conv states as listed above;
+    state: M*H*K*V (+ H*K*V shared) + conv states as listed above; log-linear: H*K*V times the
+        level slots in use, M * levels_in_use(ceil(T*k/M)) (balanced routing) + levels_in_use(T)
+        for the shared memory;
     flops_per_token: router 2*D*M; query / gate / o_proj linears and the q conv once; write-path
         linears top_k times (once with share_kv: they are computed on the full sequence and
         gathered); per routed memory (top_k times) the k/v conv, the recurrence and the mixing
-        2*H*V (w * read accumulated); the shared memory's linears, conv and recurrence once.
+        2*H*V (w * read accumulated); the shared memory's linears, conv and recurrence once
+        (log-linear recurrences as in ``MemoryMixer.cost``, over ceil(T*k/M) tokens for a routed
+        memory); log-linear adds the level projection 2*D*H*levels.
 """
 from __future__ import annotations
 
@@ -86,9 +103,10 @@ from torch import nn
 
 from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step
 from ..kernels.gla import chunk_gla, gla_step
+from ..kernels.log_linear import chunk_log_linear, levels_in_use, log_linear_step, log_linear_step_slots
 from .config import Cost, MemoryConfig, MoMConfig
+from .memory import _mean_levels_in_use, feature_map, retnet_log_decay
 from .memory import _validate as _validate_memory
-from .memory import feature_map, retnet_log_decay
 from .norm import GroupRMSNorm
 from .short_conv import ShortConv
 
@@ -106,11 +124,7 @@ def _linear(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
 
 
 def _validate(cfg: MoMConfig) -> None:
-    mem = cfg.memory
-    if getattr(mem, "hierarchy", "none") != "none":
-        raise ValueError(f"mom: memory hierarchy {mem.hierarchy!r} is not supported inside a Mixture-of-Memories "
-                         "(only hierarchy 'none'); use a plain memory mixer for log-linear memories")
-    _validate_memory(mem)
+    _validate_memory(cfg.memory)
     if cfg.memories < 1:
         raise ValueError(f"mom: memories must be >= 1, got {cfg.memories}")
     if not 1 <= cfg.top_k <= cfg.memories:
@@ -234,6 +248,10 @@ class MoMMixer(nn.Module):
             self.register_buffer("log_gamma", retnet_log_decay(H), persistent=False)
         else:
             self.log_gamma = None
+        self.log_linear = mem.hierarchy == "log_linear"
+        if self.log_linear:  # level weights belong to the query path, as in MemoryMixer (lambda ~ 1 at init)
+            self.level_proj = _linear(D, H * mem.levels, bias=True)
+            nn.init.constant_(self.level_proj.bias, math.log(math.expm1(1.0)))
         self.writers = nn.ModuleList(_Writer(mem) for _ in range(1 if cfg.share_kv else cfg.memories))
         self.shared = _Writer(mem) if cfg.shared_memory else None
         if mem.norm == "rmsnorm":
@@ -255,8 +273,10 @@ class MoMMixer(nn.Module):
         mem = cfg.memory
         D, H, K, V, M, k = mem.d_model, mem.heads, mem.key_dim, mem.value_dim, cfg.memories, cfg.top_k
         c = mem.short_conv
-        shared_linears = D * M + D * H * K + H * V * D + (D * H * V if mem.output_gate else 0)
-        shared_params = shared_linears + (H * V if mem.norm == "rmsnorm" else 0)
+        log_linear = mem.hierarchy == "log_linear"
+        Lv = mem.levels if log_linear else 0
+        shared_linears = D * M + D * H * K + H * V * D + (D * H * V if mem.output_gate else 0) + D * H * Lv
+        shared_params = shared_linears + (H * V if mem.norm == "rmsnorm" else 0) + H * Lv
         if c > 0:
             shared_params += ShortConv.params(H * K, c)
         writer = _Writer.params(mem)
@@ -266,20 +286,30 @@ class MoMMixer(nn.Module):
         active = shared_params + (1 if cfg.share_kv else k) * writer + extra
 
         n_mem = M + (1 if cfg.shared_memory else 0)
-        state = n_mem * H * K * V
+        routed_len = math.ceil(seq_len * k / M)  # tokens one memory sees under balanced routing
+        if log_linear:  # level slots in use after routed_len (seq_len for the shared memory) tokens
+            state = H * K * V * (M * levels_in_use(routed_len, Lv)
+                                 + (levels_in_use(seq_len, Lv) if cfg.shared_memory else 0))
+        else:
+            state = n_mem * H * K * V
         if c > 0:
             state += ShortConv.state_size(H * K + n_mem * (H * K + H * V), c)
 
-        write = 2 * K * V if mem.bias == "dot" else 4 * K * V
         decay = K * V if mem.retention != "none" else 0
-        recurrence = H * (write + decay + 2 * K * V)
+
+        def recurrence(length: int) -> float:  # one token's update and read, as MemoryMixer.cost
+            if log_linear:
+                transition = 4 * K * V if mem.bias == "l2" else 0
+                return H * (2 * K * V + _mean_levels_in_use(length, Lv) * (transition + decay + 2 * K * V))
+            write = 2 * K * V if mem.bias == "dot" else 4 * K * V
+            return H * (write + decay + 2 * K * V)
+
         kv_conv = 2 * c * (H * K + H * V)  # 0 when c == 0
-        per_memory = kv_conv + recurrence
         flops = 2 * shared_linears + 2 * c * H * K
         flops += (1 if cfg.share_kv else k) * _Writer.linear_flops(mem)
-        flops += k * (per_memory + 2 * H * V)
+        flops += k * (kv_conv + recurrence(routed_len) + 2 * H * V)
         if cfg.shared_memory:
-            flops += _Writer.linear_flops(mem) + per_memory
+            flops += _Writer.linear_flops(mem) + kv_conv + recurrence(seq_len)
         return Cost(params=params, state=state, flops_per_token=float(flops), active_params=active)
 
     # ------------------------------------------------------------------ state
@@ -288,9 +318,17 @@ class MoMMixer(nn.Module):
         H, K, V = mem.heads, mem.key_dim, mem.value_dim
         device = device if device is not None else self.q_proj.weight.device
         dtype = self.q_proj.weight.dtype
-        state = {"memory": torch.zeros(batch_size, M, H, K, V, device=device, dtype=torch.float32)}
-        if self.shared is not None:
-            state["shared"] = torch.zeros(batch_size, H, K, V, device=device, dtype=torch.float32)
+        if self.log_linear:  # every level slot stored: the memories sit at different positions
+            f32 = dict(device=device, dtype=torch.float32)
+            state = {"levels": torch.zeros(batch_size, M, H, mem.levels, K, V, **f32),
+                     "pos": torch.zeros(batch_size, M, device=device, dtype=torch.long)}
+            if self.shared is not None:  # sees every token: the plain log-linear state
+                state["shared_levels"] = torch.zeros(batch_size, H, 0, K, V, **f32)
+                state["shared_pos"] = 0
+        else:
+            state = {"memory": torch.zeros(batch_size, M, H, K, V, device=device, dtype=torch.float32)}
+            if self.shared is not None:
+                state["shared"] = torch.zeros(batch_size, H, K, V, device=device, dtype=torch.float32)
         if self.use_conv:
             c1 = mem.short_conv - 1
             state["conv_q"] = torch.zeros(batch_size, H * K, c1, device=device, dtype=dtype)
@@ -334,6 +372,52 @@ class MoMMixer(nn.Module):
             q = F.normalize(q, p=2.0, dim=-1, eps=1e-6)
         return q, new
 
+    def _lam(self, x: torch.Tensor) -> torch.Tensor:
+        """Level weights of the query token(s): x [..., D] -> lambda = softplus(W_l x + b_l) [..., H, levels]."""
+        mem = self.cfg.memory
+        return F.softplus(self.level_proj(x)).view(*x.shape[:-1], mem.heads, mem.levels)
+
+    def _log_linear_lists(self, q, k, v, g, beta, lam, state: Optional[dict], n: torch.Tensor, final: bool):
+        """The chunked log-linear kernel over R = B*M padded token lists [R, L, ...] whose memories
+        sit at different positions. A Fenwick level depends on the absolute position in the memory's
+        own time, so lists are grouped by their starting position (one group when there is no state)
+        and, when the final states are wanted, by their length as well (trailing padding would move
+        old tokens up a level); one kernel call per group. Returns o [R, L, H, V] and, when ``final``,
+        levels [R, H, levels, K, V] (every slot) and positions [R]."""
+        mem = self.cfg.memory
+        R, L = q.shape[:2]
+        H, K, V, Lv = mem.heads, mem.key_dim, mem.value_dim, mem.levels
+        if state is None:
+            pos0, levels0 = torch.zeros(R, dtype=torch.long, device=q.device), None
+        else:
+            pos0, levels0 = state["pos"].reshape(R), state["levels"].reshape(R, H, Lv, K, V)
+        key = pos0 * (L + 1) + (n if final else 0)
+        rows_all, outs, levels = [], [], []
+        for u in torch.unique(key).tolist():
+            rows = (key == u).nonzero().flatten()
+            p0 = int(pos0[rows[0]])
+            length = int(n[rows[0]]) if final else int(n[rows].max())
+            init = None
+            if levels0 is not None:
+                init = {"levels": levels0[rows][:, :, :levels_in_use(p0, Lv)], "pos": p0}
+
+            def sel(t):
+                return None if t is None else t[rows, :length]
+
+            o, st = chunk_log_linear(sel(q), sel(k), sel(v), sel(g), sel(lam), sel(beta), initial_state=init,
+                                     output_final_state=final, chunk_size=mem.chunk_size)
+            rows_all.append(rows)
+            outs.append(F.pad(o, (0, 0, 0, 0, 0, L - length)))
+            if final:
+                levels.append(F.pad(st["levels"], (0, 0, 0, 0, 0, Lv - st["levels"].shape[2])))
+        order = torch.cat(rows_all)
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(R, device=order.device)
+        o = torch.cat(outs)[inv]
+        if not final:
+            return o, None, None
+        return o, torch.cat(levels)[inv], pos0 + n
+
     def _kernel(self, q, k, v, g, beta, init, final: bool):
         mem = self.cfg.memory
         if mem.bias == "dot":
@@ -375,6 +459,7 @@ class MoMMixer(nn.Module):
         q, conv_q = self._query(x, None if state is None else state.get("conv_q"), step=False)  # [B, T, H, K]
         if self.use_conv:
             new_state["conv_q"] = conv_q
+        lam = self._lam(x) if self.log_linear else None  # [B, T, H, levels]
 
         # 1. keep mask after capacity (first come, first served), weights of dropped tokens -> 0
         keep = routed
@@ -422,17 +507,27 @@ class MoMMixer(nn.Module):
                 return torch.stack(ts, 1).flatten(0, 1) if ts else None
 
             qm = q[:, None].expand(B, M, T, H, K).gather(2, order[..., None, None].expand(B, M, L, H, K))
-            init = None if state is None else state["memory"].reshape(B * M, H, K, V)
-            om, S = self._kernel(qm.flatten(0, 1), stack(ks), stack(vs), stack(gs), stack(bs), init, return_state)
-            if return_state:
-                new_state["memory"] = S.view(B, M, H, K, V)
+            if self.log_linear:  # the query's level weights travel with it into each memory's list
+                Lv = mem.levels
+                lamm = lam[:, None].expand(B, M, T, H, Lv).gather(2, order[..., None, None].expand(B, M, L, H, Lv))
+                om, S, pos = self._log_linear_lists(qm.flatten(0, 1), stack(ks), stack(vs), stack(gs), stack(bs),
+                                                    lamm.flatten(0, 1), state, n.flatten(), return_state)
+                if return_state:
+                    new_state["levels"], new_state["pos"] = S.view(B, M, H, Lv, K, V), pos.view(B, M)
+            else:
+                init = None if state is None else state["memory"].reshape(B * M, H, K, V)
+                om, S = self._kernel(qm.flatten(0, 1), stack(ks), stack(vs), stack(gs), stack(bs), init,
+                                     return_state)
+                if return_state:
+                    new_state["memory"] = S.view(B, M, H, K, V)
             # 4. reads back to their tokens: position of token t in m's list (L = a zero row)
             om = torch.cat([om.view(B, M, L, H, V), om.new_zeros(B, M, 1, H, V)], dim=2)
             pos = torch.where(keep_m, keep_m.cumsum(-1) - 1, L)  # [B, M, T]
             reads = om.gather(2, pos[..., None, None].expand(B, M, T, H, V))  # [B, M, T, H, V]
             o = torch.einsum("bmthv,btm->bthv", reads, w.to(reads.dtype))
         elif return_state:
-            new_state["memory"] = state["memory"]
+            for key in ("levels", "pos") if self.log_linear else ("memory",):
+                new_state[key] = state[key]
             if self.use_conv:
                 new_state["conv_k"], new_state["conv_v"] = state["conv_k"], state["conv_v"]
 
@@ -442,9 +537,16 @@ class MoMMixer(nn.Module):
                 k, new_state["shared_conv_k"] = self.shared.k_conv(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv(v, state["shared_conv_v"])
             k, v = self.shared.finish(k, v)
-            os_, S = self._kernel(q, k, v, g, beta, None if state is None else state["shared"], return_state)
-            if return_state:
-                new_state["shared"] = S
+            if self.log_linear:
+                init = None if state is None else {"levels": state["shared_levels"], "pos": state["shared_pos"]}
+                os_, S = chunk_log_linear(q, k, v, g, lam, beta, initial_state=init, output_final_state=return_state,
+                                          chunk_size=mem.chunk_size)
+                if return_state:
+                    new_state["shared_levels"], new_state["shared_pos"] = S["levels"], S["pos"]
+            else:
+                os_, S = self._kernel(q, k, v, g, beta, None if state is None else state["shared"], return_state)
+                if return_state:
+                    new_state["shared"] = S
             o = o + os_
         return self._output(o, x), (new_state if return_state else None)
 
@@ -475,6 +577,7 @@ class MoMMixer(nn.Module):
         if self.use_conv:
             new_state["conv_q"] = conv_q
         proj = [wr.project(x, self.log_gamma) for wr in self.writers]
+        lam = self._lam(x) if self.log_linear else None  # [B, H, levels]
         S_all, ck, cv = [], [], []
         o = 0.0
         for m in range(self.cfg.memories):
@@ -487,14 +590,23 @@ class MoMMixer(nn.Module):
                 ck.append(torch.where(sel[:, None, None], s_k, state["conv_k"][:, m]))
                 cv.append(torch.where(sel[:, None, None], s_v, state["conv_v"][:, m]))
             k, v = writer.finish(k, v)
-            S_old = state["memory"][:, m]
-            if mem.bias == "dot":
-                o_m, S_new = gla_step(q, k, v, g, S_old)
+            if self.log_linear:  # memory m at its own position state["pos"][:, m]
+                S_old = state["levels"][:, m]
+                o_m, S_new = log_linear_step_slots(q, k, v, g, lam, beta, S_old, state["pos"][:, m])
+                sel_s = sel[:, None, None, None, None]
             else:
-                o_m, S_new = delta_rule_step(q, k, v, beta, g, S_old)
-            S_all.append(torch.where(sel[:, None, None, None], S_new, S_old))  # no decay when not routed
+                S_old = state["memory"][:, m]
+                if mem.bias == "dot":
+                    o_m, S_new = gla_step(q, k, v, g, S_old)
+                else:
+                    o_m, S_new = delta_rule_step(q, k, v, beta, g, S_old)
+                sel_s = sel[:, None, None, None]
+            S_all.append(torch.where(sel_s, S_new, S_old))  # no decay when not routed
             o = o + w[:, m, None, None].to(o_m.dtype) * o_m
-        new_state["memory"] = torch.stack(S_all, 1)
+        if self.log_linear:
+            new_state["levels"], new_state["pos"] = torch.stack(S_all, 1), state["pos"] + keep.long()
+        else:
+            new_state["memory"] = torch.stack(S_all, 1)
         if self.use_conv:
             new_state["conv_k"], new_state["conv_v"] = torch.stack(ck, 1), torch.stack(cv, 1)
         if self.shared is not None:
@@ -503,7 +615,11 @@ class MoMMixer(nn.Module):
                 k, new_state["shared_conv_k"] = self.shared.k_conv.step(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv.step(v, state["shared_conv_v"])
             k, v = self.shared.finish(k, v)
-            if mem.bias == "dot":
+            if self.log_linear:
+                o_s, st = log_linear_step(q, k, v, g, lam, beta, {"levels": state["shared_levels"],
+                                                                  "pos": state["shared_pos"]})
+                new_state["shared_levels"], new_state["shared_pos"] = st["levels"], st["pos"]
+            elif mem.bias == "dot":
                 o_s, new_state["shared"] = gla_step(q, k, v, g, state["shared"])
             else:
                 o_s, new_state["shared"] = delta_rule_step(q, k, v, beta, g, state["shared"])
@@ -521,7 +637,8 @@ class MoMMixer(nn.Module):
     def extra_repr(self) -> str:
         c, m = self.cfg, self.cfg.memory
         return (f"memories={c.memories}, top_k={c.top_k}, shared_memory={c.shared_memory}, share_kv={c.share_kv}, "
-                f"capacity={c.capacity}, bias={m.bias}, retention={m.retention}, path={m.path}")
+                f"capacity={c.capacity}, bias={m.bias}, retention={m.retention}, path={m.path}"
+                + (f", hierarchy={m.hierarchy}, levels={m.levels}" if m.hierarchy != "none" else ""))
 
 
 def _gather_time(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ Functions
     chunk_log_linear            chunked training path: hierarchical-masked quadratic form inside a chunk,
                                 Fenwick-over-chunks level states across chunks (autograd)
     log_linear_step             one decoding step
+    log_linear_step_slots       one decoding step for rows at different positions (fixed L level slots)
     levels_in_use               number of level slots the state holds after ``pos`` tokens
 """
 
@@ -71,6 +72,7 @@ __all__ = [
     "naive_recurrent_log_linear",
     "chunk_log_linear",
     "log_linear_step",
+    "log_linear_step_slots",
     "levels_in_use",
     "level_of",
 ]
@@ -238,6 +240,60 @@ def log_linear_step(
     S = torch.cat([(S[:, :, 0] + write)[:, :, None], S[:, :, 1:]], dim=2)
     o = scale * torch.einsum("bhl,bhlkv,bhk->bhv", lam.to(dt)[:, :, :n_new], S, qf)
     return o.to(v.dtype), {"levels": S, "pos": p + 1}
+
+
+def log_linear_step_slots(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Optional[Tensor],
+    lam: Tensor,
+    beta: Optional[Tensor],
+    levels: Tensor,
+    pos: Tensor,
+    scale: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
+    """``log_linear_step`` for rows that sit at different positions (a Mixture-of-Memories keeps one
+    log-linear memory per (sequence, memory), each in its own time).
+
+    q, k: [B, H, K]; v: [B, H, V]; g: None | [B, H]; lam: [B, H, L]; beta: None | [B, H];
+    levels: [B, H, L, K, V], all L slots stored (slots at or beyond levels_in_use(pos_b, L) hold
+    zeros); pos: [B] int64, the tokens row b has seen. Same four steps as ``log_linear_step`` with
+    a per-row merge target j_b = min(ctz(pos_b) + 1, L - 1) (no merge at pos_b = 0). Returns
+    o [B, H, V] (v.dtype) and the new levels [B, H, L, K, V] (fp32, fp64 for fp64 inputs);
+    the caller advances pos.
+    """
+    B, H, K = q.shape
+    L = lam.shape[-1]
+    if levels.shape != (B, H, L, K, v.shape[-1]) or pos.shape != (B,):
+        raise ValueError(f"log_linear_step_slots: levels must be {(B, H, L, K, v.shape[-1])} and pos {(B,)}, "
+                         f"got {tuple(levels.shape)} and {tuple(pos.shape)}")
+    if scale is None:
+        scale = K ** -0.5
+    dt = _compute_dtype(q)
+    S = levels.to(dt)
+    pos = pos.long()
+    low = pos & -pos  # lowest set bit (0 at pos 0); a power of two < 2**53 has an exact log2
+    ctz = torch.log2(low.clamp(min=1).double()).round().long()
+    j = torch.where(pos > 0, (ctz + 1).clamp(max=L - 1), torch.zeros_like(pos))  # [B]
+    slot = torch.arange(L, device=q.device)
+    merged = (S * (slot[None, :] <= j[:, None]).to(dt)[:, None, :, None, None]).sum(2)  # [B, H, K, V]
+    at = (slot[None, :] == j[:, None])[:, None, :, None, None]
+    below = (slot[None, :] < j[:, None])[:, None, :, None, None]
+    S = torch.where(at, merged[:, :, None], torch.where(below, torch.zeros_like(S), S))
+    qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
+    if beta is not None:
+        b = beta.to(dt)[:, :, None, None, None]
+        kTS = torch.einsum("bhk,bhlkv->bhlv", kf, S)
+        S = S - b * kf[:, :, None, :, None] * kTS[:, :, :, None, :]
+        write = b[:, :, 0] * kf[:, :, :, None] * vf[:, :, None, :]
+    else:
+        write = kf[:, :, :, None] * vf[:, :, None, :]
+    if g is not None:
+        S = torch.exp(g.to(dt))[:, :, None, None, None] * S
+    S = torch.cat([(S[:, :, 0] + write)[:, :, None], S[:, :, 1:]], dim=2)
+    o = scale * torch.einsum("bhl,bhlkv,bhk->bhv", lam.to(dt), S, qf)
+    return o.to(v.dtype), S
 
 
 def naive_recurrent_log_linear(

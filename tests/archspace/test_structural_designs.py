@@ -25,9 +25,11 @@ model:
     S: {preset: swa, heads: 2, window: 4}
     L: {preset: mamba2, heads: 2, hierarchy: log_linear, levels: 6, chunk_size: 8}
     R: {preset: deltanet, heads: 2, mom: {memories: 3, top_k: 2, aux_loss_weight: 0.1}}
+    H: {preset: gated_deltanet, heads: 2, hierarchy: log_linear, levels: 4, chunk_size: 8,
+        mom: {memories: 2, top_k: 1, shared_memory: true}}
     C: {preset: gated_deltanet, heads: 2, titans: {variant: mac, segment: 8, persistent_tokens: 2}}
     T: {preset: mamba2, heads: 2, titans: {variant: mag, window: 6, persistent_tokens: 2}}
-  hybrid: {pattern: "MG x 2 SLRCTA"}
+  hybrid: {pattern: "MG x 2 SLRHCTA"}
   mlp: {kind: moe, experts: 4, top_k: 2, hidden_mult: 1.0}
 task:
   vocab_size: 64
@@ -59,18 +61,19 @@ def test_pattern_syntax_rejects(pattern):
 def test_zoo_resolves_per_layer_and_accounts(tmp_path):
     design, _ = load_design(_write(tmp_path, ZOO))
     r = resolve(design)
-    assert r.layout == "MGMGSLRCTA"
+    assert r.layout == "MGMGSLRHCTA"
     kinds = [layer.mixer.kind for layer in r.model.layers]
-    assert kinds == ["memory", "memory", "memory", "memory", "attention", "memory", "mom", "titans", "titans",
+    assert kinds == ["memory", "memory", "memory", "memory", "attention", "memory", "mom", "mom", "titans", "titans",
                      "attention"]
-    assert r.model.layers[4].mixer.window == 4 and r.model.layers[9].mixer.window is None  # SWA vs global per layer
+    assert r.model.layers[4].mixer.window == 4 and r.model.layers[10].mixer.window is None  # SWA vs global per layer
     assert r.model.layers[1].mixer.retention == "vector" and r.model.layers[0].mixer.bias == "l2"  # two memories
     assert r.model.layers[5].mixer.hierarchy == "log_linear"
-    assert r.model.layers[7].mixer.variant == "mac" and r.model.layers[7].mixer.attention.window is None
-    assert r.model.layers[8].mixer.attention.window == 6
+    assert r.model.layers[7].mixer.memory.hierarchy == "log_linear"  # a MoM of log-linear memories
+    assert r.model.layers[8].mixer.variant == "mac" and r.model.layers[8].mixer.attention.window is None
+    assert r.model.layers[9].mixer.attention.window == 6
     assert r.attention_layers == 2
-    assert r.labels[6] == "mom3xdeltanet" and r.labels[7] == "titans_mac(gated_deltanet)"
-    assert "MGMGSLRCTA" in r.to_yaml()  # the resolved file shows the explicit per-layer list
+    assert r.labels[6] == "mom3xdeltanet" and r.labels[8] == "titans_mac(gated_deltanet)"
+    assert "MGMGSLRHCTA" in r.to_yaml()  # the resolved file shows the explicit per-layer list
     model = build_model(r)
     cost = model.cost(16)
     n = sum(p.numel() for p in model.parameters())
@@ -86,7 +89,6 @@ def test_zoo_resolves_per_layer_and_accounts(tmp_path):
 
 @pytest.mark.parametrize("mixer, message", [
     ("{preset: gla, hierarchy: log_linear}", "log-linear memory is defined for scalar"),
-    ("{preset: mamba2, hierarchy: log_linear, mom: {memories: 2, top_k: 1}}", "Mixture-of-Memories of log-linear"),
     ("{preset: mamba2, mom: {memories: 2, top_k: 1}, titans: {variant: mal}}", "Titans composition takes one memory"),
 ])
 def test_incompatible_structures_exit_2(tmp_path, mixer, message):
@@ -129,6 +131,7 @@ def test_zoo_trains_and_exports(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["active_params"] < metrics["params"]
     assert "log_linear:chunk" in metrics["kernel_paths"] and "mom3(delta_rule:chunk)" in metrics["kernel_paths"]
+    assert "mom2(log_linear:chunk)" in metrics["kernel_paths"]
     assert "titans-mac(delta_rule:chunk+sdpa)" in metrics["kernel_paths"]
     out = tmp_path / "export"
     proc = subprocess.run([sys.executable, "-m", "archspace.cli", "export", str(run), "--out", str(out)],

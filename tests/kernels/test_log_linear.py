@@ -11,6 +11,7 @@ from archspace.kernels.log_linear import (
     level_of,
     levels_in_use,
     log_linear_step,
+    log_linear_step_slots,
     naive_quadratic_log_linear,
     naive_recurrent_log_linear,
 )
@@ -158,6 +159,37 @@ def test_prefill_continue_and_step(bias, gate, C):
             outs.append(o_t[:, None])
         assert rel(torch.cat(outs, 1), o_ref) <= TOL, (p1, p2)
         assert s["pos"] == T and rel(s["levels"], S_ref["levels"]) <= TOL, (p1, p2)
+
+
+@pytest.mark.parametrize("bias,gate", CASES)
+def test_slot_step_rows_at_different_positions(bias, gate):
+    """log_linear_step_slots == log_linear_step run per row, rows advancing at different times
+    (a row steps only where its mask is set), with the levels padded to L slots."""
+    T, L, R = 40, 5, 3  # L = 5 saturates; R rows
+    gen = torch.Generator().manual_seed(7)
+    x = make_inputs(T, bias, gate, L, seed=7)
+    x = {n: (None if t is None else torch.cat([t, t.flip(1)], 0)[:R]) for n, t in x.items()}  # R rows
+    active = torch.rand(R, T, generator=gen) < torch.tensor([0.9, 0.5, 0.2])[:, None]
+    levels = torch.zeros(R, H, L, K, V)
+    pos = torch.zeros(R, dtype=torch.long)
+    per_row = [None] * R
+    for t in range(T):
+        xt = {n: (None if v is None else v[:, t]) for n, v in x.items()}
+        o, new = log_linear_step_slots(*args(xt, xt), levels=levels, pos=pos)
+        sel = active[:, t]
+        levels = torch.where(sel[:, None, None, None, None], new, levels)
+        pos = pos + sel.long()
+        for r in range(R):
+            if not sel[r]:
+                continue
+            xr = {n: (None if v is None else v[r: r + 1]) for n, v in xt.items()}
+            o_r, per_row[r] = log_linear_step(*args(xr, xr), state=per_row[r])
+            assert rel(o[r: r + 1], o_r) <= TOL, (t, r)
+    for r in range(R):
+        n = levels_in_use(int(pos[r]), L)
+        assert per_row[r]["pos"] == int(pos[r])
+        assert rel(levels[r, :, :n], per_row[r]["levels"][0]) <= TOL
+        assert torch.count_nonzero(levels[r, :, n:]) == 0  # slots beyond those in use stay empty
 
 
 def test_initial_state_gradients():

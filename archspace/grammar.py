@@ -260,6 +260,10 @@ class MQARTaskSpec(_Spec):
     random_non_queries: bool = Field(True, description="fill non-query positions with random tokens")
     repeat: int = Field(1, ge=1, le=8, description="JRT multi-pass (Arora et al. 2024): the key-value context is read "
                         "`repeat` times before the queries; labels only after the final pass")
+    order: Literal["mixed", "curriculum"] = Field(
+        "mixed", description="training order: `mixed` shuffles the whole train mixture (rows padded to its longest "
+        "slice); `curriculum` trains on the slices one after another as listed (rows shuffled within a slice, "
+        "batches cropped to the slice's length), each phase ceil(num_examples / batch_size) steps, then repeats")
     seed: int = Field(0, ge=0, description="data seed (train and test seeds never overlap)")
 
 
@@ -672,6 +676,10 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
                           ("model", "vocab_size"))
     if design.task.name == "mqar":
         _check_mqar(design.task, marks)
+        if design.task.order == "curriculum" and design.train.devices > 1:
+            raise marks.error("task.order 'curriculum' trains on one device (its batches follow the slices in order, "
+                              f"which a distributed sampler would reshuffle); train.devices is {design.train.devices}",
+                              ("task", "order"), hint="Set train.devices: 1 or task.order: mixed.")
     elif design.task.name.startswith("mad_"):
         _check_mad(design.task, marks)
     for where, spec in named:

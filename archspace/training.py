@@ -44,6 +44,7 @@ def build_datamodule(task: dict, batch_size: int):
             random_non_queries=task["random_non_queries"],
             seed=task["seed"],
             repeat=task.get("repeat", 1),
+            order=task.get("order", "mixed"),
         )
     if task["name"].startswith("mad_"):
         from .tasks.mad import MADDataModule

@@ -28,6 +28,12 @@ whole-row rejection sampling when collisions are rare and from random sort keys
 otherwise; the power-law gaps from the exponential race (Efraimidis-Spirakis), which has
 the same distribution as ``numpy.random.choice(replace=False, p=p)`` (successive
 sampling). All randomness comes from a ``numpy.random.Generator`` seeded explicitly.
+
+Training order (``order``): ``"mixed"`` (default) shuffles the whole train mixture every epoch,
+rows padded to its longest slice. ``"curriculum"`` serves the slices one after another in the
+order they are listed (each slice's rows shuffled, no batch mixes two slices, every batch cropped
+to its slice's length), so a mixture listed short to long is a curriculum whose phases last
+``ceil(num_examples / batch_size)`` steps each; the next epoch starts again from the first slice.
 """
 
 from __future__ import annotations
@@ -333,16 +339,42 @@ class _Indices(torch.utils.data.Dataset):
 
 
 class _Gather:
-    """collate_fn: gathers a whole batch of rows with one index op."""
+    """collate_fn: gathers a whole batch of rows with one index op. With ``widths`` (tokens per
+    row of each slice) the batch is cropped to its longest row: the columns cut are padding."""
 
-    def __init__(self, split: MQARSplit):
+    def __init__(self, split: MQARSplit, widths: Sequence[int] | None = None):
         self.split = split
+        self.widths = None if widths is None else torch.as_tensor(list(widths), dtype=torch.int64)
 
     def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
         i = torch.as_tensor(idx, dtype=torch.int64)
-        return {"input_ids": self.split.inputs[i].long(),
-                "labels": self.split.labels[i].long(),
-                "slice": self.split.slice_ids[i]}
+        slice_ids = self.split.slice_ids[i]
+        width = self.split.inputs.shape[1] if self.widths is None else int(self.widths[slice_ids].max())
+        return {"input_ids": self.split.inputs[i, :width].long(),
+                "labels": self.split.labels[i, :width].long(),
+                "slice": slice_ids}
+
+
+class CurriculumBatches(torch.utils.data.Sampler):
+    """Batch sampler of the ``curriculum`` order: the slices' row ranges in listed order, rows
+    shuffled within a slice, batches of ``batch_size`` that never cross a slice boundary (a slice's
+    last batch may be smaller). A new shuffle every epoch, from one seeded generator."""
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int):
+        self.sizes = [int(n) for n in sizes]
+        self.batch_size = int(batch_size)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return sum(-(-n // self.batch_size) for n in self.sizes)
+
+    def __iter__(self):
+        start = 0
+        for n in self.sizes:
+            rows = (start + torch.randperm(n, generator=self.generator)).tolist()
+            for b in range(0, n, self.batch_size):
+                yield rows[b: b + self.batch_size]
+            start += n
 
 
 class MQARDataModule(lightning.LightningDataModule):
@@ -357,8 +389,11 @@ class MQARDataModule(lightning.LightningDataModule):
     def __init__(self, vocab_size: int = 8192, train: Sequence[MQARSlice] = DEFAULT_TRAIN,
                  test: Sequence[MQARSlice] = DEFAULT_TEST, batch_size: int = 64,
                  power_a: float = 0.01, random_non_queries: bool = True, seed: int = 0,
-                 num_workers: int = 0, repeat: int = 1):
+                 num_workers: int = 0, repeat: int = 1, order: str = "mixed"):
         super().__init__()
+        if order not in ("mixed", "curriculum"):
+            raise ValueError(f"MQAR: order must be 'mixed' or 'curriculum', got {order!r}")
+        self.order = order
         self.vocab_size = int(vocab_size)
         self.train_slices = tuple(MQARSlice(*s) if not isinstance(s, MQARSlice) else s for s in train)
         self.test_slices = tuple(MQARSlice(*s) if not isinstance(s, MQARSlice) else s for s in test)
@@ -462,7 +497,16 @@ class MQARDataModule(lightning.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_data, shuffle=True)
+        if self.order == "mixed":
+            return self._loader(self.train_data, shuffle=True)
+        if self.train_data is None:
+            raise RuntimeError("MQARDataModule: call setup() first")
+        sizes = [s.num_examples for s in self.train_slices]
+        widths = [s.length(self.repeat) for s in self.train_slices]
+        return DataLoader(_Indices(len(self.train_data)),
+                          batch_sampler=CurriculumBatches(sizes, self.batch_size, self.seed),
+                          collate_fn=_Gather(self.train_data, widths), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.test_data, shuffle=False)

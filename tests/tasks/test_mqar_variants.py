@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from archspace.grammar import load_task_ref, task_seq_len, validate_data
@@ -61,3 +62,46 @@ def test_zoology_recipes(recipe):
     assert task.get("repeat", 1) == (2 if recipe.endswith("jrt") else 1)
     # CPU-sized: a few thousand examples a slice
     assert sum(s["num_examples"] for s in task["train"]) <= 20000
+
+
+def test_curriculum_order_serves_slices_in_turn_cropped_and_reshuffled():
+    """order: curriculum -> every slice's rows exactly once per epoch, slice after slice as listed,
+    no batch across slices, batches cropped to their slice's width; a new shuffle each epoch."""
+    train = [MQARSlice(32, 4, 20), MQARSlice(64, 8, 13), MQARSlice(128, 16, 9)]
+    dm = MQARDataModule(vocab_size=256, train=train, test=[MQARSlice(32, 4, 8)], batch_size=8, order="curriculum")
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert len(loader) == 3 + 2 + 2  # ceil(20/8) + ceil(13/8) + ceil(9/8)
+    epochs = []
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        slices = [int(b["slice"][0]) for b in batches]
+        assert slices == [0, 0, 0, 1, 1, 2, 2]
+        for b in batches:
+            s = int(b["slice"][0])
+            assert (b["slice"] == s).all()
+            assert b["input_ids"].shape[1] == b["labels"].shape[1] == train[s].seq_len
+            assert (b["labels"] != -100).sum(1).eq(train[s].num_kv_pairs).all()  # nothing labelled was cut
+        rows = torch.cat([b["input_ids"][:, :32] for b in batches[:3]])
+        assert len({tuple(r.tolist()) for r in rows}) == 20  # each row of slice 0 once
+        epochs.append(torch.cat([b["input_ids"][:, :32] for b in batches]))
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled
+    # mixed (the default) pads every row to the longest slice and mixes slices within batches
+    mixed = MQARDataModule(vocab_size=256, train=train, test=[MQARSlice(32, 4, 8)], batch_size=8)
+    mixed.setup("fit")
+    batches = list(mixed.train_dataloader())
+    assert all(b["input_ids"].shape[1] == 128 for b in batches)
+    assert any(len(set(b["slice"].tolist())) > 1 for b in batches)
+    with pytest.raises(ValueError, match="order"):
+        MQARDataModule(vocab_size=256, train=train, order="sorted")
+
+
+def test_curriculum_in_the_grammar_refuses_several_devices():
+    task = {"vocab_size": 256, "order": "curriculum",
+            "train": [{"seq_len": 64, "num_kv_pairs": 8, "num_examples": 10}]}
+    assert validate_data({"task": task}, Marks("<t>")).task.order == "curriculum"
+    with pytest.raises(Exception, match="one device"):
+        validate_data({"task": task, "train": {"devices": 2}}, Marks("<t>"))
+    with pytest.raises(Exception, match="mixed"):
+        validate_data({"task": {**task, "order": "sorted"}}, Marks("<t>"))

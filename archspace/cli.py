@@ -42,10 +42,29 @@ def _load(args):
     return design, resolve(design)
 
 
+def _is_space_file(path: str) -> bool:
+    """A mapping with a top-level ``axes`` or ``base`` key is a search space, not a design."""
+    from . import yamlio
+
+    try:
+        data, _ = yamlio.load(path)
+    except Exception:  # unreadable or malformed: load_design reports it with file and line
+        return False
+    return isinstance(data, dict) and ("axes" in data or "base" in data)
+
+
 def cmd_validate(args) -> int:
     from .grammar import load_design
 
     for f in args.files:
+        if _is_space_file(f):
+            from .study.space import grid_size, load_space
+
+            space = load_space(f)
+            n = grid_size(space)
+            print(f"{f}: ok (search space {space.name!r}, {space.trials} trials"
+                  + (f" of a {n}-point grid" if n is not None else "") + ")")
+            continue
         design, _ = load_design(f)
         print(f"{f}: ok (schema_version {design.schema_version}, model with "
               f"{design.model.n_layers or len(design.model.hybrid.pattern or '') or 2} layers)")

@@ -45,3 +45,18 @@ def test_top_level_help_is_fast():
     assert p.returncode == 0 and "validate" in p.stdout
     imported = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if "|" in line}
     assert not imported & {"torch", "lightning", "mlflow", "ray", "optuna"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_spaces_validate_as_search_spaces(path, capsys):
+    assert main(["validate", str(path)]) == 0
+    assert "ok (search space" in capsys.readouterr().out
+
+
+def test_validate_space_error_names_file_line_and_axis(tmp_path):
+    f = tmp_path / "space.yaml"
+    f.write_text('base: {model: {d_model: 64}}\naxes:\n  hybrid.ratio: ["1:0", "5"]\n'
+                 'objectives: [{metric: val/acc, mode: max}]\n')
+    p = subprocess.run([sys.executable, "-m", "archspace.cli", "validate", str(f)], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "space.yaml:3" in p.stderr and "axes.hybrid.ratio[1]" in p.stderr and "'5'" in p.stderr

@@ -65,7 +65,7 @@ from .config import Cost, MemoryConfig
 from .norm import GroupRMSNorm
 from .short_conv import ShortConv
 
-__all__ = ["MemoryMixer", "feature_map", "retnet_log_decay"]
+__all__ = ["MemoryMixer", "feature_map", "retnet_log_decay", "add_gate_params", "gates"]
 
 _INIT_STD = 0.02
 
@@ -142,6 +142,42 @@ def _mean_levels_in_use(seq_len: int, levels: int) -> float:
     return total / T
 
 
+def add_gate_params(mod: nn.Module, cfg: MemoryConfig) -> None:
+    """Register the data-dependent retention-gate parameters and the delta rule's beta projection on
+    ``mod`` (MemoryMixer, and each write path of a Mixture-of-Memories: the same names, so weights
+    map one to one). The RetNet constant decay is a buffer of the owning mixer, not added here."""
+    D, H, K = cfg.d_model, cfg.heads, cfg.key_dim
+    if cfg.retention == "scalar":
+        # Mamba2: A = -exp(A_log), A ~ U(1, 16); softplus(dt_bias) ~ logU(1e-3, 1e-1).
+        mod.dt_proj = _linear(D, H)
+        mod.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
+        dt_min, dt_max = 1e-3, 1e-1
+        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=1e-4)
+        mod.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    elif cfg.retention == "vector":
+        # GLA: low-rank gate W2 W1 x + b, log a = logsigmoid(.) / temperature.
+        mod.gk_down = _linear(D, cfg.gate_rank)
+        mod.gk_up = _linear(cfg.gate_rank, H * K, bias=True)
+    if cfg.bias == "l2":
+        mod.b_proj = _linear(D, H)
+
+
+def gates(mod: nn.Module, cfg: MemoryConfig, x: torch.Tensor, log_gamma: Optional[torch.Tensor]):
+    """Log-decay g (None | [..., H] | [..., H, K]) and beta (None | [..., H]) of tokens x [..., D], from
+    the parameters ``add_gate_params`` put on ``mod`` (``log_gamma``: the RetNet buffer or None)."""
+    lead = x.shape[:-1]
+    g = None
+    if cfg.retention == "constant":
+        g = log_gamma.to(x.dtype).expand(*lead, cfg.heads)
+    elif cfg.retention == "scalar":
+        g = -torch.exp(mod.A_log) * F.softplus(mod.dt_proj(x) + mod.dt_bias)
+    elif cfg.retention == "vector":
+        g = F.logsigmoid(mod.gk_up(mod.gk_down(x))).view(*lead, cfg.heads, cfg.key_dim) / cfg.gate_temperature
+    beta = torch.sigmoid(mod.b_proj(x)) if cfg.bias == "l2" else None
+    return g, beta
+
+
 def _linear(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
     lin = nn.Linear(d_in, d_out, bias=bias)
     nn.init.normal_(lin.weight, 0.0, _INIT_STD)
@@ -169,21 +205,9 @@ class MemoryMixer(nn.Module):
 
         if cfg.retention == "constant":
             self.register_buffer("log_gamma", retnet_log_decay(H), persistent=False)
-        elif cfg.retention == "scalar":
-            # Mamba2: A = -exp(A_log), A ~ U(1, 16); softplus(dt_bias) ~ logU(1e-3, 1e-1).
-            self.dt_proj = _linear(D, H)
-            self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
-            dt_min, dt_max = 1e-3, 1e-1
-            dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=1e-4)
-            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        elif cfg.retention == "vector":
-            # GLA: low-rank gate W2 W1 x + b, log a = logsigmoid(.) / temperature.
-            self.gk_down = _linear(D, cfg.gate_rank)
-            self.gk_up = _linear(cfg.gate_rank, H * K, bias=True)
-
-        if cfg.bias == "l2":
-            self.b_proj = _linear(D, H)
+        else:
+            self.log_gamma = None
+        add_gate_params(self, cfg)
         self.log_linear = cfg.hierarchy == "log_linear"
         if self.log_linear:
             # lambda = softplus(W_l x + b_l) >= 0 per head and level; b_l = softplus^-1(1) so that
@@ -279,15 +303,7 @@ class MemoryMixer(nn.Module):
             q = F.normalize(q, p=2.0, dim=-1, eps=1e-6)
             k = F.normalize(k, p=2.0, dim=-1, eps=1e-6)
 
-        g = None
-        if cfg.retention == "constant":
-            g = self.log_gamma.to(x.dtype).expand(*lead, H)
-        elif cfg.retention == "scalar":
-            dt = F.softplus(self.dt_proj(x) + self.dt_bias)
-            g = -torch.exp(self.A_log) * dt
-        elif cfg.retention == "vector":
-            g = F.logsigmoid(self.gk_up(self.gk_down(x))).view(*lead, H, K) / cfg.gate_temperature
-        beta = torch.sigmoid(self.b_proj(x)) if cfg.bias == "l2" else None
+        g, beta = gates(self, cfg, x, self.log_gamma)
         if self.log_linear:
             lam = F.softplus(self.level_proj(x)).view(*lead, H, cfg.levels)
             return q, k, v, g, beta, lam, new_conv

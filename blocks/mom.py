@@ -105,7 +105,7 @@ from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step
 from ..kernels.gla import chunk_gla, gla_step
 from ..kernels.log_linear import chunk_log_linear, levels_in_use, log_linear_step, log_linear_step_slots
 from .config import Cost, MemoryConfig, MoMConfig
-from .memory import _mean_levels_in_use, feature_map, retnet_log_decay
+from .memory import _mean_levels_in_use, add_gate_params, feature_map, gates, retnet_log_decay
 from .memory import _validate as _validate_memory
 from .norm import GroupRMSNorm
 from .short_conv import ShortConv
@@ -156,18 +156,7 @@ class _Writer(nn.Module):
         if self.use_conv:
             self.k_conv = ShortConv(H * K, cfg.short_conv)
             self.v_conv = ShortConv(H * V, cfg.short_conv)
-        if cfg.retention == "scalar":  # Mamba2 init, as in MemoryMixer
-            self.dt_proj = _linear(D, H)
-            self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
-            dt_min, dt_max = 1e-3, 1e-1
-            dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=1e-4)
-            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        elif cfg.retention == "vector":
-            self.gk_down = _linear(D, cfg.gate_rank)
-            self.gk_up = _linear(cfg.gate_rank, H * K, bias=True)
-        if cfg.bias == "l2":
-            self.b_proj = _linear(D, H)
+        add_gate_params(self, cfg)
 
     @staticmethod
     def params(cfg: MemoryConfig) -> int:
@@ -198,16 +187,7 @@ class _Writer(nn.Module):
     def project(self, x: torch.Tensor, log_gamma: Optional[torch.Tensor]):
         """Pointwise part, x [..., D] -> k_raw [..., H*K], v_raw [..., H*V], g ([..., H] | [..., H, K]
         | None), beta ([..., H] | None). Commutes with gathering tokens."""
-        cfg = self.cfg
-        lead = x.shape[:-1]
-        g = None
-        if cfg.retention == "constant":
-            g = log_gamma.to(x.dtype).expand(*lead, cfg.heads)
-        elif cfg.retention == "scalar":
-            g = -torch.exp(self.A_log) * F.softplus(self.dt_proj(x) + self.dt_bias)
-        elif cfg.retention == "vector":
-            g = F.logsigmoid(self.gk_up(self.gk_down(x))).view(*lead, cfg.heads, cfg.key_dim) / cfg.gate_temperature
-        beta = torch.sigmoid(self.b_proj(x)) if cfg.bias == "l2" else None
+        g, beta = gates(self, self.cfg, x, log_gamma)
         return self.k_proj(x), self.v_proj(x), g, beta
 
     def finish(self, k: torch.Tensor, v: torch.Tensor):

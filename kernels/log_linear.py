@@ -227,6 +227,16 @@ def log_linear_step(
         j = min(_ctz(p) + 1, L - 1)  # target level; levels below it are empty afterwards
         merged = S[:, :, : j + 1].sum(2, keepdim=True)
         S = torch.cat([S.new_zeros(B, H, j, K, V), merged, S[:, :, j + 1:]], dim=2)
+    o, S = _transition_write_read(S, q, k, v, g, lam[:, :, :n_new], beta, scale)
+    return o, {"levels": S, "pos": p + 1}
+
+
+def _transition_write_read(S: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], lam: Tensor,
+                           beta: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor]:
+    """Steps (2)-(4) of ``log_linear_step`` on merged levels S [B, H, n, K, V] (compute dtype) with
+    lam [B, H, n]: the shared transition on every level, the write into level 0, the weighted read.
+    Returns o [B, H, V] (v.dtype) and the new S."""
+    dt = S.dtype
     qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
     if beta is not None:
         b = beta.to(dt)[:, :, None, None, None]  # [B, H, 1, 1, 1]
@@ -238,8 +248,8 @@ def log_linear_step(
     if g is not None:
         S = torch.exp(g.to(dt))[:, :, None, None, None] * S
     S = torch.cat([(S[:, :, 0] + write)[:, :, None], S[:, :, 1:]], dim=2)
-    o = scale * torch.einsum("bhl,bhlkv,bhk->bhv", lam.to(dt)[:, :, :n_new], S, qf)
-    return o.to(v.dtype), {"levels": S, "pos": p + 1}
+    o = scale * torch.einsum("bhl,bhlkv,bhk->bhv", lam.to(dt), S, qf)
+    return o.to(v.dtype), S
 
 
 def log_linear_step_slots(
@@ -281,19 +291,7 @@ def log_linear_step_slots(
     at = (slot[None, :] == j[:, None])[:, None, :, None, None]
     below = (slot[None, :] < j[:, None])[:, None, :, None, None]
     S = torch.where(at, merged[:, :, None], torch.where(below, torch.zeros_like(S), S))
-    qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
-    if beta is not None:
-        b = beta.to(dt)[:, :, None, None, None]
-        kTS = torch.einsum("bhk,bhlkv->bhlv", kf, S)
-        S = S - b * kf[:, :, None, :, None] * kTS[:, :, :, None, :]
-        write = b[:, :, 0] * kf[:, :, :, None] * vf[:, :, None, :]
-    else:
-        write = kf[:, :, :, None] * vf[:, :, None, :]
-    if g is not None:
-        S = torch.exp(g.to(dt))[:, :, None, None, None] * S
-    S = torch.cat([(S[:, :, 0] + write)[:, :, None], S[:, :, 1:]], dim=2)
-    o = scale * torch.einsum("bhl,bhlkv,bhk->bhv", lam.to(dt), S, qf)
-    return o.to(v.dtype), S
+    return _transition_write_read(S, q, k, v, g, lam, beta, scale)
 
 
 def naive_recurrent_log_linear(

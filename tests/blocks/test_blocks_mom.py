@@ -148,13 +148,21 @@ def test_single_memory_equals_memory_mixer(name):
         assert not s1["levels"][:, 0, :, n:].any()
     else:
         torch.testing.assert_close(s1["memory"][:, 0], s0["memory"], rtol=1e-6, atol=1e-7)
-    # gradients to fp32 rounding (max error / max entry <= 1e-6): the backward runs through the
-    # gathered token lists, whose GEMMs see other memory layouts and may round differently
-    assert rel_err(xs[1].grad, xs[0].grad) <= 1e-6
+    if mem_cfg.hierarchy == "log_linear":
+        # the kernel's inputs and input gradients are bit-identical here, but the query gradient then
+        # leaves the gathered token list as a contiguous tensor where the plain mixer's is strided, and
+        # the feature map / l2-norm backward reduces it in another order: fp32 rounding, so gradients
+        # are compared as max error / max entry <= 1e-6
+        def check(a, b, msg):
+            assert rel_err(a, b) <= 1e-6, msg
+    else:
+        def check(a, b, msg):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=msg)
+    check(xs[1].grad, xs[0].grad, "x")
     plain_params = dict(plain.named_parameters())
     for pname, p in mom.named_parameters():
         if pname != "router.weight":
-            assert rel_err(p.grad, plain_params[pname.replace("writers.0.", "")].grad) <= 1e-6, pname
+            check(p.grad, plain_params[pname.replace("writers.0.", "")].grad, pname)
 
 
 @pytest.mark.parametrize("share_kv", [False, True])

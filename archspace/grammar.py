@@ -677,7 +677,7 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
     if design.task.name == "mqar":
         _check_mqar(design.task, marks)
         if design.task.order == "curriculum" and design.train.devices > 1:
-            raise marks.error("task.order 'curriculum' trains on one device (its batches follow the slices in order, "
+            raise marks.error("'curriculum' trains on one device (its batches follow the slices in order, "
                               f"which a distributed sampler would reshuffle); train.devices is {design.train.devices}",
                               ("task", "order"), hint="Set train.devices: 1 or task.order: mixed.")
     elif design.task.name.startswith("mad_"):

@@ -433,6 +433,15 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
     gpus = _number(res.get("gpus_per_trial", 0), marks, ("resources", "gpus_per_trial"))
     if cpus <= 0 or gpus < 0:
         raise marks.error("cpus_per_trial must be > 0 and gpus_per_trial >= 0", ("resources",))
+    if gpus >= 2:  # trials then train on int(gpus) devices (execution_values): the base must allow it
+        trial_base = copy.deepcopy(base)
+        set_path(trial_base, ("train", "devices"), int(gpus))
+        try:
+            validate_data(trial_base, base_marks)
+        except ConfigError as e:
+            raise marks.error(f"gpus_per_trial {gpus:g} trains every trial on {int(gpus)} devices, which the base "
+                              f"design does not allow: {e.message}", ("resources", "gpus_per_trial"),
+                              hint=e.hint) from None
     maxc = res.get("max_concurrent")
     if maxc is not None and (_number(maxc, marks, ("resources", "max_concurrent"), integer=True) < 1):
         raise marks.error("max_concurrent must be at least 1", ("resources", "max_concurrent"))

@@ -105,3 +105,21 @@ def test_curriculum_in_the_grammar_refuses_several_devices():
         validate_data({"task": task, "train": {"devices": 2}}, Marks("<t>"))
     with pytest.raises(Exception, match="mixed"):
         validate_data({"task": {**task, "order": "sorted"}}, Marks("<t>"))
+
+
+def test_curriculum_space_refuses_several_gpus_per_trial(tmp_path):
+    """gpus_per_trial >= 2 sets train.devices in every trial: a curriculum base is refused when the space
+    loads (file, line, resources key), not later inside a trial."""
+    from archspace.errors import ConfigError
+    from archspace.study.space import load_space
+
+    f = tmp_path / "space.yaml"
+    text = ("base:\n  task: {order: curriculum}\naxes:\n  lr: [1e-3]\n"
+            "objectives: [{metric: val/acc, mode: max}]\nresources: {gpus_per_trial: GPUS}\n")
+    f.write_text(text.replace("GPUS", "2"))
+    with pytest.raises(ConfigError) as e:
+        load_space(f)
+    assert "space.yaml:6" in str(e.value) and "resources.gpus_per_trial" in str(e.value)
+    assert "one device" in str(e.value)
+    f.write_text(text.replace("GPUS", "1"))
+    assert load_space(f).gpus_per_trial == 1

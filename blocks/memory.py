@@ -65,7 +65,8 @@ from .config import Cost, MemoryConfig
 from .norm import GroupRMSNorm
 from .short_conv import ShortConv
 
-__all__ = ["MemoryMixer", "feature_map", "retnet_log_decay", "add_gate_params", "gates"]
+__all__ = ["MemoryMixer", "feature_map", "retnet_log_decay", "add_gate_params", "gates", "add_level_params",
+           "level_weights"]
 
 _INIT_STD = 0.02
 
@@ -178,6 +179,19 @@ def gates(mod: nn.Module, cfg: MemoryConfig, x: torch.Tensor, log_gamma: Optiona
     return g, beta
 
 
+def add_level_params(mod: nn.Module, cfg: MemoryConfig) -> None:
+    """Register the log-linear level projection on ``mod``: lambda = softplus(W_l x + b_l) >= 0 per head and
+    level, with b_l = softplus^-1(1) so that lambda ~ 1 at init (all levels weighted equally, i.e. close
+    to the plain mixer)."""
+    mod.level_proj = _linear(cfg.d_model, cfg.heads * cfg.levels, bias=True)
+    nn.init.constant_(mod.level_proj.bias, math.log(math.expm1(1.0)))
+
+
+def level_weights(mod: nn.Module, cfg: MemoryConfig, x: torch.Tensor) -> torch.Tensor:
+    """Level weights of tokens x [..., D]: lambda [..., H, levels] from ``add_level_params``' projection."""
+    return F.softplus(mod.level_proj(x)).view(*x.shape[:-1], cfg.heads, cfg.levels)
+
+
 def _linear(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
     lin = nn.Linear(d_in, d_out, bias=bias)
     nn.init.normal_(lin.weight, 0.0, _INIT_STD)
@@ -210,10 +224,7 @@ class MemoryMixer(nn.Module):
         add_gate_params(self, cfg)
         self.log_linear = cfg.hierarchy == "log_linear"
         if self.log_linear:
-            # lambda = softplus(W_l x + b_l) >= 0 per head and level; b_l = softplus^-1(1) so that
-            # lambda ~ 1 at init: all levels weighted equally, i.e. close to the plain mixer.
-            self.level_proj = _linear(D, H * cfg.levels, bias=True)
-            nn.init.constant_(self.level_proj.bias, math.log(math.expm1(1.0)))
+            add_level_params(self, cfg)
         if cfg.norm == "rmsnorm":
             self.o_norm = GroupRMSNorm(H, V)
         if cfg.output_gate:
@@ -305,7 +316,7 @@ class MemoryMixer(nn.Module):
 
         g, beta = gates(self, cfg, x, self.log_gamma)
         if self.log_linear:
-            lam = F.softplus(self.level_proj(x)).view(*lead, H, cfg.levels)
+            lam = level_weights(self, cfg, x)
             return q, k, v, g, beta, lam, new_conv
         return q, k, v, g, beta, new_conv
 

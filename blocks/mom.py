@@ -105,7 +105,8 @@ from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step
 from ..kernels.gla import chunk_gla, gla_step
 from ..kernels.log_linear import chunk_log_linear, levels_in_use, log_linear_step, log_linear_step_slots
 from .config import Cost, MemoryConfig, MoMConfig
-from .memory import _mean_levels_in_use, add_gate_params, feature_map, gates, retnet_log_decay
+from .memory import (_mean_levels_in_use, add_gate_params, add_level_params, feature_map, gates, level_weights,
+                     retnet_log_decay)
 from .memory import _validate as _validate_memory
 from .norm import GroupRMSNorm
 from .short_conv import ShortConv
@@ -229,9 +230,8 @@ class MoMMixer(nn.Module):
         else:
             self.log_gamma = None
         self.log_linear = mem.hierarchy == "log_linear"
-        if self.log_linear:  # level weights belong to the query path, as in MemoryMixer (lambda ~ 1 at init)
-            self.level_proj = _linear(D, H * mem.levels, bias=True)
-            nn.init.constant_(self.level_proj.bias, math.log(math.expm1(1.0)))
+        if self.log_linear:  # level weights belong to the query path, as in MemoryMixer
+            add_level_params(self, mem)
         self.writers = nn.ModuleList(_Writer(mem) for _ in range(1 if cfg.share_kv else cfg.memories))
         self.shared = _Writer(mem) if cfg.shared_memory else None
         if mem.norm == "rmsnorm":
@@ -352,11 +352,6 @@ class MoMMixer(nn.Module):
             q = F.normalize(q, p=2.0, dim=-1, eps=1e-6)
         return q, new
 
-    def _lam(self, x: torch.Tensor) -> torch.Tensor:
-        """Level weights of the query token(s): x [..., D] -> lambda = softplus(W_l x + b_l) [..., H, levels]."""
-        mem = self.cfg.memory
-        return F.softplus(self.level_proj(x)).view(*x.shape[:-1], mem.heads, mem.levels)
-
     def _log_linear_lists(self, q, k, v, g, beta, lam, state: Optional[dict], n: torch.Tensor, final: bool):
         """The chunked log-linear kernel over R = B*M padded token lists [R, L, ...] whose memories
         sit at different positions. A Fenwick level depends on the absolute position in the memory's
@@ -439,7 +434,7 @@ class MoMMixer(nn.Module):
         q, conv_q = self._query(x, None if state is None else state.get("conv_q"), step=False)  # [B, T, H, K]
         if self.use_conv:
             new_state["conv_q"] = conv_q
-        lam = self._lam(x) if self.log_linear else None  # [B, T, H, levels]
+        lam = level_weights(self, mem, x) if self.log_linear else None  # [B, T, H, levels]
 
         # 1. keep mask after capacity (first come, first served), weights of dropped tokens -> 0
         keep = routed
@@ -557,7 +552,7 @@ class MoMMixer(nn.Module):
         if self.use_conv:
             new_state["conv_q"] = conv_q
         proj = [wr.project(x, self.log_gamma) for wr in self.writers]
-        lam = self._lam(x) if self.log_linear else None  # [B, H, levels]
+        lam = level_weights(self, mem, x) if self.log_linear else None  # [B, H, levels]
         S_all, ck, cv = [], [], []
         o = 0.0
         for m in range(self.cfg.memories):

@@ -487,26 +487,23 @@ class MQARDataModule(lightning.LightningDataModule):
                 warnings.warn(f"MQAR: {self.train_test_overlap} test examples also occur in "
                               "the train mixture (tiny vocab/sequence settings?)", stacklevel=2)
 
-    def _loader(self, data: MQARSplit | None, shuffle: bool) -> DataLoader:
+    def _loader(self, data: MQARSplit | None, shuffle: bool, curriculum: bool = False) -> DataLoader:
         if data is None:
             raise RuntimeError("MQARDataModule: call setup() first")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(_Indices(len(data)), batch_size=self.batch_size, shuffle=shuffle,
-                          generator=generator, collate_fn=_Gather(data),
-                          num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        if curriculum:
+            sizes = [s.num_examples for s in self.train_slices]
+            widths = [s.length(self.repeat) for s in self.train_slices]
+            batching = dict(batch_sampler=CurriculumBatches(sizes, self.batch_size, self.seed),
+                            collate_fn=_Gather(data, widths))
+        else:
+            generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+            batching = dict(batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+                            collate_fn=_Gather(data))
+        return DataLoader(_Indices(len(data)), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, **batching)
 
     def train_dataloader(self) -> DataLoader:
-        if self.order == "mixed":
-            return self._loader(self.train_data, shuffle=True)
-        if self.train_data is None:
-            raise RuntimeError("MQARDataModule: call setup() first")
-        sizes = [s.num_examples for s in self.train_slices]
-        widths = [s.length(self.repeat) for s in self.train_slices]
-        return DataLoader(_Indices(len(self.train_data)),
-                          batch_sampler=CurriculumBatches(sizes, self.batch_size, self.seed),
-                          collate_fn=_Gather(self.train_data, widths), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return self._loader(self.train_data, shuffle=True, curriculum=self.order == "curriculum")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.test_data, shuffle=False)

@@ -562,9 +562,25 @@ def _dot_config(dtype: torch.dtype):
 
 
 def _tiles(K: int, V: int):
+    """Register tiles: all of K in one tile (padded to a power of two >= 16), V in blocks of up to 64."""
     BK = max(16, triton.next_power_of_2(K))
     BV = min(64 if BK <= 128 else 32, max(16, triton.next_power_of_2(V)))
     return BK, BV
+
+
+def _sm_count(device: torch.device) -> Optional[int]:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
+
+
+def _scan_block_v(P: Problem, device: torch.device) -> int:
+    """V-block of the sequential scans (_state_fwd, _state_bwd, _recurrent_fwd): their grid is only
+    N * H * V/BV programs, so when that leaves SMs idle (few long sequences, e.g. B = 1, T = 32768,
+    H = 16: 32 programs at BV = 64 for 132 SMs) the V-block is halved, down to 32."""
+    BV = _tiles(P.K, P.V)[1]
+    sms = _sm_count(device)
+    if sms is not None and BV > 32 and P.N * P.H * triton.cdiv(P.V, BV) < sms:
+        BV //= 2
+    return BV
 
 
 def _flat(x: Optional[Tensor], P: Problem) -> Optional[Tensor]:
@@ -575,7 +591,7 @@ def _flat(x: Optional[Tensor], P: Problem) -> Optional[Tensor]:
 def _states(P: Problem, C: int, k, v, W, U, Gc, h0, store_final: bool):
     """Run _state_fwd: chunk-entering states h [chunks, H, K, V], pseudo-values D, final state."""
     ACC, DT, EMU, PREC, sdt = _dot_config(k.dtype)
-    BK, BV = _tiles(P.K, P.V)
+    BK, BV = _tiles(P.K, P.V)[0], _scan_block_v(P, k.device)
     h = torch.empty(P.n_chunks, P.H, P.K, P.V, dtype=sdt, device=k.device)
     D = torch.empty(P.B * P.T, P.H, P.V, dtype=sdt, device=k.device) if P.delta else v
     ht = torch.empty(P.N, P.H, P.K, P.V, dtype=P.acc_dtype, device=k.device) if store_final else None
@@ -641,9 +657,10 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         dh = torch.empty(P.n_chunks, H, K, V, dtype=sdt, device=dev)
         dD = torch.empty(TT, H, V, dtype=acc, device=dev)
         dh0 = None if h0 is None else torch.empty(P.N, H, K, V, dtype=acc, device=dev)
-        _state_bwd[(triton.cdiv(V, BV), P.N * H)](
+        BVs = _scan_block_v(P, dev)
+        _state_bwd[(triton.cdiv(V, BVs), P.N * H)](
             qf, kf, W, Gc, A, do, dh, dD, dh0, dht, P.cu_seqlens, P.chunk_offsets, P.scale,
-            H=H, K=K, V=V, BT=C, BK=BK, BV=BV, GATE=P.gate, DELTA=P.delta, HAS_H0=h0 is not None,
+            H=H, K=K, V=V, BT=C, BK=BK, BV=BVs, GATE=P.gate, DELTA=P.delta, HAS_H0=h0 is not None,
             HAS_DHT=dht is not None, **cfg)
 
         dq, dk = torch.empty_like(qf), torch.empty_like(kf)

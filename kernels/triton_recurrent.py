@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import _dot_config, _flat, _launch, _load_state, _scan_tiles, _tiles
+from .triton_chunk import _dot_config, _flat, _launch, _load_state, _scan_block_v, _scan_tiles, _tiles
 from .triton_support import prepare
 
 Tensor = torch.Tensor
@@ -84,7 +84,7 @@ def fused_recurrent_gated_delta_rule(
                          f"(or train through chunk_gated_delta_rule)")
     P = prepare(q, k, v, g, beta, scale, initial_state, cu_seqlens, None, op)
     ACC = _dot_config(q.dtype)[0]
-    BK, BV = _tiles(P.K, P.V)
+    BK, BV = _tiles(P.K, P.V)[0], _scan_block_v(P, q.device)
     qf, kf, vf, gf, bf = (_flat(x, P) for x in (q, k, v, g, beta))
     o = torch.empty(P.B * P.T, P.H, P.V, dtype=v.dtype, device=q.device)
     ht = torch.empty(P.N, P.H, P.K, P.V, dtype=P.acc_dtype, device=q.device) if output_final_state else None

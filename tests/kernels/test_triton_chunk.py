@@ -25,7 +25,7 @@ else:
     CASES = {
         "one_token": (1, 1, 1, 16, 16, 16, False),
         "odd_c16": (2, 37, 1, 20, 12, 16, True),
-        "c32": (1, 40, 2, 16, 24, 32, True),
+        "c32_two_vblocks": (1, 40, 2, 16, 80, 32, True),  # V = 80: two V-blocks of 64, the second padded
     }
 
 
@@ -89,7 +89,7 @@ def test_zero_gates_and_strong_decay(variant):
 @pytest.mark.parametrize("variant", ["mamba2", "gla", "gated_deltanet"])
 def test_all_zero_gate_equals_no_gate(variant):
     ungated = {"mamba2": "linear_attention", "gla": "linear_attention", "gated_deltanet": "deltanet"}[variant]
-    B, T, H, K, V, C, _ = CASES["c32" if not ON_GPU else "d64_c32"]
+    B, T, H, K, V, C, _ = CASES["c32_two_vblocks" if not ON_GPU else "d64_c32"]
     x = make_inputs(ungated, B, T, H, K, V)
     gate_shape = (B, T, H, K) if variant == "gla" else (B, T, H)
     o0, S0 = chunk_triton(C)(x)
@@ -100,7 +100,7 @@ def test_all_zero_gate_equals_no_gate(variant):
 def test_constant_decay_through_expand():
     """RetNet's fixed per-head decay is the scalar gate g = log(gamma_h) expanded over B and T; its
     gradient sums over the expanded positions (autograd's expand)."""
-    B, T, H, K, V, C, _ = CASES["c32" if not ON_GPU else "d64_c32"]
+    B, T, H, K, V, C, _ = CASES["c32_two_vblocks" if not ON_GPU else "d64_c32"]
     x = make_inputs("linear_attention", B, T, H, K, V)
     log_gamma = torch.log1p(-torch.pow(2.0, -5.0 - torch.arange(H, dtype=torch.float64))).float().to(DEVICE)
     grads = []
@@ -161,6 +161,20 @@ def test_scale_and_no_final_state():
     o3, _ = chunk_gated_delta_rule(*args, scale=0.3, **kw)
     o_ref, _ = naive_recurrent_delta_rule(*args, x["beta"], x["g"], scale=0.3, initial_state=x["initial_state"])
     assert rel(o3, o_ref) <= tol(torch.float32, T)
+
+
+def test_scans_with_a_halved_v_block(monkeypatch):
+    """On a GPU with more SMs than scan programs the scans split V finer (_scan_block_v): same results."""
+    import archspace.kernels.triton_chunk as tc
+
+    monkeypatch.setattr(tc, "_sm_count", lambda device: 10 ** 6)
+    B, T, H, K, V, C = (1, 200, 2, 64, 128, 64) if ON_GPU else (1, 20, 1, 16, 64, 16)
+    x = make_inputs("gated_deltanet", B, T, H, K, V)
+    do, dS = cotangents((B, T, H, V), (B, H, K, V))
+    assert tc._scan_block_v(tc.prepare(x["q"], x["k"], x["v"], x["g"], x["beta"], None, None, None, C, "t"),
+                            x["q"].device) == 32
+    assert_close(run_with_grads(chunk_triton(C), x, do, dS), run_with_grads(oracle, x, do, dS),
+                 tol(torch.float32, T), "halved V-block")
 
 
 def test_split_sequence_equals_whole():

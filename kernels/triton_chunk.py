@@ -309,8 +309,8 @@ def _state_fwd(k, v, W, U, Gc, h, D, h0, ht, cu_seqlens, chunk_offsets,
                PREC: tl.constexpr):
     """Sequential over the chunks of one sequence for one head and one V-block:
     h[c] = S entering chunk c; delta: D = U - W S; S <- Diag(exp(G_C)) S + (K * exp(G_C - G))^T D.
-    Grid (V-blocks, N * H)."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    Grid (N * H, V-blocks)."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_h, bos, eos, o_k, m_k, o_v, m_v, m_kv, p_kv = _scan_tiles(cu_seqlens, i_v, i_nh, H, K, V, BK, BV)
     c0 = tl.load(chunk_offsets + i_nh // H).to(tl.int64)
     NT = tl.cdiv(eos - bos, BT)
@@ -337,8 +337,8 @@ def _output_fwd(q, D, Gc, A, h, o, cu_seqlens, chunk_table, scale,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                 BV: tl.constexpr, GATE: tl.constexpr, ACC: tl.constexpr, DT: tl.constexpr, EMU: tl.constexpr,
                 PREC: tl.constexpr):
-    """O = scale (Q * gamma) S_0 + A D for one chunk and V-block. Grid (V-blocks, chunks, H)."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """O = scale (Q * gamma) S_0 + A D for one chunk and V-block. Grid (chunks, V-blocks, H)."""
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0, o_t, m_t, eos = _chunk_rows(chunk_table, cu_seqlens, i_c, BT)
     rows = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
@@ -374,8 +374,8 @@ def _state_bwd(q, k, W, Gc, A, do, dh, dD, dh0, dht, cu_seqlens, chunk_offsets, 
         dD  = A^T dO + (K * exp(G_C - G)) dS                   (-> dD; for no delta term this is dv)
         dS <- Diag(exp(G_C)) dS + scale (Q * gamma)^T dO - [delta] W^T dD
     and after the first chunk dS is the gradient of the initial state. A^T is loaded transposed from
-    memory (never a transposed dot result). Grid (V-blocks, N * H)."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    memory (never a transposed dot result). Grid (N * H, V-blocks)."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_h, bos, eos, o_k, m_k, o_v, m_v, m_kv, p_kv = _scan_tiles(cu_seqlens, i_v, i_nh, H, K, V, BK, BV)
     c0 = tl.load(chunk_offsets + i_nh // H).to(tl.int64)
     NT = tl.cdiv(eos - bos, BT)
@@ -561,6 +561,10 @@ def _dot_config(dtype: torch.dtype):
     return tl.float32, tl.float32, False, "ieee", torch.float32
 
 
+# Grids put the large counts (chunks, sequences x heads) on axis 0, which CUDA allows up to 2**31 - 1;
+# axes 1 and 2 (V-blocks, heads) stay far below their limit of 65535.
+
+
 def _tiles(K: int, V: int):
     """Register tiles: all of K in one tile (padded to a power of two >= 16), V in blocks of up to 64."""
     BK = max(16, triton.next_power_of_2(K))
@@ -595,7 +599,7 @@ def _states(P: Problem, C: int, k, v, W, U, Gc, h0, store_final: bool):
     h = torch.empty(P.n_chunks, P.H, P.K, P.V, dtype=sdt, device=k.device)
     D = torch.empty(P.B * P.T, P.H, P.V, dtype=sdt, device=k.device) if P.delta else v
     ht = torch.empty(P.N, P.H, P.K, P.V, dtype=P.acc_dtype, device=k.device) if store_final else None
-    _state_fwd[(triton.cdiv(P.V, BV), P.N * P.H)](
+    _state_fwd[(P.N * P.H, triton.cdiv(P.V, BV))](
         k, v, W, U, Gc, h, D, h0, ht, P.cu_seqlens, P.chunk_offsets,
         H=P.H, K=P.K, V=P.V, BT=C, BK=BK, BV=BV, GATE=P.gate, DELTA=P.delta, HAS_H0=h0 is not None,
         STORE_HT=store_final, ACC=ACC, DT=DT, EMU=EMU, PREC=PREC, **_launch(k.dtype))
@@ -630,7 +634,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         h, D, ht = _states(P, C, kf, vf, W, U, Gc, h0, output_final_state)
         o = torch.empty(TT, H, V, dtype=v.dtype, device=dev)
         if P.n_chunks:
-            _output_fwd[(triton.cdiv(V, BV), P.n_chunks, H)](
+            _output_fwd[(P.n_chunks, triton.cdiv(V, BV), H)](
                 qf, D, Gc, A, h, o, P.cu_seqlens, P.chunk_table, P.scale,
                 H=H, K=K, V=V, BT=C, BK=BK, BV=BV, GATE=P.gate, **cfg)
         ctx.save_for_backward(qf, kf, vf, bf, h0, Gc, A, Tm, W, U)
@@ -658,7 +662,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
         dD = torch.empty(TT, H, V, dtype=acc, device=dev)
         dh0 = None if h0 is None else torch.empty(P.N, H, K, V, dtype=acc, device=dev)
         BVs = _scan_block_v(P, dev)
-        _state_bwd[(triton.cdiv(V, BVs), P.N * H)](
+        _state_bwd[(P.N * H, triton.cdiv(V, BVs))](
             qf, kf, W, Gc, A, do, dh, dD, dh0, dht, P.cu_seqlens, P.chunk_offsets, P.scale,
             H=H, K=K, V=V, BT=C, BK=BK, BV=BVs, GATE=P.gate, DELTA=P.delta, HAS_H0=h0 is not None,
             HAS_DHT=dht is not None, **cfg)

@@ -37,8 +37,8 @@ def _recurrent_fwd(q, k, v, g, beta, h0, o, ht, cu_seqlens, scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    GATE: tl.constexpr, DELTA: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                    ACC: tl.constexpr):
-    """Grid (V-blocks, N * H): the tokens of one sequence, one head, one V-block."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    """Grid (N * H, V-blocks): the tokens of one sequence, one head, one V-block."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_h, bos, eos, o_k, m_k, o_v, m_v, m_kv, p_kv = _scan_tiles(cu_seqlens, i_v, i_nh, H, K, V, BK, BV)
     b_S = _load_state(h0, i_nh, p_kv, m_kv, HAS_H0, K, V, BK, BV, ACC)
     for t in range(bos, eos):
@@ -89,7 +89,7 @@ def fused_recurrent_gated_delta_rule(
     o = torch.empty(P.B * P.T, P.H, P.V, dtype=v.dtype, device=q.device)
     ht = torch.empty(P.N, P.H, P.K, P.V, dtype=P.acc_dtype, device=q.device) if output_final_state else None
     h0 = None if initial_state is None else initial_state.contiguous()
-    _recurrent_fwd[(triton.cdiv(P.V, BV), P.N * P.H)](
+    _recurrent_fwd[(P.N * P.H, triton.cdiv(P.V, BV))](
         qf, kf, vf, gf, bf, h0, o, ht, P.cu_seqlens, P.scale, H=P.H, K=P.K, V=P.V, BK=BK, BV=BV,
         GATE=P.gate, DELTA=P.delta, HAS_H0=h0 is not None, STORE_HT=bool(output_final_state), ACC=ACC,
         **_launch(q.dtype))

@@ -15,6 +15,7 @@ Where the kernels run
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -142,14 +143,13 @@ def prepare(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional
     tensors = [t for t in (q, k, v, g, beta, initial_state, cu_seqlens) if t is not None]
     if any(t.device != q.device for t in tensors):
         raise ValueError(f"{op}: all inputs must be on one device, got {sorted({str(t.device) for t in tensors})}")
-    ok, reason = triton_available(q.device)
+    ok, reason = _available_on(str(q.device))
     if not ok:
         raise TritonUnavailable(f"{op}: the Triton path cannot run here: {reason}")
 
     if cu_seqlens is None:
         N = B
-        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
-        lengths = [T] * B
+        lengths = None
     else:
         if B != 1:
             raise ValueError(f"{op}: with cu_seqlens the batch must be flattened to B = 1, got B = {B}")
@@ -161,7 +161,6 @@ def prepare(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional
         if bounds[0] != 0 or bounds[-1] != T or min(lengths) < 0:
             raise ValueError(f"{op}: cu_seqlens must rise from 0 to T = {T}, got {bounds}")
         N = len(lengths)
-        cu = cu_seqlens.to(torch.int32)
     if initial_state is not None and initial_state.shape != (N, H, K, V):
         raise ValueError(f"{op}: initial_state must be [N, H, K, V] = {(N, H, K, V)} (N = number of sequences), "
                          f"got {tuple(initial_state.shape)}")
@@ -169,15 +168,36 @@ def prepare(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional
         scale = K ** -0.5
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
 
-    table = offsets = None
-    n_chunks = 0
-    if chunk_size is not None:
-        counts = [-(-n // chunk_size) for n in lengths]
-        n_chunks = sum(counts)
-        seq = torch.repeat_interleave(torch.arange(N), torch.tensor(counts, dtype=torch.long))
-        first = torch.tensor([0] + counts[:-1], dtype=torch.long).cumsum(0)
-        within = torch.arange(n_chunks) - torch.repeat_interleave(first, torch.tensor(counts, dtype=torch.long))
-        table = torch.stack([seq, within], 1).to(torch.int32).contiguous().to(q.device)
-        offsets = torch.tensor([0] + counts, dtype=torch.long).cumsum(0).to(torch.int32).to(q.device)
+    if lengths is None:  # B sequences of length T: the same tables for every call of this shape
+        cu, table, offsets, n_chunks = _uniform_tables(B, T, chunk_size, str(q.device))
+    else:
+        cu, table, offsets, n_chunks = _tables(lengths, chunk_size, q.device)
     return Problem(B=B, T=T, H=H, K=K, V=V, N=N, gate=gate, delta=beta is not None, scale=float(scale),
                    cu_seqlens=cu, chunk_table=table, chunk_offsets=offsets, n_chunks=n_chunks, acc_dtype=acc)
+
+
+@functools.lru_cache(maxsize=None)
+def _available_on(device: str) -> Tuple[bool, str]:
+    """triton_available, asked once per device per process (the entry points ask on every call; the
+    answer cannot change once the kernel modules are imported)."""
+    return triton_available(device)
+
+
+def _tables(lengths, chunk_size: Optional[int], device):
+    """(cu_seqlens [N+1] int32, chunk table [chunks, 2] int32 of (sequence, chunk within it), first
+    chunk of each sequence [N+1] int32, number of chunks) on ``device``; no tables without a chunk size."""
+    cu = torch.tensor([0] + lengths, dtype=torch.long).cumsum(0).to(torch.int32).to(device)
+    if chunk_size is None:
+        return cu, None, None, 0
+    counts = torch.tensor([-(-n // chunk_size) for n in lengths], dtype=torch.long)
+    n_chunks = int(counts.sum())
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), counts)
+    first = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    within = torch.arange(n_chunks) - first[seq]
+    table = torch.stack([seq, within], 1).to(torch.int32).contiguous().to(device)
+    return cu, table, first.to(torch.int32).to(device), n_chunks
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_tables(B: int, T: int, chunk_size: Optional[int], device: str):
+    return _tables([T] * B, chunk_size, torch.device(device))

@@ -280,12 +280,14 @@ def _prep_fwd(q, k, v, beta, Gc, A, Tm, W, U, cu_seqlens, chunk_table, scale,
         # b, then [[A, 0], [C, D]]^{-1} = [[A^-1, 0], [-D^-1 C A^-1, D^-1]] gives the inverse in blocks of
         # 2b as Tm - Tm C_b Tm, C_b the entries of L that join the two halves of each 2b block. The
         # products stay in fp32 whatever the input dtype (_INVERSE_PRECISION).
+        # (A rolled loop: unrolled, the six levels of fp32 "ieee" products took minutes to compile.)
         b_T = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0).to(ACC)
-        for s in tl.static_range(LOG2_BT):
-            join = (rows[:, None] // (2 << s) == rows[None, :] // (2 << s)) & \
-                (rows[:, None] // (1 << s) != rows[None, :] // (1 << s))
+        b = 1
+        for _ in range(LOG2_BT):
+            join = (rows[:, None] // (2 * b) == rows[None, :] // (2 * b)) & (rows[:, None] // b != rows[None, :] // b)
             b_TC = _mm(b_T, tl.where(join, b_L, 0.0), ACC, False, PREC_ACC)
             b_T = b_T - _mm(b_TC, b_T, ACC, False, PREC_ACC)
+            b *= 2
         tl.store(Tm + (o_t[:, None] * H + i_h) * BT + rows[None, :], b_T, mask=m_t[:, None])
         if GATE == 1:
             b_bg = b_b * tl.exp(tl.where(m_t, b_G, float("-inf")))

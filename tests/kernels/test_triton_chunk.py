@@ -1,7 +1,9 @@
 """chunk_gated_delta_rule (Triton) against the token-by-token oracles and the chunked PyTorch paths:
 outputs, final states and the gradients of q, k, v, g, beta and the initial state, for every special case.
 
-CPU: under Triton's interpreter at tiny shapes. GPU: the same tests at real shapes (ON_GPU)."""
+CPU: under Triton's interpreter at tiny shapes, fp32. GPU: the same tests at real shapes, mostly bf16 with
+one fp32 configuration: every distinct (kernel, dtype, tile, head dims, H) compiles once per machine, and
+fp32 kernels (exact "ieee" products) compile slowly, so the GPU cases share as few of them as they can."""
 import pytest
 import torch
 
@@ -12,21 +14,32 @@ from archspace.kernels.triton_support import TritonUnavailable, triton_available
 from triton_testutil import (DEVICE, ON_GPU, VARIANTS, assert_close, chunk_torch, chunk_triton, cotangents,
                               make_inputs, oracle, rel, run_with_grads, tol)
 
-# (B, T, H, K, V, chunk_size, initial state): odd lengths, one token, a length that is a multiple of the
-# chunk, K and V that are not powers of two (padded to the register tiles), K != V.
+# name: (B, T, H, K, V, chunk_size, initial state, dtype): odd lengths, one token, a length that is a
+# multiple of the chunk, K and V that are not powers of two (padded to the register tiles), K != V,
+# and V > 64 (several V-blocks).
+F32, BF16 = torch.float32, torch.bfloat16
 if ON_GPU:
     CASES = {
-        "d128": (2, 1000, 4, 128, 128, 64, True),
-        "d64_c32": (2, 777, 4, 64, 64, 32, True),
-        "d100_pad": (1, 513, 4, 100, 72, 64, False),
-        "one_token": (3, 1, 4, 128, 128, 64, True),
+        "d128_bf16": (2, 1000, 4, 128, 128, 64, True, BF16),
+        "d64_c32_bf16": (2, 777, 4, 64, 64, 32, True, BF16),
+        "d100x72_pad_bf16": (1, 513, 4, 100, 72, 64, False, BF16),
+        "d128_fp32": (2, 300, 4, 128, 128, 64, True, F32),
+        "one_token_fp32": (3, 1, 4, 128, 128, 64, True, F32),
     }
+    DEFAULT = "d128_bf16"  # the case the other tests reuse
 else:
     CASES = {
-        "one_token": (1, 1, 1, 16, 16, 16, False),
-        "odd_c16": (2, 37, 1, 20, 12, 16, True),
-        "c32_two_vblocks": (1, 40, 2, 16, 80, 32, True),  # V = 80: two V-blocks of 64, the second padded
+        "one_token": (1, 1, 1, 16, 16, 16, False, F32),
+        "odd_c16": (2, 37, 1, 20, 12, 16, True, F32),
+        "c32_two_vblocks": (1, 40, 2, 16, 80, 32, True, F32),  # V = 80: two V-blocks of 64, the second padded
     }
+    DEFAULT = "odd_c16"
+
+
+def case_inputs(case, variant, **kw):
+    B, T, H, K, V, C, init, dtype = CASES[case]
+    x = make_inputs(variant, B, T, H, K, V, init=init, dtype=dtype, **kw)
+    return x, (B, T, H, K, V, C, dtype)
 
 
 def test_interpreter_or_gpu_is_available():
@@ -38,25 +51,23 @@ def test_interpreter_or_gpu_is_available():
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_matches_oracle_and_chunked_torch(variant, case):
-    B, T, H, K, V, C, init = CASES[case]
-    x = make_inputs(variant, B, T, H, K, V, init=init)
+    x, (B, T, H, K, V, C, dtype) = case_inputs(case, variant)
     do, dS = cotangents((B, T, H, V), (B, H, K, V))
     got = run_with_grads(chunk_triton(C), x, do, dS)
-    assert got[0].dtype == x["v"].dtype and got[1].dtype == torch.float32 and got[1].shape == (B, H, K, V)
-    assert_close(got, run_with_grads(oracle, x, do, dS), tol(torch.float32, T), f"{variant}/{case} vs oracle")
-    assert_close(got, run_with_grads(chunk_torch(C), x, do, dS), tol(torch.float32, T),
-                 f"{variant}/{case} vs chunked torch")
+    assert got[0].dtype == dtype and got[1].dtype == torch.float32 and got[1].shape == (B, H, K, V)
+    assert all(gr.dtype == x[n].dtype for n, gr in got[2].items())
+    assert_close(got, run_with_grads(oracle, x, do, dS), tol(dtype, T), f"{variant}/{case} vs oracle")
+    assert_close(got, run_with_grads(chunk_torch(C), x, do, dS), tol(dtype, T), f"{variant}/{case} vs chunked torch")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_varlen_matches_sequences_one_by_one(variant):
     # lengths: shorter than a chunk, exactly one chunk, one token, empty, a chunk and a bit
-    C = 64 if ON_GPU else 16
+    _, _, H, K, V, C, _, dtype = CASES[DEFAULT]
     lengths = [300, 64, 1, 0, 517] if ON_GPU else [5, 16, 1, 0, 19]
-    H, K, V = (4, 128, 64) if ON_GPU else (1, 16, 12)
     T = sum(lengths)
     cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
-    x = make_inputs(variant, 1, T, H, K, V, n_seq=len(lengths))
+    x = make_inputs(variant, 1, T, H, K, V, n_seq=len(lengths), dtype=dtype)
     do, dS = cotangents((1, T, H, V), (len(lengths), H, K, V))
     got = run_with_grads(chunk_triton(C, cu), x, do, dS)
 
@@ -65,55 +76,54 @@ def test_varlen_matches_sequences_one_by_one(variant):
         for i, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
             xi = {n: None if t is None else t[:, a:b] for n, t in x.items() if n != "initial_state"}
             xi["initial_state"] = x["initial_state"][i:i + 1]
-            o, S = oracle(xi) if b > a else (xi["v"], xi["initial_state"])  # the oracle needs T >= 1
+            o, S = oracle(xi) if b > a else (xi["v"], xi["initial_state"].float())  # the oracle needs T >= 1
             outs.append(o)
             finals.append(S)
         return torch.cat(outs, 1), torch.cat(finals, 0)
 
-    assert_close(got, run_with_grads(one_by_one, x, do, dS), tol(torch.float32, T), f"{variant} varlen")
+    assert_close(got, run_with_grads(one_by_one, x, do, dS), tol(dtype, T), f"{variant} varlen")
     # an empty sequence passes its initial state through
-    assert torch.equal(got[1][3], x["initial_state"][3])
+    assert torch.equal(got[1][3], x["initial_state"][3].float())
 
 
 @pytest.mark.parametrize("variant", ["mamba2", "gla", "gated_deltanet"])
 def test_zero_gates_and_strong_decay(variant):
     """Log-gates exactly 0 at half the tokens (decay 1 there) and down to -5 per token at the others
     (exp(-cumsum) would overflow in fp32 within one chunk), step sizes beta exactly 0 at a quarter."""
-    B, T, H, K, V, C, _ = CASES["d64_c32" if ON_GPU else "odd_c16"]
-    x = make_inputs(variant, B, T, H, K, V, zero_gate_p=0.5, zero_beta_p=0.25, strong=True)
+    x, (B, T, H, K, V, C, dtype) = case_inputs(DEFAULT, variant, zero_gate_p=0.5, zero_beta_p=0.25, strong=True)
     do, dS = cotangents((B, T, H, V), (B, H, K, V))
     got = run_with_grads(chunk_triton(C), x, do, dS)
-    assert_close(got, run_with_grads(oracle, x, do, dS), tol(torch.float32, T), f"{variant} zero gates")
+    assert_close(got, run_with_grads(oracle, x, do, dS), tol(dtype, T), f"{variant} zero gates")
 
 
 @pytest.mark.parametrize("variant", ["mamba2", "gla", "gated_deltanet"])
 def test_all_zero_gate_equals_no_gate(variant):
     ungated = {"mamba2": "linear_attention", "gla": "linear_attention", "gated_deltanet": "deltanet"}[variant]
-    B, T, H, K, V, C, _ = CASES["c32_two_vblocks" if not ON_GPU else "d64_c32"]
-    x = make_inputs(ungated, B, T, H, K, V)
+    case = DEFAULT if ON_GPU else "c32_two_vblocks"
+    x, (B, T, H, K, V, C, dtype) = case_inputs(case, ungated)
     gate_shape = (B, T, H, K) if variant == "gla" else (B, T, H)
     o0, S0 = chunk_triton(C)(x)
-    o1, S1 = chunk_triton(C)({**x, "g": torch.zeros(gate_shape, device=DEVICE)})
-    assert rel(o1, o0) <= tol(torch.float32, T) and rel(S1, S0) <= tol(torch.float32, T)
+    o1, S1 = chunk_triton(C)({**x, "g": torch.zeros(gate_shape, device=DEVICE, dtype=dtype)})
+    assert rel(o1, o0) <= tol(dtype, T) and rel(S1, S0) <= tol(dtype, T)
 
 
 def test_constant_decay_through_expand():
     """RetNet's fixed per-head decay is the scalar gate g = log(gamma_h) expanded over B and T; its
     gradient sums over the expanded positions (autograd's expand)."""
-    B, T, H, K, V, C, _ = CASES["c32_two_vblocks" if not ON_GPU else "d64_c32"]
-    x = make_inputs("linear_attention", B, T, H, K, V)
-    log_gamma = torch.log1p(-torch.pow(2.0, -5.0 - torch.arange(H, dtype=torch.float64))).float().to(DEVICE)
-    grads = []
+    case = DEFAULT if ON_GPU else "c32_two_vblocks"
+    x, (B, T, H, K, V, C, dtype) = case_inputs(case, "linear_attention")
+    log_gamma = torch.log1p(-torch.pow(2.0, -5.0 - torch.arange(H, dtype=torch.float64))).to(DEVICE, dtype)
+    results = []
     for fn in (chunk_triton(C), oracle):
         lg = log_gamma.clone().requires_grad_(True)
         o, S = fn({**x, "g": lg.expand(B, T, H)})
-        (o.sum() + S.sum()).backward()
-        grads.append((o, S, lg.grad))
-    for a, b in zip(*grads):
-        assert rel(a, b) <= tol(torch.float32, T)
+        (o.float().sum() + S.sum()).backward()
+        results.append((o, S, lg.grad))
+    for a, b in zip(*results):
+        assert rel(a, b) <= tol(dtype, T)
 
 
-LOW_PRECISION = ([(v, d) for v in VARIANTS for d in (torch.bfloat16, torch.float16)] if ON_GPU else
+LOW_PRECISION = ([(v, torch.float16) for v in VARIANTS] if ON_GPU else  # bf16: the GPU cases above
                  [("gla", torch.bfloat16), ("gated_deltanet", torch.bfloat16), ("gated_deltanet", torch.float16)])
 
 
@@ -122,7 +132,7 @@ def test_low_precision_inputs(variant, dtype):
     """16-bit inputs: o and every gradient in the input dtype, the final state in fp32; compared with
     the oracle in fp32 on the same rounded inputs. (The interpreter multiplies bf16 operands as fp32
     after rounding them to bf16: the arithmetic of a bf16 tensor core with fp32 accumulation.)"""
-    B, T, H, K, V, C, _ = CASES["d128"] if ON_GPU else (1, 20, 1, 16, 16, 16, True)
+    B, T, H, K, V, C, _, _ = CASES[DEFAULT] if ON_GPU else (1, 20, 1, 16, 16, 16, True, None)
     x = make_inputs(variant, B, T, H, K, V, dtype=dtype)
     do, dS = cotangents((B, T, H, V), (B, H, K, V))
     got = run_with_grads(chunk_triton(C), x, do, dS)
@@ -150,8 +160,7 @@ def test_gradcheck_fp64(variant, lengths):
 
 
 def test_scale_and_no_final_state():
-    B, T, H, K, V, C, _ = CASES["odd_c16" if not ON_GPU else "d64_c32"]
-    x = make_inputs("gated_deltanet", B, T, H, K, V)
+    x, (B, T, H, K, V, C, dtype) = case_inputs(DEFAULT, "gated_deltanet")
     args = (x["q"], x["k"], x["v"])
     kw = dict(g=x["g"], beta=x["beta"], initial_state=x["initial_state"], chunk_size=C)
     o, S = chunk_gated_delta_rule(*args, **kw)
@@ -160,7 +169,7 @@ def test_scale_and_no_final_state():
     assert torch.equal(o, o_default)
     o3, _ = chunk_gated_delta_rule(*args, scale=0.3, **kw)
     o_ref, _ = naive_recurrent_delta_rule(*args, x["beta"], x["g"], scale=0.3, initial_state=x["initial_state"])
-    assert rel(o3, o_ref) <= tol(torch.float32, T)
+    assert rel(o3, o_ref) <= tol(dtype, T)
 
 
 def test_scans_with_a_halved_v_block(monkeypatch):
@@ -168,19 +177,18 @@ def test_scans_with_a_halved_v_block(monkeypatch):
     import archspace.kernels.triton_chunk as tc
 
     monkeypatch.setattr(tc, "_sm_count", lambda device: 10 ** 6)
-    B, T, H, K, V, C = (1, 200, 2, 64, 128, 64) if ON_GPU else (1, 20, 1, 16, 64, 16)
-    x = make_inputs("gated_deltanet", B, T, H, K, V)
+    B, T, H, K, V, C, _, dtype = (1, 200, 4, 128, 128, 64, None, BF16) if ON_GPU else (1, 20, 1, 16, 64, 16, None, F32)
+    x = make_inputs("gated_deltanet", B, T, H, K, V, dtype=dtype)
     do, dS = cotangents((B, T, H, V), (B, H, K, V))
     assert tc._scan_block_v(tc.prepare(x["q"], x["k"], x["v"], x["g"], x["beta"], None, None, None, C, "t"),
-                            x["q"].device) == 32
+                            x["q"].device) == (32 if V > 32 else V)
     assert_close(run_with_grads(chunk_triton(C), x, do, dS), run_with_grads(oracle, x, do, dS),
-                 tol(torch.float32, T), "halved V-block")
+                 tol(dtype, T), "halved V-block")
 
 
 def test_split_sequence_equals_whole():
     """Carrying the final state of one call into the next is the same as one call (state gradients too)."""
-    B, T, H, K, V, C, _ = CASES["d64_c32"] if ON_GPU else (1, 37, 1, 16, 16, 16, True)
-    x = make_inputs("gated_deltanet", B, T, H, K, V)
+    x, (B, T, H, K, V, C, dtype) = case_inputs(DEFAULT, "gated_deltanet")
     split = 300 if ON_GPU else 21
     do, dS = cotangents((B, T, H, V), (B, H, K, V))
 
@@ -192,7 +200,7 @@ def test_split_sequence_equals_whole():
         return torch.cat([o1, o2], 1), S2
 
     assert_close(run_with_grads(two_calls, x, do, dS), run_with_grads(chunk_triton(C), x, do, dS),
-                 tol(torch.float32, T), "split vs whole")
+                 tol(dtype, T), "split vs whole")
 
 
 @pytest.mark.parametrize("bad, message", [

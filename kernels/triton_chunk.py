@@ -32,16 +32,16 @@ gamma = exp(G), Gamma_ij = exp(G_i - G_j) for i >= j; the derivation is in chunk
     O   = scale (Q * gamma) S_0 + A D
     S_C = Diag(exp(G_C)) S_0 + (K * exp(G_C - G))^T D
 
-Kernels (forward): _gate_cumsum (chunk-parallel: G), _prep_fwd (chunk-parallel: A, and for the delta
-rule Tm, W, U),
-_state_fwd (sequential over the chunks of a sequence, parallel over sequences x heads x V-blocks:
-the entering state of every chunk, D), _output_fwd (chunk-parallel: O).
-Backward: _state_fwd again (states are recomputed, not stored), _state_bwd (reverse scan: dS entering
-each chunk, dD), _grad_bwd (chunk-parallel: dq, dk, dv, dbeta, dg). The formulas are in each kernel.
+Kernels, forward: _gate_cumsum (chunk-parallel: G), _prep_fwd (chunk-parallel: A, and for the delta
+rule Tm, W, U), _state_fwd (sequential over the chunks of a sequence, parallel over sequences x heads x
+V-blocks: the state entering every chunk, D), _output_fwd (chunk-parallel: O). Backward: _state_fwd
+again (chunk states are recomputed, not kept), _state_bwd (reverse scan: the state gradient leaving
+every chunk, dD), _grad_bwd (chunk-parallel: dq, dk, dv, dbeta, dg). The formulas are in each kernel.
 
 Every exponent is <= 0: differences of cumulative log-gates are masked to i >= j BEFORE the exp.
-All matmuls take fp32 (or fp64) accumulators; for 16-bit inputs their operands are rounded to the input
-dtype (tensor cores), for fp32 inputs they are exact fp32 ("ieee", no TF32).
+All matmuls accumulate in fp32 (fp64 for fp64 inputs); for 16-bit inputs their operands are rounded to
+the input dtype (tensor cores) except inside the chunk inverse (tf32x3, about fp32 accuracy); fp32
+inputs are multiplied exactly ("ieee", no TF32).
 
 Hopper note: fla's gated backward is refused on Hopper with triton 3.4-3.7.0 because the compiler
 mis-lowers ``tl.trans`` of a matrix that came out of a ``tl.dot`` (the wgmma accumulator layout) when it
@@ -65,7 +65,6 @@ __all__ = ["chunk_gated_delta_rule", "INTERPRETED"]
 
 # Fixed when this module is imported: @triton.jit reads TRITON_INTERPRET at decoration time.
 INTERPRETED = interpreting()
-
 
 
 def _launch(dtype: torch.dtype) -> dict:
@@ -422,9 +421,11 @@ def _grad_bwd(q, k, v, beta, Gc, Tm, h, dh, D, do, dD, dq, dk, dv, dbeta, dg, cu
           L_ij = b_i Gamma_ij (k_i . k_j):  db_i += sum_j dL_ij Gamma_ij (k_i . k_j),
           dK += R K + R^T K with R = diag(b) (dL * Gamma)
       log-gates: every factor is exp(G_row - G_col); G enters with + where it multiplies a query-side
-      row and - on the key side, so dG = Qs . dQs - K . dK (+ b gamma K . dY for W) - rowsum/colsum of
-      dL * L, and G_C (the chunk's last row) also gets sum(S_0 * dS) e^{G_C} + sum_j K_j . dK^state_j.
-      g -> G is an in-chunk cumsum, so dg = reverse cumsum of dG, plus the G_C term on every row.
+      row and - on the key side, so dG = Qs . dQs - K . dK over the read and state terms, + b gamma K . dY
+      (W), + rowsum(dL * L) - colsum(dL * L) (L), and G_C (the chunk's last row) also gets
+      sum(S_0 * dS) e^{G_C} + sum_j K_j . dK^state_j.
+      g -> G is an in-chunk cumsum, so dg = reverse cumsum of dG, plus the G_C term on every row;
+      dq = scale dQs.
     Both orientations of dA, dL are computed as products of loaded operands: no dot result is ever
     transposed (see the module docstring). Grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)

@@ -40,8 +40,8 @@ every chunk, dD), _grad_bwd (chunk-parallel: dq, dk, dv, dbeta, dg). The formula
 
 Every exponent is <= 0: differences of cumulative log-gates are masked to i >= j BEFORE the exp.
 All matmuls accumulate in fp32 (fp64 for fp64 inputs); for 16-bit inputs their operands are rounded to
-the input dtype (tensor cores) except inside the chunk inverse (tf32x3, about fp32 accuracy); fp32
-inputs are multiplied exactly ("ieee", no TF32).
+the input dtype (tensor cores) except inside the chunk inverse; fp32 inputs, and that inverse, multiply
+in tf32x3 (three TF32 tensor-core products per multiply, within a few fp32 ulps; not plain TF32).
 
 Hopper note: fla's gated backward is refused on Hopper with triton 3.4-3.7.0 because the compiler
 mis-lowers ``tl.trans`` of a matrix that came out of a ``tl.dot`` (the wgmma accumulator layout) when it
@@ -72,7 +72,7 @@ def _launch(dtype: torch.dtype) -> dict:
     written). The pipeline depth is set by shared memory, read off ahead-of-time compiles for sm_90 with
     tools/triton_aot_check.py at K = V = 128, chunk 64: the default 3 stages need up to 296 KB for fp32
     inputs (over any GPU's per-block limit); 2 stages keep 16-bit inputs at <= 90 KB and 1 stage keeps
-    fp32 at <= 64 KB (fp32 tiles are twice as large and fp32 inputs are the exact, not the fast, path)."""
+    fp32 at <= 160 KB (fp32 tiles are twice as large; fp32 inputs are the accurate, not the fast, path)."""
     return {"num_warps": 4, "num_stages": 2 if dtype in (torch.float16, torch.bfloat16) else 1}
 
 
@@ -278,8 +278,8 @@ def _prep_fwd(q, k, v, beta, Gc, A, Tm, W, U, cu_seqlens, chunk_table, scale,
         # substitution and made of matmuls): if Tm inverts the block-diagonal part of I + L in blocks of
         # b, then [[A, 0], [C, D]]^{-1} = [[A^-1, 0], [-D^-1 C A^-1, D^-1]] gives the inverse in blocks of
         # 2b as Tm - Tm C_b Tm, C_b the entries of L that join the two halves of each 2b block. The
-        # products stay in fp32 whatever the input dtype (_INVERSE_PRECISION).
-        # (A rolled loop: unrolled, the six levels of fp32 "ieee" products took minutes to compile.)
+        # products stay in fp32 whatever the input dtype (tf32x3). (A rolled loop: unrolled, the six
+        # levels of fp32 products took minutes to compile.)
         b_T = tl.where(rows[:, None] == rows[None, :], 1.0, 0.0).to(ACC)
         b = 1
         for _ in range(LOG2_BT):
@@ -545,23 +545,24 @@ def _grad_bwd(q, k, v, beta, Gc, Tm, h, dh, D, do, dD, dq, dk, dv, dbeta, dg, cu
 # ======================================================================================
 # host side
 # ======================================================================================
-# Precision of the fp32 products inside the chunk inverse (I + L)^{-1}: exact fp32 for fp32 inputs; for
-# 16-bit inputs tf32x3 (three TF32 tensor-core passes, about fp32 accuracy) instead of FMA-only "ieee"
-# products, which are slower and made the kernel take minutes to compile. fp64: the default (exact).
-_INVERSE_PRECISION = {torch.float32: "ieee", torch.bfloat16: "tf32x3", torch.float16: "tf32x3"}
+# Precision of fp32 products: tf32x3 splits each operand into two TF32 parts and keeps three of the four
+# products (relative error about 2**-21, a few fp32 ulps) on tensor cores. Exact FMA-only "ieee" products
+# made the fp32 kernels slow and their compiles take minutes (the delta rule's backward: 449 s ahead of
+# time for sm_90 on this machine); plain TF32 (fla's default for fp32 inputs) keeps only 11 bits.
+_FP32_PRECISION = "tf32x3"
 
 
 def _dot_config(dtype: torch.dtype):
     """(ACC, DT, EMU, PREC, stored dtype) for inputs of ``dtype``: the accumulator dtype, the dtype the
-    matmul operands are rounded to, whether the interpreter must emulate bf16 operands, the fp32 input
-    precision ("ieee": no TF32) and the dtype of the stored chunk states and pseudo-values."""
+    matmul operands are rounded to, whether the interpreter must emulate bf16 operands, the input
+    precision of fp32 products and the dtype of the stored chunk states and pseudo-values."""
     if dtype == torch.bfloat16:
         return tl.float32, tl.bfloat16, INTERPRETED, None, dtype
     if dtype == torch.float16:
         return tl.float32, tl.float16, False, None, dtype
     if dtype == torch.float64:
         return tl.float64, tl.float64, False, None, dtype
-    return tl.float32, tl.float32, False, "ieee", torch.float32
+    return tl.float32, tl.float32, False, _FP32_PRECISION, torch.float32
 
 
 # Grids put the large counts (chunks, sequences x heads) on axis 0, which CUDA allows up to 2**31 - 1;
@@ -633,7 +634,7 @@ class _ChunkGatedDeltaRule(torch.autograd.Function):
             _prep_fwd[(P.n_chunks, H)](
                 qf, kf, vf, bf, Gc, A, Tm, W, U, P.cu_seqlens, P.chunk_table, P.scale,
                 H=H, K=K, V=V, BT=C, BK=BK, BV=BV, LOG2_BT=C.bit_length() - 1, GATE=P.gate, DELTA=P.delta,
-                PREC_ACC=_INVERSE_PRECISION.get(q.dtype), **cfg)
+                PREC_ACC=None if q.dtype == torch.float64 else _FP32_PRECISION, **cfg)
         h, D, ht = _states(P, C, kf, vf, W, U, Gc, h0, output_final_state)
         o = torch.empty(TT, H, V, dtype=v.dtype, device=dev)
         if P.n_chunks:

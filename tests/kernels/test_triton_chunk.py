@@ -2,8 +2,8 @@
 outputs, final states and the gradients of q, k, v, g, beta and the initial state, for every special case.
 
 CPU: under Triton's interpreter at tiny shapes, fp32. GPU: the same tests at real shapes, mostly bf16 with
-one fp32 configuration: every distinct (kernel, dtype, tile, head dims, H) compiles once per machine, and
-fp32 kernels (exact "ieee" products) compile slowly, so the GPU cases share as few of them as they can."""
+one fp32 configuration: every distinct (kernel, dtype, tile, head dims, H) compiles once per machine (up
+to about 20 s each ahead of time here), so the GPU cases share as few configurations as they can."""
 import pytest
 import torch
 

@@ -69,10 +69,12 @@ INTERPRETED = interpreting()
 
 def _launch(dtype: torch.dtype) -> dict:
     """num_warps / num_stages of every launch. Not tuned on a GPU (none was available when this was
-    written). The pipeline depth is set by shared memory, read off ahead-of-time compiles for sm_90 with
-    tools/triton_aot_check.py at K = V = 128, chunk 64: the default 3 stages need up to 296 KB for fp32
-    inputs (over any GPU's per-block limit); 2 stages keep 16-bit inputs at <= 90 KB and 1 stage keeps
-    fp32 at <= 160 KB (fp32 tiles are twice as large; fp32 inputs are the accurate, not the fast, path)."""
+    written). The pipeline depth is set by shared memory, read off ahead-of-time compiles with
+    tools/triton_aot_check.py at K = V = 128, chunk 64: Triton's default 3 stages needed up to 296 KB
+    for fp32 inputs on sm_90, over any GPU's per-block limit. 2 stages keep 16-bit inputs at <= 88.5 KB
+    (sm_90) / 80.5 KB (sm_80), so they fit consumer GPUs too (99 KB); 1 stage keeps fp32 inputs at
+    <= 192 KB on sm_90 (H100 / H200 allow 227 KB), and the largest of them there, the delta-rule
+    backward, takes 128 KB on sm_80 (A100: 163 KB)."""
     return {"num_warps": 4, "num_stages": 2 if dtype in (torch.float16, torch.bfloat16) else 1}
 
 

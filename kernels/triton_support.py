@@ -60,6 +60,12 @@ def triton_available(device: Optional[torch.device | str] = None) -> Tuple[bool,
         return False, f"triton is not installed ({e})"
     dev = torch.device(device) if device is not None else None
     if _kernels_interpreted():
+        import triton.language as tl
+        from triton.runtime.jit import JITFunction
+
+        if isinstance(tl.cumsum, JITFunction):  # triton.language was decorated for compiling, not interpreting
+            return False, ("TRITON_INTERPRET=1 was set after triton was first imported (torch._dynamo and lightning "
+                           "import it): set it before anything imports triton")
         if dev is not None and dev.type != "cpu":
             return False, (f"the Triton kernels were compiled for the interpreter (TRITON_INTERPRET=1), "
                            f"which runs on CPU tensors, not on {dev}")

@@ -2,7 +2,7 @@
 inputs, the references they are compared with (the token-by-token oracles and the chunked PyTorch paths
 of kernels/gla.py and kernels/delta_rule.py) and dtype-derived tolerances.
 
-On a CPU the kernels run under Triton's interpreter (tests/kernels/conftest.py), so the shapes are
+On a CPU the kernels run under Triton's interpreter (set in tests/conftest.py), so the shapes are
 tiny; with a CUDA device (ON_GPU) the same tests run at real shapes (head dims 64, 128 and a padded 100).
 """
 from __future__ import annotations

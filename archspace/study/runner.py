@@ -177,8 +177,10 @@ def _mad_trial(space, resolved, run_dir: Path, objectives: list, t0: float) -> d
 
     cfg = space.mad
     cost = SequenceModel.cost_of(resolved.model, 128)
+    from ..training import budget_static
+
     static = {"params": cost.params, "active_params": cost.active, "state_size": cost.state,
-              "flops_per_token": cost.flops_per_token}
+              "flops_per_token": cost.flops_per_token, **budget_static(cost, resolved.model)}
     done: list = []
 
     def on_task(task: str, score: float) -> None:
@@ -383,6 +385,9 @@ def start_ray(address: Optional[str]) -> float:
 def _max_reports(space) -> int:
     """Upper bound of a trial's reports (validations + the final one): max_t of the schedulers."""
     train = space.base.get("train") or {}
+    if train.get("tokens") is not None or train.get("flops") is not None or any(
+            tuple(a.path) in (("train", "tokens"), ("train", "flops")) for a in space.axes):
+        return 10 ** 6  # each design's steps follow its budget (archspace.budget): no cap from here
     steps = [train.get("max_steps", 2000)]
     every = [train.get("eval_every", 250)]
     for a in space.axes:

@@ -41,7 +41,8 @@ from ..grammar import Design, _unwrap, set_path, validate_data
 SECTIONS = ("model", "task", "train")
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 PRUNERS = ("none", "asha", "median", "hyperband")
-STATIC_METRICS = ("params", "active_params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s")
+STATIC_METRICS = ("params", "active_params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s",
+                  "params_non_embedding", "train_flops_per_token", "train_flops", "tokens")
 TOP_KEYS = ("schema_version", "name", "description", "base", "axes", "objectives", "search", "pruner", "resources",
             "results_dir", "mad")
 MAD_KEYS = ("tasks", "settings", "budget", "steps", "batch_size", "test_examples", "lrs", "weight_decays")
@@ -417,6 +418,10 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
     if uses_mad and pr["metric"].startswith("val/"):
         raise marks.error("a MAD-score study reports mad_score (the running mean over finished tasks) as it goes, "
                           "not val/ metrics: set pruner.metric: mad_score or pruner.kind: none", ("pruner", "metric"))
+    spent = [i for i, o in enumerate(objectives) if o.metric in ("train_flops", "tokens")]
+    if uses_mad and spent:
+        raise marks.error(f"{objectives[spent[0]].metric} is what one training run spends; a MAD-score trial is a sweep of "
+                          "many runs and does not report it", ("objectives", spent[0], "metric"))
     if "mad" in data and not uses_mad:
         raise marks.error("a `mad:` section needs the objective mad_score (or mad/<task>)", ("mad",), at_key=True)
     mad = _parse_mad(data.get("mad"), marks) if uses_mad else None

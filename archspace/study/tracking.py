@@ -27,9 +27,10 @@ from ray.tune import Callback
 FINAL_KEY = "archspace/final"  # 1.0 on the report sent after testing: the trial ran to the end
 STEP_METRIC_PREFIXES = ("val/", "train/", "test/")
 MAD_PREFIXES = ("mad_score", "mad/")  # a MAD-score study reports these as each task finishes
-STEP_METRICS = ("throughput_tok_s",)
-STATIC_KEYS = ("params", "active_params", "state_size", "flops_per_token")
-FINAL_EXTRA = ("steps", "train_wall_s", "throughput_tok_s")
+STEP_METRICS = ("throughput_tok_s", "tokens", "train_flops")
+STATIC_KEYS = ("params", "active_params", "state_size", "flops_per_token", "params_non_embedding",
+               "train_flops_per_token")
+FINAL_EXTRA = ("steps", "train_wall_s", "throughput_tok_s", "tokens", "train_flops")
 
 _BAD = re.compile(r"[^/\w.\- :]")
 

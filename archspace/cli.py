@@ -63,7 +63,8 @@ def cmd_validate(args) -> int:
             space = load_space(f)
             n = grid_size(space)
             print(f"{f}: ok (search space {space.name!r}, {space.trials} trials"
-                  + (f" of a {n}-point grid" if n is not None else "") + ")")
+                  + (f" of a {n}-point grid" if n is not None else "")
+                  + (f", each design x {space.seeds} seeds" if space.seeds > 1 else "") + ")")
             continue
         design, _ = load_design(f)
         print(f"{f}: ok (schema_version {design.schema_version}, model with "
@@ -232,7 +233,8 @@ def cmd_study(args) -> int:
         overrides[key] = value
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}", file="<command line>")
-    space = load_space(args.space, overrides=overrides, trials=args.trials)  # bad input exits 2 before Ray starts
+    space = load_space(args.space, overrides=overrides, trials=args.trials,
+                       seeds=args.seeds)  # bad input exits 2 before Ray starts
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be at least 1, got {args.max_concurrent}", file="<command line>")
     from .study.runner import run_study
@@ -352,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "combine with --fresh or another --results-dir when the study exists)")
     s.add_argument("--trials", type=int, default=None, metavar="N",
                    help="run at most N trials (the first N of a grid), overriding search.trials")
+    s.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="train every design N times (train.seed = base seed + 0..N-1), overriding the space's seeds; "
+                        "the report gives means and intervals (a changed space: --fresh when the study exists)")
     s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("export", help="export a trained design: weights, torch-only modelling file, model card",

@@ -119,6 +119,7 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
     """
     from ray import tune
 
+    from .seeds import replicate_values
     from .space import resolve_values, values_from_config
     from .tracking import FINAL_KEY
 
@@ -131,7 +132,7 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
     t0 = time.perf_counter()
     try:
         values = values_from_config(space, config)
-        resolved = resolve_values(space, {**values, **execution})
+        resolved = resolve_values(space, {**values, **execution, **replicate_values(space, config)})
         done = run_dir / "metrics.json"
         final = None
         if done.exists():
@@ -426,8 +427,13 @@ def make_searcher(space):
     modes = [o.mode for o in space.objectives]
     if len(metrics) == 1:
         metrics, modes = metrics[0], modes[0]
-    return OptunaSearch(partial(define_by_run, space), metric=metrics, mode=modes, sampler=make_sampler(space),
-                        seed=space.seed)
+    searcher = OptunaSearch(partial(define_by_run, space), metric=metrics, mode=modes, sampler=make_sampler(space),
+                            seed=space.seed)
+    if space.seeds > 1:
+        from .seeds import Replicates
+
+        return Replicates(searcher, space.seeds)
+    return searcher
 
 
 def execution_values(space) -> dict:
@@ -532,12 +538,13 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=make_searcher(space), scheduler=make_scheduler(space),
-                                            num_samples=space.trials, max_concurrent_trials=concurrency,
+                                            num_samples=space.trials * space.seeds, max_concurrent_trials=concurrency,
                                             reuse_actors=True, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(study_dir), verbose=0,
                                           callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0)),
             )
-        console.print(f"study {study_id}: {space.trials} trials, sampler {space.sampler}, pruner "
+        console.print(f"study {study_id}: {space.trials} trials" + (f" x {space.seeds} seeds" if space.seeds > 1 else "")
+                      + f", sampler {space.sampler}, pruner "
                       f"{space.pruner.get('kind')}, up to {concurrency} at a time x {space.cpus_per_trial:g} CPU"
                       + (f" + {space.gpus_per_trial:g} GPU" if space.gpus_per_trial else "")
                       + f"; Ray {'at ' + ray_address if ray_address else 'embedded'} ({ray_start_s:.1f} s); "
@@ -553,7 +560,7 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
         summary = summarize(rows, space)
         summary["study"] = study_id
         unfinished = [t for t in trials if trial_state(t) in ("running", "pending")]
-        interrupted = bool(unfinished) or len(trials) < space.trials
+        interrupted = bool(unfinished) or len(trials) < space.trials * space.seeds
         wall = time.perf_counter() - t_start
         report = report_markdown(summary, space, study_dir=str(study_dir), tracking_uri=uri, wall_s=wall)
         (study_dir / "report.md").write_text(report)

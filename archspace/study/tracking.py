@@ -156,7 +156,8 @@ class StudyTracker:
                                  "space.yaml")
             self.client.log_batch(run_id, params=[_param("sampler", self.space.sampler), _param("seed", self.space.seed),
                                                   _param("trials", self.space.trials),
-                                                  _param("pruner", self.space.pruner.get("kind"))])
+                                                  _param("pruner", self.space.pruner.get("kind"))]
+                                 + ([_param("seeds", self.space.seeds)] if self.space.seeds > 1 else []))
         else:
             self.client.update_run(run_id, status="RUNNING")
         return run_id
@@ -214,8 +215,10 @@ class StudyTracker:
         run_id = self.run_of(trial.trial_id)
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, "archspace.status", "running")
+        from .seeds import replicate_values
+
         values = values_from_config(self.space, trial.config)
-        self._log_params(trial.trial_id, values)
+        self._log_params(trial.trial_id, {**values, **replicate_values(self.space, trial.config)})
         try:
             resolved = resolve_values(self.space, values)
         except Exception as exc:  # noqa: BLE001 - the trial itself will fail with this reason

@@ -44,7 +44,7 @@ PRUNERS = ("none", "asha", "median", "hyperband")
 STATIC_METRICS = ("params", "active_params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s",
                   "params_non_embedding", "train_flops_per_token", "train_flops", "tokens")
 TOP_KEYS = ("schema_version", "name", "description", "base", "axes", "objectives", "search", "pruner", "resources",
-            "results_dir", "mad", "seeds")
+            "results_dir", "mad", "seeds", "scaling")
 MAD_KEYS = ("tasks", "settings", "budget", "steps", "batch_size", "test_examples", "lrs", "weight_decays")
 GRID_INDEX = "grid_index"
 
@@ -103,6 +103,7 @@ class Space:
     mad: Optional[dict] = None  # the MAD-score evaluation of each trial (objective mad_score), else None
     grid: tuple = field(default=(), compare=False)  # the enumerated grid (grid sampler only)
     seeds: int = 1  # every design trained this many times, train.seed = base seed + 0 .. seeds-1 (study/seeds.py)
+    scaling: Optional[dict] = field(default=None, compare=False)  # how the dashboard fits it (study/scaling_spec.py)
 
     @property
     def space_hash(self) -> str:
@@ -462,10 +463,14 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
         results_dir = str((Path(path).parent / results_dir).absolute())
 
     n_seeds = _parse_seeds(data, marks, seeds, axes, uses_mad)
+    from .scaling_spec import parse_scaling
+
+    scaling = parse_scaling(data.get("scaling"), marks, [a.name for a in axes],
+                            lambda text, where: expand_path(text, marks, where))
     space = Space(name=name, file=file, base=base, axes=axes, objectives=tuple(objectives), sampler=sampler, seed=seed,
                   trials=trials or 0, pruner=pr, cpus_per_trial=float(cpus), gpus_per_trial=float(gpus),
                   max_concurrent=maxc, results_dir=results_dir, description=str(data.get("description", "")), mad=mad,
-                  seeds=n_seeds)
+                  seeds=n_seeds, scaling=scaling)
     # Check every value of every axis against the grammar (incompatible combinations are fine here:
     # the sampler skips them), so a typo fails now, not in a worker.
     # Each value is probed with every other axis at its first value, so an axis may rely on another

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from archspace.study.progress import fmt_num
+
 from .data import is_study_dir, load_study, locate, read_json
 
 RUN_ROWS = ("layout", "design_hash", "params", "params_non_embedding", "active_params", "state_size",
@@ -33,19 +35,11 @@ def _direction(key: str) -> Optional[str]:
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "-"
     if isinstance(v, str):
         return v
-    if isinstance(v, float) and not math.isfinite(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
-    if isinstance(v, float) and not v.is_integer() and abs(v) < 1e3:
-        return f"{v:.4g}"
-    v = float(v)
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= div:
-            return f"{v / div:.4g}{unit}"
-    return f"{v:.0f}"
+    return fmt_num(v)
 
 
 def _run_column(path: Path, label: Optional[str] = None) -> tuple[str, dict]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from archspace.analysis.stats import group_replicates, metric_of, ratio_curves, trend_sentence
+from archspace.study.progress import fmt_num
 
 from . import plots
 from .data import Study
@@ -51,16 +52,11 @@ def _esc(x) -> str:
     return html.escape(str(x))
 
 
-def _num(v, digits: int = 4) -> str:
+def _num(v) -> str:
+    """progress.fmt_num's numbers (4 significant digits, k/M/G for counts), '-' for missing or non-finite."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
-    if isinstance(v, float) and not v.is_integer():
-        return f"{v:.{digits}g}"
-    v = float(v)
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{unit}"
-    return f"{v:.0f}"
+    return fmt_num(v)
 
 
 def _iv(x, iv) -> str:

@@ -297,9 +297,13 @@ def state_frontier(result: dict, loss_name: str) -> Optional[Figure]:
     fig, (ax,) = _figure(8, 5)
     for i, f in enumerate(fams):
         ax.scatter(f.state, f.loss, color=COLORS[i % len(COLORS)], s=22, label=f.label)
+    right = max(float(f.state.max()) for f in fams) * 1.3
     for j, (key, pts) in enumerate(result["frontier"].items()):
-        ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="#444444", lw=1,
-                ls=["-", "--", ":", "-."][j % 4], label=f"frontier, {key}")
+        xs = [p[0] for p in pts] + [right]  # the best loss so far holds for every larger state
+        ys = [p[1] for p in pts] + [pts[-1][1]]
+        ax.step(xs, ys, where="post", color="#444444", lw=1.2, ls=["-", "--", ":", "-."][j % 4],
+                label=f"frontier, {key}")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", mfc="none", mec="#444444", ms=9)
     ax.set_xscale("log")
     ax.set_xlabel("recurrent state size (numbers per sequence)")
     ax.set_ylabel(loss_name)

@@ -235,7 +235,7 @@ def _scaling_section(b: _Builder, study: Study, starts: Optional[int]) -> dict:
             continue
         rows.append([label, e["points"]] + [_iv(fit[k], fit.get(f"{k}_interval")) for k in ("E", "A", "B", "alpha", "beta")]
                     + [_iv(fit["a"], fit.get("a_interval")), _iv(fit["b"], fit.get("b_interval")),
-                       "converged" if fit["converged"] else "NOT converged"])
+                       ("converged" if fit["converged"] else "NOT converged") + (f"; {e['note']}" if e.get("note") else "")])
     b.add(_table(["family", "points", "E", "A", "B", "alpha", "beta", "a (N* ~ C^a)", "b (D* ~ C^b)", ""], rows))
     b.figure("scaling_fit", plots.scaling_fits(result, loss), "loss against training tokens per model size, and the fit")
     iso_rows = []
@@ -243,9 +243,11 @@ def _scaling_section(b: _Builder, study: Study, starts: Optional[int]) -> dict:
         iso = e.get("isoflop")
         if iso:
             cc = e.get("cross_check")
+            verdict = "-" if not cc else ("intervals overlap" if cc["intervals_overlap"] else "DISAGREE")
+            if len(iso["budgets"]) == 2:
+                verdict += "; a slope through two vertices: weak evidence either way"
             iso_rows.append([label, len(iso["budgets"]), _iv(iso["a"], iso.get("a_interval")),
-                             _iv(iso["b"], iso.get("b_interval")),
-                             "-" if not cc else ("intervals overlap" if cc["intervals_overlap"] else "DISAGREE")])
+                             _iv(iso["b"], iso.get("b_interval")), verdict])
     fig = plots.isoflop(result, loss)
     if fig is not None:
         b.add("<h3>Iso-FLOP cross-check (approach 2)</h3>")

@@ -223,7 +223,8 @@ def theta_to_coeffs(theta: np.ndarray) -> np.ndarray:
 
 def coeffs_to_theta(coeffs: np.ndarray) -> np.ndarray:
     c = np.asarray(coeffs, dtype=np.float64)
-    return np.stack([np.log(c[..., 1]), np.log(c[..., 2]), np.log(c[..., 0]), c[..., 3], c[..., 4]], axis=-1)
+    with np.errstate(divide="ignore"):  # a coefficient that underflowed to 0 maps back to -inf (exp(-inf) = 0)
+        return np.stack([np.log(c[..., 1]), np.log(c[..., 2]), np.log(c[..., 0]), c[..., 3], c[..., 4]], axis=-1)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from . import scaling as S
 from .stats import metric_of
 
 BUDGET_AXIS = "train.flops"
+BOOT_GRID_STARTS = 4
 
 
 @dataclass
@@ -96,7 +97,14 @@ def analyse(rows: list[dict], spec: dict, *, seed: int = 0, starts: Optional[int
     for f in fams:
         f.flops = S.FlopsModel.fit(f.n, f.fpt)
         if f.loss.size >= 5 and np.unique(f.n).size >= 2 and np.unique(f.d).size >= 2:
-            f.fit = S.fit_chinchilla(f.n, f.d, f.loss, bootstrap=spec["bootstrap"], seed=seed, starts=starts, level=level)
+            # A study's family has few points, and its optimum can sit on a boundary (E -> 0 when the data do not
+            # reach the irreducible loss), where a refit started there cannot leave it: each resample also starts
+            # from its own best grid points (scaling.BOOT_GRID_STARTS explains the cost of that).
+            f.fit = S.fit_chinchilla(f.n, f.d, f.loss, bootstrap=spec["bootstrap"], seed=seed, starts=starts,
+                                     level=level, boot_grid_starts=BOOT_GRID_STARTS)
+            if f.fit.E < 1e-6 * float(f.loss.min()):
+                f.note = ("E -> 0: these points do not identify an irreducible loss; the fit extrapolates a power law "
+                          "to zero loss, so read budgets beyond the trained ones with care")
         else:
             f.note = (f"{f.loss.size} points on {np.unique(f.n).size} sizes and {np.unique(f.d).size} token counts: "
                       "a fit of 5 coefficients needs at least 5 points on 2 sizes and 2 token counts")

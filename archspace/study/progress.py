@@ -262,6 +262,8 @@ def effects_markdown(rows: list[dict], space) -> list[str]:
             n_a, n = sorted(shares)[best_i]
             out += ["", f"Mean `{obj.metric}` does not {'rise' if obj.mode == 'max' else 'fall'} monotonically with the "
                         f"share of attention layers; it is best at {n_a}/{n} attention layers: {trend}."]
+        if getattr(space, "seeds", 1) <= 1:  # a trend from single runs: say so (see "Attention share per memory mixer")
+            out[-1] += " These means pool designs trained with one seed each: no interval."
         out.append("")
     return out
 

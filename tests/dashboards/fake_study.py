@@ -32,7 +32,7 @@ objectives: [{metric: val/loss, mode: min}, {metric: state_size, mode: min}]
 search: {sampler: grid}
 pruner: {kind: none}
 seeds: 2
-scaling: {family: [mixer.preset, hybrid.ratio], bootstrap: 200}
+scaling: {family: [mixer.preset, hybrid.ratio], bootstrap: 100}
 """
 
 

@@ -47,7 +47,7 @@ def test_scaling_json_holds_fits_with_intervals_the_cross_check_and_the_table(fa
     assert "needs at least 5 points" in fams["mixer.preset=-, hybrid.ratio=0:1"]["note"]
     for label, fam in fitted.items():
         fit = fam["fit"]
-        assert fit["converged"] and fit["bootstrap"] == 200 and fit["n_points"] == 24
+        assert fit["converged"] and fit["bootstrap"] == 100 and fit["n_points"] == 24
         for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
             lo, hi = fit[f"{k}_interval"]
             assert lo <= fit[k] <= hi, (label, k)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import yamlio
+from .budget import apply_budget
 from .grammar import Design, HybridSpec, MixerSpec, parse_pattern
 
 # Fields that choose how a layer is computed, not what it computes: excluded from the design hash,
@@ -181,7 +182,8 @@ def resolve(design: Design) -> Resolved:
         layout=layout,
         labels=tuple(_label(specs[ch]) for ch in layout),
         task=design.task.model_dump(),
-        train=design.train.model_dump(),
+        train=apply_budget(design.train.model_dump(), model, design.task.model_dump(),
+                           "max_steps" in design.train.model_fields_set),
         design_hash=design_hash(model.to_dict()),
     )
 

@@ -427,6 +427,11 @@ class TrainSpec(_Spec):
     accelerator: Literal["auto", "cpu", "gpu"] = Field("cpu", description="device")
     devices: int = Field(1, ge=1, description="devices per run (several GPUs train with DDP)")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    tokens: Optional[float] = Field(None, gt=0, description="token budget: the steps become ceil(tokens / (batch_size x "
+                                    "training sequence length)); an explicit max_steps caps them (archspace.budget)")
+    flops: Optional[float] = Field(None, gt=0, description="training-FLOP budget (3 x forward FLOPs per token of the "
+                                   "accounting): the steps become ceil(flops / (training FLOPs per token x batch_size x "
+                                   "training sequence length)); an explicit max_steps caps them (archspace.budget)")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -682,6 +687,9 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
                               ("task", "order"), hint="Set train.devices: 1 or task.order: mixed.")
     elif design.task.name.startswith("mad_"):
         _check_mad(design.task, marks)
+    if design.train.tokens is not None and design.train.flops is not None:
+        raise marks.error("train.tokens and train.flops are two budgets for the same steps: give one of them",
+                          ("train", "flops"))
     for where, spec in named:
         dims = [spec.head_dim] if spec.type == "attention" else [spec.key_dim, spec.value_dim]
         if any(d is None for d in dims) and m.d_model % spec.heads:

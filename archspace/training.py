@@ -216,6 +216,7 @@ class History(L.Callback):
         self.train_time = 0.0
         self._t0 = None
         self._throughput: Optional[float] = None
+        self._tokens: Optional[int] = None  # rank 0's count, replayed under spawned DDP
 
     def __getstate__(self):  # sent to spawned DDP workers: the report callable stays in this process
         state = dict(self.__dict__)
@@ -236,10 +237,13 @@ class History(L.Callback):
             self.report(message[1], message[2])
         elif kind == "throughput":
             self._throughput = message[1]
+        elif kind == "tokens":
+            self._tokens = message[1]
 
     def on_train_end(self, trainer, pl_module):
         if self.queue is not None and trainer.is_global_zero:
             self.queue.put(("throughput", self.throughput))
+            self.queue.put(("tokens", self.tokens))
 
     def teardown(self, trainer, pl_module, stage):
         # In spawned DDP workers: leave the process group before the process exits. Left to interpreter
@@ -268,6 +272,7 @@ class History(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         metrics["step"] = trainer.global_step
         metrics["throughput_tok_s"] = self.throughput
+        metrics["tokens"] = self.tokens
         self._row(trainer, dict(metrics))
         if self.queue is not None:
             if trainer.is_global_zero:
@@ -282,6 +287,13 @@ class History(L.Callback):
             return self._throughput
         world = self._world if hasattr(self, "_world") else 1
         return world * self.train_tokens / self.train_time if self.train_time > 0 else 0.0
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens so far (rank 0's count times the number of ranks under DDP)."""
+        if self._tokens is not None:
+            return self._tokens
+        return (self._world if hasattr(self, "_world") else 1) * self.train_tokens
 
     def setup(self, trainer, pl_module, stage):
         self._world = trainer.world_size
@@ -311,6 +323,20 @@ def _fit_relaying(trainer, module, data, history: History, queue) -> None:
     worker.join()
     if failure:
         raise failure[0]
+
+
+def budget_static(cost, model) -> dict:
+    """Size and cost a scaling fit needs beyond the accounting (archspace.budget): parameters without the
+    embedding (and untied head), training FLOPs per token (3 x forward)."""
+    from .budget import embedding_params, train_flops_per_token
+
+    return {"params_non_embedding": cost.params - embedding_params(model),
+            "train_flops_per_token": train_flops_per_token(cost.flops_per_token)}
+
+
+def spent(static: dict, metrics: dict) -> dict:
+    """FLOPs spent so far, from the tokens trained so far (in every validation report)."""
+    return {"train_flops": static["train_flops_per_token"] * metrics["tokens"]} if "tokens" in metrics else {}
 
 
 def write_history(rows: list[dict], path: Path) -> None:
@@ -353,7 +379,7 @@ def train(
 
     cost = module.model.cost(task_seq_len(resolved.task))
     static = {"params": cost.params, "active_params": cost.active, "state_size": cost.state,
-              "flops_per_token": cost.flops_per_token}
+              "flops_per_token": cost.flops_per_token, **budget_static(cost, resolved.model)}
     multi = cfg["devices"] > 1
     queue = None
     if multi:
@@ -365,7 +391,8 @@ def train(
         queue = manager.Queue()
         if cfg["threads"]:
             os.environ["OMP_NUM_THREADS"] = str(max(1, cfg["threads"] // cfg["devices"]))
-    history = History(None if report is None else (lambda step, m: report(step, {**static, **m})), queue=queue)
+    history = History(None if report is None else (lambda step, m: report(step, {**static, **m, **spent(static, m)})),
+                      queue=queue)
     cbs: list = [history, *callbacks]
     if cfg["checkpoint"]:
         from lightning.pytorch.callbacks import ModelCheckpoint
@@ -407,6 +434,8 @@ def train(
             "steps": max([trainer.global_step] + [int(r["step"]) for r in history.rows]),  # spawned DDP: from rank 0
             "train_wall_s": wall,
             "throughput_tok_s": history.throughput,
+            "tokens": history.tokens,
+            "train_flops": static["train_flops_per_token"] * history.tokens,
             "design_hash": resolved.design_hash,
             "data_hash": data.data_hash(),
             "kernel_paths": kernel_paths(resolved.model),

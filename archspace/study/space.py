@@ -41,9 +41,10 @@ from ..grammar import Design, _unwrap, set_path, validate_data
 SECTIONS = ("model", "task", "train")
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
 PRUNERS = ("none", "asha", "median", "hyperband")
-STATIC_METRICS = ("params", "active_params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s")
+STATIC_METRICS = ("params", "active_params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s",
+                  "params_non_embedding", "train_flops_per_token", "train_flops", "tokens")
 TOP_KEYS = ("schema_version", "name", "description", "base", "axes", "objectives", "search", "pruner", "resources",
-            "results_dir", "mad")
+            "results_dir", "mad", "seeds", "scaling")
 MAD_KEYS = ("tasks", "settings", "budget", "steps", "batch_size", "test_examples", "lrs", "weight_decays")
 GRID_INDEX = "grid_index"
 
@@ -101,12 +102,16 @@ class Space:
     description: str = ""
     mad: Optional[dict] = None  # the MAD-score evaluation of each trial (objective mad_score), else None
     grid: tuple = field(default=(), compare=False)  # the enumerated grid (grid sampler only)
+    seeds: int = 1  # every design trained this many times, train.seed = base seed + 0 .. seeds-1 (study/seeds.py)
+    scaling: Optional[dict] = field(default=None, compare=False)  # how the dashboard fits it (study/scaling_spec.py)
 
     @property
     def space_hash(self) -> str:
         """Identity of what is searched (base, axes, objectives, sampler, seed, trials)."""
         payload = {"base": self.base, "axes": [a.__dict__ for a in self.axes], "objectives": [o.__dict__ for o in self.objectives],
                    "sampler": self.sampler, "seed": self.seed, "trials": self.trials}
+        if self.seeds > 1:  # only then: the hashes (and resumability) of one-seed studies are unchanged
+            payload["seeds"] = self.seeds
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -306,11 +311,13 @@ def _parse_mad(raw: Any, marks: yamlio.Marks) -> dict:
     return {"tasks": [short.get(t, t) for t in tasks], "settings": settings, "budget": b, **sweeps}
 
 
-def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = None) -> Space:
+def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = None,
+               seeds: Optional[int] = None) -> Space:
     """Load and validate a space file: every problem is a ConfigError (file:line:col, key path).
 
     `overrides`: {key path: value} applied to the base design (the CLI's --set; short forms such as
-    `lr` or `hybrid.ratio` expand as axis names do). `trials`: cap on the number of trials (--trials).
+    `lr` or `hybrid.ratio` expand as axis names do). `trials`: cap on the number of designs (--trials).
+    `seeds`: replaces the space's `seeds` (--seeds).
     """
     file = str(Path(path).absolute())
     trials_cap = trials
@@ -417,6 +424,10 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
     if uses_mad and pr["metric"].startswith("val/"):
         raise marks.error("a MAD-score study reports mad_score (the running mean over finished tasks) as it goes, "
                           "not val/ metrics: set pruner.metric: mad_score or pruner.kind: none", ("pruner", "metric"))
+    spent = [i for i, o in enumerate(objectives) if o.metric in ("train_flops", "tokens")]
+    if uses_mad and spent:
+        raise marks.error(f"{objectives[spent[0]].metric} is what one training run spends; a MAD-score trial is a sweep of "
+                          "many runs and does not report it", ("objectives", spent[0], "metric"))
     if "mad" in data and not uses_mad:
         raise marks.error("a `mad:` section needs the objective mad_score (or mad/<task>)", ("mad",), at_key=True)
     mad = _parse_mad(data.get("mad"), marks) if uses_mad else None
@@ -451,9 +462,15 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
     if results_dir is not None and not Path(results_dir).is_absolute():
         results_dir = str((Path(path).parent / results_dir).absolute())
 
+    n_seeds = _parse_seeds(data, marks, seeds, axes, uses_mad)
+    from .scaling_spec import parse_scaling
+
+    scaling = parse_scaling(data.get("scaling"), marks, [a.name for a in axes],
+                            lambda text, where: expand_path(text, marks, where))
     space = Space(name=name, file=file, base=base, axes=axes, objectives=tuple(objectives), sampler=sampler, seed=seed,
                   trials=trials or 0, pruner=pr, cpus_per_trial=float(cpus), gpus_per_trial=float(gpus),
-                  max_concurrent=maxc, results_dir=results_dir, description=str(data.get("description", "")), mad=mad)
+                  max_concurrent=maxc, results_dir=results_dir, description=str(data.get("description", "")), mad=mad,
+                  seeds=n_seeds, scaling=scaling)
     # Check every value of every axis against the grammar (incompatible combinations are fine here:
     # the sampler skips them), so a typo fails now, not in a worker.
     # Each value is probed with every other axis at its first value, so an axis may rely on another
@@ -487,6 +504,25 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
     elif not trials:
         raise marks.error("search.trials is required for the random, tpe and nsga2 samplers", ("search",), at_key=True)
     return space
+
+
+def _parse_seeds(data: dict, marks: yamlio.Marks, cli: Optional[int], axes: tuple, uses_mad: bool) -> int:
+    """`seeds: N` (or --seeds N): replicates of every design (archspace.study.seeds)."""
+    if cli is not None:
+        if isinstance(cli, bool) or not isinstance(cli, int) or cli < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {cli!r}", file="<command line>")
+        n = cli
+    else:
+        n = data.get("seeds", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise marks.error(f"seeds must be a whole number of at least 1, got {n!r}", ("seeds",))
+    if n > 1 and any(tuple(a.path) == ("train", "seed") for a in axes):
+        raise marks.error("seeds replicates every design over train.seed, which is also an axis here: drop one",
+                          ("seeds",) if "seeds" in data else ("axes",), at_key=True)
+    if n > 1 and uses_mad:
+        raise marks.error("a MAD-score study sweeps its own runs; seeds is for studies that train once per trial",
+                          ("seeds",) if "seeds" in data else ("objectives",), at_key=True)
+    return n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -633,7 +669,8 @@ def grid_size(space: Space) -> Optional[int]:
 
 
 def describe(space: Space) -> str:
-    lines = [f"space {space.name}: {len(space.axes)} axes, sampler {space.sampler}, {space.trials} trials"]
+    lines = [f"space {space.name}: {len(space.axes)} axes, sampler {space.sampler}, {space.trials} trials"
+             + (f" x {space.seeds} seeds" if space.seeds > 1 else "")]
     for a in space.axes:
         dom = (", ".join(map(str, a.choices)) if a.kind in ("choice", "bundle")
                else f"{a.kind} [{a.low}, {a.high}]{' log' if a.log else ''}")

@@ -19,7 +19,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from .blocks.config import ModelConfig, kernel_paths
+from .blocks.config import ModelConfig
+from .blocks.dispatch import kernel_paths
 from .blocks.model import SequenceModel
 from .compiler import Resolved
 

@@ -366,6 +366,8 @@ def _int_to_float(data: Any, cls: type[BaseModel]) -> Any:
         v = out[name]
         if ann is float and isinstance(v, int) and not isinstance(v, bool):
             out[name] = float(v)
+        elif ann is float and sub == "list" and isinstance(v, list):
+            out[name] = [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
         elif isinstance(ann, type) and issubclass(ann, BaseModel):
             if sub == "list" and isinstance(v, list):
                 out[name] = [_int_to_float(x, ann) for x in v]
@@ -430,7 +432,7 @@ def _pydantic_to_config_error(exc: ValidationError, marks: yamlio.Marks, data: A
         return marks.error("required key is missing", loc[:-1] + (loc[-1],), hint=more.strip() or None)
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     msg = err["msg"]
-    if kind == "value_error" and isinstance(value, dict):  # a model-level check (e.g. LMTaskSpec._vocab)
+    if kind == "value_error":  # a check of the spec's own (a model validator such as LMTaskSpec._vocab, a field's)
         return marks.error(msg.removeprefix("Value error, "), loc, hint=more.strip() or None)
     if kind.endswith("_type") and isinstance(value, str) and value in ("yes", "no", "on", "off", "y", "n"):
         msg += f" (YAML 1.1 would read {value!r} as a boolean; archspace reads it as text: write true or false)"

@@ -7,6 +7,7 @@ A gate is a log-decay g <= 0 that multiplies the state by exp(g) at every write 
     constant  g_h = log(1 - 2^(-5-h)), fixed per head              (RetNet)
     scalar    g = -exp(A_log) * softplus(W_dt x + dt_bias)         (Mamba2 / SSD)
     vector    g = logsigmoid(W_up W_down x + b) / temperature      (GLA, low-rank gate)
+    forget    g = logsigmoid(W_f x + b_f)                          (FoX's data-dependent forget gate)
 """
 from __future__ import annotations
 
@@ -113,9 +114,31 @@ class Vector(Retention):
         return g.view(*x.shape[:-1], cfg.heads, cfg.key_dim) / cfg.gate_temperature
 
 
+class Forget(Retention):
+    """FoX's data-dependent forget gate per head, a = sigmoid(W_f x + b_f) (Lin et al. 2025, arXiv:2503.02130)"""
+
+    gate = "scalar"
+
+    def add_params(self, host, cfg) -> None:
+        # The Forgetting Transformer initialises its data-dependent gate like every projection (weights
+        # N(0, 0.02^2), bias 0), so each head starts at a = 1/2; its decay-time bias initialisation is for its
+        # data-independent gates.
+        host.f_proj = linear(cfg.d_model, cfg.heads, bias=True)
+
+    def linears(self, cfg) -> list:
+        return [(cfg.d_model, cfg.heads)]
+
+    def extra_params(self, cfg) -> int:
+        return cfg.heads  # f_proj's bias
+
+    def log_decay(self, host, cfg, x):
+        return F.logsigmoid(host.f_proj(x))
+
+
 RETENTION = Axis("retention", "retention gate", "none", {
     "none": NoRetention(),
     "constant": Constant(),
     "scalar": Scalar(),
     "vector": Vector(),
+    "forget": Forget(),
 })

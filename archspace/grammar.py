@@ -29,10 +29,9 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from . import yamlio
-from .blocks.compat import INCOMPATIBLE, SET, violations  # noqa: F401 - the one table, re-exported
 from .blocks.compat import check as check_compat
 from .blocks.config import AttentionConfig, InvalidConfig, MemoryConfig, MoMConfig, TitansConfig
 from .blocks.presets import PRESETS

@@ -17,6 +17,9 @@ package under a private name.
 import os
 import sys
 
+__all__ = ["load", "generate", "main", "state_numel", "SequenceModel", "ModelConfig", "load_state", "model_config",
+           "read_config", "read_safetensors"]
+
 if __package__:
     from .config import ModelConfig
     from .generation import generate, main, state_numel
@@ -26,6 +29,8 @@ if __package__:
 
     if PreTrainedModel is not None:
         from .hf import ArchspaceConfig, ArchspaceForCausalLM
+
+        __all__ += ["ArchspaceConfig", "ArchspaceForCausalLM"]
 else:
     import hashlib
     import importlib

@@ -100,7 +100,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .axis import linear
@@ -250,8 +249,8 @@ class MoMMixer(nn.Module):
 
     def _forward_lists(self, x, w, routed, state, return_state: bool):
         cfg, mem = self.cfg, self.cfg.memory
-        B, T, D = x.shape
-        M, H, K, V = cfg.memories, mem.heads, mem.key_dim, mem.value_dim
+        B, T, _ = x.shape
+        M, H, V = cfg.memories, mem.heads, mem.value_dim
         dev = x.device
         if state is None and (return_state or self.use_conv):
             state = self.init_state(B, dev)

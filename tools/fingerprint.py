@@ -63,7 +63,7 @@ def _cases() -> dict[str, dict]:
                                      "chunk_size": 8, "mom": {"memories": 2, "top_k": 1}})
     # every value of the bias x retention x feature-map tables (a new value shows up as a new case)
     from archspace.blocks.config import MEMORY_AXES
-    from archspace.grammar import violations
+    from archspace.blocks.compat import violations
 
     for bias in MEMORY_AXES["bias"]:
         for ret in MEMORY_AXES["retention"]:

@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from archspace.errors import ConfigError
-from archspace.grammar import violations
+from archspace.blocks.compat import violations
 from archspace.study.space import (define_by_run, enumerate_grid, load_space, make_sampler, resolve_values,
                                    values_from_config)
 

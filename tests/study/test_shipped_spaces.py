@@ -21,10 +21,10 @@ def _shrunk(task: dict) -> dict:
     task = json.loads(json.dumps(task))
     for split in ("train", "test"):
         for s in task.get(split) or []:
-            s["num_examples"] = min(s["num_examples"], 8)
+            s["num_examples"] = min(s["num_examples"], 4)
     for key in ("num_train_examples", "num_test_examples"):
         if key in task:
-            task[key] = min(task[key], 8)
+            task[key] = min(task[key], 4)
     if task["name"] == "lm":
         task.update(max_bytes=100_000, max_val_sequences=4)
     return task
@@ -38,7 +38,7 @@ def test_shipped_space_first_design_trains(space, tmp_path):
     s = load_space(space)
     assert s.grid, "the shipped spaces are grids"
     resolved = resolve_values(s, dict(s.grid[0]))
-    train_cfg = {**resolved.train, "max_steps": 2, "eval_every": 2, "batch_size": 32, "warmup_steps": 1,
+    train_cfg = {**resolved.train, "max_steps": 2, "eval_every": 2, "batch_size": 8, "warmup_steps": 1,
                  "checkpoint": False, "threads": 1}
     task = _shrunk(resolved.task)
     if task["name"] == "lm":

@@ -238,16 +238,18 @@ def _check_run(sel: Selection) -> Selection:
 ENTRY = "archspace.blocks.modeling_archspace"
 
 
-def _package_dirs() -> dict[str, Path]:
-    from . import blocks, kernels
-
-    return {"archspace.blocks": Path(blocks.__file__).parent, "archspace.kernels": Path(kernels.__file__).parent}
-
-
 def _module_file(name: str) -> Optional[Path]:
-    pkg, _, stem = name.rpartition(".")
-    d = _package_dirs().get(pkg)
-    return None if d is None or not (d / f"{stem}.py").is_file() else d / f"{stem}.py"
+    """The source file of a module of archspace.blocks or archspace.kernels (subpackages included), or None."""
+    import importlib.util
+
+    if not name.startswith(("archspace.blocks.", "archspace.kernels.")):
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+    origin = None if spec is None or spec.origin is None else Path(spec.origin)
+    return origin if origin is not None and origin.suffix == ".py" and origin.name != "__init__.py" else None
 
 
 def _relative_imports(name: str, tree: ast.Module) -> list:
@@ -282,7 +284,7 @@ def modeling_sources() -> dict:
         path = _module_file(name)
         if path is None:
             raise RuntimeError(f"{name} is not a file of archspace.blocks or archspace.kernels")
-        if stem in origin:
+        if stem in origin:  # the export is flat: every module it carries needs a file name of its own
             raise RuntimeError(f"{name} and {origin[stem]} would both be {stem}.py in a flat export")
         origin[stem] = name
         text = path.read_text()

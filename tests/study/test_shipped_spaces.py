@@ -55,5 +55,7 @@ def test_quickstart_runs_as_a_study(tmp_path):
     proc = run_cli(["study", str(ROOT / "spaces" / "quickstart.yaml"), "--results-dir", str(res), "--trials", "2",
                     "--set", "train.max_steps=2", "--set", "train.eval_every=1"], timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    summary = json.loads((res / "studies" / "quickstart" / "summary.json").read_text())
+    summaries = list(res.glob("studies/*/summary.json"))
+    assert len(summaries) == 1
+    summary = json.loads(summaries[0].read_text())
     assert summary["total"] == 2 and summary["counts"]["completed"] == 2, summary["counts"]

@@ -13,22 +13,26 @@ def _trainable(config):
     pass
 
 
-def test_restored_run_config_takes_live_callbacks():
+@pytest.fixture
+def tuner(tmp_path):
+    """A Tuner that is never fitted (no Ray started); its experiment directory under tmp_path."""
+    return tune.Tuner(_trainable, run_config=tune.RunConfig(storage_path=str(tmp_path), name="t"))
+
+
+def test_restored_run_config_takes_live_callbacks(tuner):
     from archspace.study.ray_adapter import swap_callbacks
 
-    tuner = tune.Tuner(_trainable)
     live = [object()]
     swap_callbacks(tuner, live)
     assert tuner._local_tuner.get_run_config().callbacks is live
 
 
-def test_experiment_trials_come_from_the_experiment_analysis():
+def test_experiment_trials_come_from_the_experiment_analysis(tuner):
     from ray.tune import ExperimentAnalysis
     from ray.tune.impl.tuner_internal import TunerInternal
 
     from archspace.study.ray_adapter import experiment_trials
 
-    tuner = tune.Tuner(_trainable)
     assert experiment_trials(tuner) == []  # before fit()
     # fit() keeps its ExperimentAnalysis on the internal tuner, and that holds the Trial objects
     assert "self._experiment_analysis = ExperimentAnalysis(" in inspect.getsource(TunerInternal)

@@ -19,9 +19,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from .blocks.config import ModelConfig, kernel_paths
+from .blocks.config import ModelConfig
+from .blocks.dispatch import kernel_paths
 from .blocks.model import SequenceModel
 from .compiler import Resolved
+from .tasks.registry import TASKS
 
 IGNORE = -100
 
@@ -31,42 +33,15 @@ class NonFiniteLoss(RuntimeError):
 
 
 def build_datamodule(task: dict, batch_size: int):
-    """The Lightning data module of a resolved task section."""
-    if task["name"] == "mqar":
-        from .tasks.mqar import MQARDataModule, MQARSlice
-
-        return MQARDataModule(
-            vocab_size=task["vocab_size"],
-            train=[MQARSlice(**s) for s in task["train"]],
-            test=[MQARSlice(**s) for s in task["test"]],
-            batch_size=batch_size,
-            power_a=task["power_a"],
-            random_non_queries=task["random_non_queries"],
-            seed=task["seed"],
-            repeat=task.get("repeat", 1),
-            order=task.get("order", "mixed"),
-        )
-    if task["name"].startswith("mad_"):
-        from .tasks.mad import MADDataModule
-
-        return MADDataModule(task, batch_size=batch_size)
-    if task["name"] == "lm":
-        from .tasks.lm import LMDataModule
-
-        return LMDataModule(task, batch_size=batch_size)
-    raise ValueError(f"unknown task {task['name']!r}")
+    """The Lightning data module of a resolved task section (archspace/tasks/registry.py)."""
+    return TASKS[task["name"]].datamodule(task, batch_size)
 
 
 def build_readout(resolved: dict):
-    """Task-dependent head between the model's hidden states and the LM head (None: identity).
-
-    mad_compression: MAD's encoder-decoder readout (archspace.tasks.mad.CompressionReadout).
-    """
-    if resolved["task"]["name"] == "mad_compression":
-        from .tasks.mad import CompressionReadout
-
-        return CompressionReadout(resolved["model"]["d_model"])
-    return None
+    """Task-dependent head between the model's hidden states and the LM head (None: identity), e.g. MAD
+    compression's encoder-decoder readout (archspace/tasks/registry.py)."""
+    readout = TASKS[resolved["task"]["name"]].readout
+    return None if readout is None else readout(resolved["model"]["d_model"])
 
 
 def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -94,7 +69,7 @@ class RecallModule(L.LightningModule):
         self.train_cfg = resolved["train"]
         self.model = SequenceModel(ModelConfig.from_dict(resolved["model"]))
         self.readout = build_readout(resolved)
-        self.lm = resolved["task"]["name"] == "lm"  # also log val/ppl and val/bpb
+        self.lm = TASKS[resolved["task"]["name"]].language_model  # also log val/ppl and val/bpb
         self.slice_names = list(slice_names)
         self._reset_eval()
 

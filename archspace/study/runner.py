@@ -484,6 +484,7 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
     from ray import tune
 
     from .progress import ProgressCallback, StudyView, rich_table, report_markdown, summarize, trial_row
+    from .ray_adapter import experiment_trials, swap_callbacks
     from .tracking import MlflowCallback, StudyTracker, trial_state
 
     for name in ("mlflow", "optuna", "alembic", "ray", "ray.tune"):
@@ -531,8 +532,7 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
         resumed = tune.Tuner.can_restore(str(exp_path))
         if resumed:
             tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False)
-            run_config = tuner._local_tuner.get_run_config()  # pickled with the first run: swap in live callbacks
-            run_config.callbacks = callbacks
+            swap_callbacks(tuner, callbacks)  # those pickled with the first run belong to a dead driver
             console.print(f"resuming study {study_id} from {study_dir}")
         else:
             tuner = tune.Tuner(
@@ -551,11 +551,11 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
                         f"MLflow {uri}")
         view.start()
         try:
-            grid = tuner.fit()
+            tuner.fit()
         finally:
             view.stop()
         _dbg(t_start, "fit returned")
-        trials = _trials_of(tuner, grid)
+        trials = experiment_trials(tuner)
         rows = [trial_row(t, space, str(study_dir)) for t in trials]
         summary = summarize(rows, space)
         summary["study"] = study_id
@@ -617,11 +617,3 @@ def default_tracking_uri_for(study_dir: Path) -> str:
 
     return default_tracking_uri(study_dir)
 
-
-def _trials_of(tuner, grid) -> list:
-    """Every trial of the experiment, in creation order (Trial objects carry status and last result)."""
-    try:
-        trials = list(tuner._local_tuner._experiment_analysis.trials)
-    except AttributeError:
-        trials = []
-    return sorted(trials, key=lambda t: t.trial_id)

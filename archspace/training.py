@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from .blocks.config import ModelConfig
-from .blocks.dispatch import kernel_paths
+from .blocks.dispatch import check_device, kernel_paths
 from .blocks.model import SequenceModel
 from .compiler import Resolved
+from .errors import ConfigError
 from .tasks.registry import TASKS
 
 IGNORE = -100
@@ -337,6 +338,12 @@ def train(
     `init_weights`: a model.safetensors (e.g. of an `archspace export`) loaded into the model before fitting.
     """
     run_dir = Path(run_dir)
+    accel = resolved.train["accelerator"]
+    try:  # before anything is written: a path the device cannot run is bad input
+        check_device(resolved.model, "cuda" if accel in ("gpu", "cuda") or (accel == "auto" and
+                                                                              torch.cuda.is_available()) else "cpu")
+    except ValueError as e:
+        raise ConfigError(f"design {resolved.name!r}: {e}") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "resolved.yaml").write_text(resolved.to_yaml())
     cfg = resolved.train
@@ -413,7 +420,7 @@ def train(
             "train_flops": static["train_flops_per_token"] * history.tokens,
             "design_hash": resolved.design_hash,
             "data_hash": data.data_hash(),
-            "kernel_paths": kernel_paths(resolved.model),
+            "kernel_paths": kernel_paths(resolved.model, trainer.strategy.root_device),
         }
     )
     from safetensors.torch import save_model

@@ -80,8 +80,8 @@ def torch_chunk(op):
     from archspace.kernels.gla import chunk_gla
 
     if op in ("gla", "mamba2"):
-        return lambda x: chunk_gla(x["q"], x["k"], x["v"], x["g"], chunk_size=CHUNK)[0]
-    return lambda x: chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=CHUNK)[0]
+        return lambda x: chunk_gla(x["q"], x["k"], x["v"], g=x["g"], chunk_size=CHUNK)[0]
+    return lambda x: chunk_delta_rule(x["q"], x["k"], x["v"], beta=x["beta"], g=x["g"], chunk_size=CHUNK)[0]
 
 
 def implementations(op, smoke, with_torch_chunk):

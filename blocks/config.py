@@ -101,8 +101,10 @@ class MemoryConfig:
     norm: Literal["rmsnorm", "none"] = spec("rmsnorm", "per-head output normalisation")
     output_gate: bool = spec(False, "o = norm(o) * silu(W_g x)")
     chunk_size: int = spec(64, "chunk length of the chunked training path", ge=1, le=1024)
-    path: Literal["chunk", "reference"] = spec("chunk", "kernel path: chunk (training) or reference (token loop); "
-                                               "which ops each path runs: blocks/dispatch.py")
+    path: Literal["chunk", "reference", "triton", "auto"] = spec(
+        "chunk", "kernel path: chunk (PyTorch, training), reference (token loop), triton (GPU kernels: gla and "
+        "delta_rule families; an error where they cannot run) or auto (triton on a GPU, else chunk); "
+        "which ops each path runs: blocks/dispatch.py")
     hierarchy: HIERARCHY.literal = _axis_field(HIERARCHY)
     kind: Literal["memory"] = "memory"
 
@@ -118,6 +120,11 @@ class MemoryConfig:
             problem = value.check(self)
             if problem is not None:
                 raise InvalidConfig(problem[1], problem[0])
+        from .dispatch import path_problem  # dispatch imports this module
+
+        problem = path_problem(self)
+        if problem is not None:
+            raise InvalidConfig(problem[1], problem[0])
 
     @property
     def axes(self) -> MemoryAxes:

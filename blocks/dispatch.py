@@ -6,9 +6,15 @@ Every caller goes through it: the plain mixer (blocks/memory.py), the Mixture-of
 Titans (through its memory mixer), the accounting's kernel-path column (``kernel_paths``, logged with every run)
 and the export (its model card). The op family comes from the axes: the hierarchy's kernel if it has one
 (log_linear), else the bias' (dot -> gla, l2 -> delta_rule). ``cfg.path`` then picks the whole-sequence op of
-that family: "chunk" (the chunked PyTorch form, for training) or "reference" (the token-by-token loop). A new
-path (e.g. fused Triton kernels) is one more entry of a family's ``paths``; a new family (a new transition
-or memory structure) is one more entry of FAMILIES and the axis value that names it.
+that family: "chunk" (the chunked PyTorch form, for training), "reference" (the token-by-token loop), "triton"
+(kernels/triton_chunk.py forward and backward, kernels/triton_recurrent.py for decoding; the gla and delta_rule
+families, scalar gates with the delta rule) or "auto" (triton on a CUDA device where the design and device allow
+it, else chunk; ``resolve_path``). A new path is one more entry of a family's ``paths``; a new family (a new
+transition or memory structure) is one more entry of FAMILIES and the axis value that names it.
+
+Asking for "triton" where it cannot run is an error, never a silent switch: a design the kernels do not cover is
+refused when its config is built (``path_problem``), a device they cannot run on when training starts
+(``check_device``) and, for direct calls, by the kernels themselves (kernels/triton_support.TritonUnavailable).
 
 Calls follow the op contract of kernels/common.py: q, k, v positionally, the gates as keywords.
 """
@@ -17,12 +23,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
+import torch
+
 from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step, naive_recurrent_delta_rule
 from ..kernels.gla import chunk_gla, gla_step, naive_recurrent_gla
 from ..kernels.log_linear import chunk_log_linear, log_linear_step, log_linear_step_slots, naive_recurrent_log_linear
+from ..kernels.triton_support import CHUNK_SIZES as TRITON_CHUNK_SIZES
+from ..kernels.triton_support import triton_available
 from .config import leaf_mixers
 
-__all__ = ["MemoryOps", "Path", "FAMILIES", "kernel_family", "memory_ops", "kernel_paths"]
+__all__ = ["MemoryOps", "Path", "FAMILIES", "kernel_family", "memory_ops", "kernel_paths", "resolve_path",
+           "path_problem", "check_device"]
 
 
 class Path(NamedTuple):
@@ -40,20 +51,58 @@ class MemoryOps:
     paths: dict  # path name -> Path
     step: Callable  # one decoding step: (q, k, v, *, gates, state) -> (o, state)
     rows_step: Optional[Callable] = None  # one step for rows at different positions (a memory in its own time)
+    fused_step: Optional[Callable] = None  # the decoding step of the triton path (same contract as step)
 
     def forward(self, path: str, q, k, v, gates: dict, *, initial_state=None, output_final_state: bool = False,
                 chunk_size: int = 64):
         """The whole-sequence op of ``path`` on q, k, v [B, T, H, D] with the gates {name: tensor}."""
-        p = self.paths[path]
+        p = self.paths[resolve_path(self, path, q.device, chunk_size)]
         kw = {"chunk_size": chunk_size} if p.chunked else {}
         return p.op(q, k, v, **gates, initial_state=initial_state, output_final_state=output_final_state, **kw)
 
+    def stepper(self, path: str, device, chunk_size: int = 64) -> Callable:
+        """The decoding step of ``path`` on ``device``: the fused Triton kernel on the triton path, else ``step``."""
+        if self.fused_step is not None and resolve_path(self, path, device, chunk_size) == "triton":
+            return self.fused_step
+        return self.step
+
+
+def _triton_chunk(q, k, v, *, g=None, beta=None, scale=None, initial_state=None, output_final_state=False,
+                  chunk_size=64):
+    """Both families on one Triton kernel: beta None is gated linear attention, beta given the delta rule."""
+    from ..kernels.triton_chunk import chunk_gated_delta_rule  # compiles (or interprets) only when a design runs it
+
+    return chunk_gated_delta_rule(q, k, v, g=g, beta=beta, scale=scale, initial_state=initial_state,
+                                  output_final_state=output_final_state, chunk_size=chunk_size)
+
+
+def _fused_step(differentiable_step: Callable) -> Callable:
+    """One token [B, H, *] through the fused recurrent kernel, with the contract of gla_step / delta_rule_step.
+
+    The fused kernel has no backward (it decodes); a step whose inputs need gradients (a test comparing
+    decoding with the forward under autograd, say) runs the family's PyTorch step, the same recurrence."""
+    def step(q, k, v, *, g=None, beta=None, state=None, scale=None):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, state)):
+            return differentiable_step(q, k, v, g=g, **({} if beta is None else {"beta": beta}), state=state,
+                                       scale=scale)
+        from ..kernels.triton_recurrent import fused_recurrent_gated_delta_rule
+
+        one = (lambda t: None if t is None else t[:, None])
+        o, S = fused_recurrent_gated_delta_rule(one(q), one(k), one(v), g=one(g), beta=one(beta), scale=scale,
+                                                initial_state=state, output_final_state=True)
+        return o[:, 0], S
+
+    return step
+
 
 FAMILIES = {
-    "gla": MemoryOps("gla", {"chunk": Path(chunk_gla, True), "reference": Path(naive_recurrent_gla, False)},
-                     gla_step),
+    "gla": MemoryOps("gla", {"chunk": Path(chunk_gla, True), "reference": Path(naive_recurrent_gla, False),
+                             "triton": Path(_triton_chunk, True)},
+                     gla_step, fused_step=_fused_step(gla_step)),
     "delta_rule": MemoryOps("delta_rule", {"chunk": Path(chunk_delta_rule, True),
-                                           "reference": Path(naive_recurrent_delta_rule, False)}, delta_rule_step),
+                                           "reference": Path(naive_recurrent_delta_rule, False),
+                                           "triton": Path(_triton_chunk, True)},
+                            delta_rule_step, fused_step=_fused_step(delta_rule_step)),
     "log_linear": MemoryOps("log_linear", {"chunk": Path(chunk_log_linear, True),
                                            "reference": Path(naive_recurrent_log_linear, False)},
                             log_linear_step, rows_step=log_linear_step_slots),
@@ -71,12 +120,63 @@ def memory_ops(cfg) -> MemoryOps:
     return FAMILIES[kernel_family(cfg)]
 
 
-def kernel_paths(model) -> list:
+def path_problem(cfg) -> Optional[tuple]:
+    """(key, reason) when a MemoryConfig asks for the triton path on a design its kernels do not compute, else
+    None (called by MemoryConfig itself, so the grammar reports it at the key)."""
+    if cfg.path != "triton":
+        return None
+    family = kernel_family(cfg)
+    if "triton" not in FAMILIES[family].paths:
+        on_triton = ", ".join(name for name, ops in FAMILIES.items() if "triton" in ops.paths)
+        return "path", (f"path 'triton' has no kernels for the {family} family (bias {cfg.bias!r}, hierarchy "
+                        f"{cfg.hierarchy!r}); the Triton kernels compute {on_triton}: use path 'chunk' or 'auto'")
+    if family == "delta_rule" and cfg.axes.retention.gate == "vector":
+        return "path", (f"path 'triton' computes the delta rule with scalar gates only, not retention "
+                        f"{cfg.retention!r} (a per-channel gate); use path 'chunk' or 'auto'")
+    if cfg.chunk_size not in TRITON_CHUNK_SIZES:
+        return "chunk_size", (f"path 'triton' takes chunk_size {', '.join(map(str, TRITON_CHUNK_SIZES))}, "
+                              f"got {cfg.chunk_size}")
+    return None
+
+
+def resolve_path(ops: MemoryOps, path: str, device, chunk_size: int) -> str:
+    """The path a memory runs on ``device``: ``path`` itself, or for "auto" triton where the family has Triton
+    kernels, the chunk size is theirs and the device is a CUDA GPU they run on, else chunk.
+
+    (The delta rule with a per-channel gate is refused by the kernels; ``auto`` cannot see the gate's shape
+    here, so the families decide: today no design of the delta_rule family has a vector gate, see compat.py.)"""
+    if path != "auto":
+        return path
+    device = torch.device(device)
+    if ("triton" in ops.paths and chunk_size in TRITON_CHUNK_SIZES and device.type == "cuda"
+            and triton_available(device)[0]):
+        return "triton"
+    return "chunk"
+
+
+def check_device(model, device) -> None:
+    """Raise ValueError naming the layer when a memory of ``model`` (a ModelConfig) asks for the triton path and
+    the kernels cannot run on ``device``; called before training starts."""
+    device = torch.device(device)
+    for i, layer in enumerate(model.layers):
+        for m in leaf_mixers(layer.mixer):
+            if m.kind == "memory" and m.path == "triton":
+                ok, reason = triton_available(device)
+                if not ok:
+                    raise ValueError(f"layer {i} asks for path 'triton', which cannot run on {device}: {reason}. "
+                                     f"Use path 'auto' (triton on a GPU, chunk elsewhere) or 'chunk'")
+
+
+def kernel_paths(model, device=None) -> list:
     """Which computation each layer's token mixer runs (logged with every run), e.g. "delta_rule:chunk",
-    "log_linear:chunk", "mom4(gla:chunk)", "titans-mac(delta_rule:chunk+sdpa)"."""
+    "log_linear:chunk", "mom4(gla:triton)", "titans-mac(delta_rule:chunk+sdpa)". A path "auto" is shown as
+    resolved on ``device`` (e.g. "gla:auto->triton"); without a device, as "auto"."""
     def leaf(m) -> str:
         if m.kind == "memory":
-            return f"{kernel_family(m)}:{m.path}"
+            path = m.path
+            if path == "auto" and device is not None:
+                path = f"auto->{resolve_path(memory_ops(m), 'auto', device, m.chunk_size)}"
+            return f"{kernel_family(m)}:{path}"
         if m.kind == "attention":
             return "sdpa" if m.window is None else f"sdpa:window{m.window}"
         return type(m).__name__

@@ -256,7 +256,8 @@ class MemoryMixer(nn.Module):
             state = self.init_state(x.shape[0], x.device)
         hier = self.axes.hierarchy
         q, k, v, gates, convs = self._inputs(x, state, step=True)
-        o, new = self.ops.step(q, k, v, **gates, state=hier.kernel_state(state))
+        o, new = self.ops.stepper(self.cfg.path, x.device, self.cfg.chunk_size)(q, k, v, **gates,
+                                                                                 state=hier.kernel_state(state))
         return output(self, self.cfg, o, x), {**hier.state_entries(new), **convs}
 
     def extra_repr(self) -> str:

@@ -168,7 +168,7 @@ def test_scale_and_no_final_state():
     o_default, _ = chunk_gated_delta_rule(*args, scale=K ** -0.5, **kw)
     assert torch.equal(o, o_default)
     o3, _ = chunk_gated_delta_rule(*args, scale=0.3, **kw)
-    o_ref, _ = naive_recurrent_delta_rule(*args, x["beta"], x["g"], scale=0.3, initial_state=x["initial_state"])
+    o_ref, _ = naive_recurrent_delta_rule(*args, beta=x["beta"], g=x["g"], scale=0.3, initial_state=x["initial_state"])
     assert rel(o3, o_ref) <= tol(dtype, T)
 
 

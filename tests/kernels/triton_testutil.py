@@ -85,9 +85,9 @@ def cotangents(o_shape, s_shape, seed=1):
 def oracle(x):
     """The token-by-token reference of the variant (kernels/gla.py or kernels/delta_rule.py)."""
     if x["beta"] is None:
-        return naive_recurrent_gla(x["q"], x["k"], x["v"], x["g"], initial_state=x["initial_state"],
+        return naive_recurrent_gla(x["q"], x["k"], x["v"], g=x["g"], initial_state=x["initial_state"],
                                    output_final_state=True)
-    return naive_recurrent_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"],
+    return naive_recurrent_delta_rule(x["q"], x["k"], x["v"], beta=x["beta"], g=x["g"],
                                       initial_state=x["initial_state"], output_final_state=True)
 
 
@@ -95,9 +95,9 @@ def chunk_torch(chunk_size):
     """The chunked PyTorch path of the variant."""
     def fn(x):
         if x["beta"] is None:
-            return chunk_gla(x["q"], x["k"], x["v"], x["g"], initial_state=x["initial_state"],
+            return chunk_gla(x["q"], x["k"], x["v"], g=x["g"], initial_state=x["initial_state"],
                              output_final_state=True, chunk_size=chunk_size)
-        return chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["initial_state"],
+        return chunk_delta_rule(x["q"], x["k"], x["v"], beta=x["beta"], g=x["g"], initial_state=x["initial_state"],
                                 output_final_state=True, chunk_size=chunk_size)
     return fn
 

@@ -34,6 +34,50 @@ def parse_overrides(items: Sequence[str]) -> dict[tuple, Any]:
     return out
 
 
+def writable_dir(path, what: str) -> Path:
+    """Create `path` (a folder) if needed and prove a file can be written there, before any work starts:
+    a results folder under a regular file or on a read-only disk is a ConfigError, not a traceback at the end."""
+    import tempfile
+
+    path = Path(path).expanduser().absolute()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path} cannot be created: {parent} is not a folder (a file is in the way)",
+                                  file="<command line>")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} is not writable: {exc.strerror or exc}", file="<command line>",
+                          hint="Choose another folder (--results-dir, --out or $ARCHSPACE_RESULTS)") from None
+    return path
+
+
+# Numeric options, checked like YAML values before a command does anything: dest -> (flag, rule, smallest).
+_NUMERIC_OPTIONS = {
+    "seq_len": ("--seq-len", "at least", 1), "trials": ("--trials", "at least", 1),
+    "max_concurrent": ("--max-concurrent", "at least", 1), "rank": ("--rank", "at least", 1),
+    "steps": ("--steps", "at least", 1), "batch_size": ("--batch-size", "at least", 1),
+    "test_examples": ("--test-examples", "at least", 1), "lrs": ("--lrs", "above", 0), "wds": ("--wds", "at least", 0),
+}
+
+
+def check_numeric_options(args) -> None:
+    import math
+
+    for dest, (flag, rule, low) in _NUMERIC_OPTIONS.items():
+        values = getattr(args, dest, None)
+        for v in values if isinstance(values, list) else [values]:
+            if v is None:
+                continue
+            ok = math.isfinite(v) and (v > low if rule == "above" else v >= low)
+            if not ok:
+                raise ConfigError(f"{flag} must be a finite number {rule} {low}, got {v}", file="<command line>")
+
+
 def _load(args):
     from .compiler import resolve
     from .grammar import load_design
@@ -54,7 +98,7 @@ def _is_space_file(path: str) -> bool:
 
 
 def cmd_validate(args) -> int:
-    from .grammar import load_design
+    from .grammar import load_design, parse_pattern
 
     for f in args.files:
         if _is_space_file(f):
@@ -66,8 +110,8 @@ def cmd_validate(args) -> int:
                   + (f" of a {n}-point grid" if n is not None else "") + ")")
             continue
         design, _ = load_design(f)
-        print(f"{f}: ok (schema_version {design.schema_version}, model with "
-              f"{design.model.n_layers or len(design.model.hybrid.pattern or '') or 2} layers)")
+        layers = design.model.n_layers or len(parse_pattern(design.model.hybrid.pattern) or ()) or 2
+        print(f"{f}: ok (schema_version {design.schema_version}, model with {layers} layers)")
     return 0
 
 
@@ -201,11 +245,12 @@ def cmd_train(args) -> int:
                           file="<command line>")
     else:
         design, resolved = _load(args)
-    from .training import train
-
     out = Path(args.out) if args.out else (
         Path(args.results_dir or default_results_dir()) / "runs"
         / f"{resolved.name}-{resolved.design_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = writable_dir(out, "the run directory")
+    from .training import train
+
     print(f"archspace train: {resolved.name} (design {resolved.design_hash}, layout {resolved.layout}) -> {out}",
           flush=True)
     def report(step: int, m: dict) -> None:
@@ -230,12 +275,10 @@ def cmd_study(args) -> int:
     overrides = {}
     for key, value in parse_overrides(args.set).items():  # base keys; short forms like lr as in axes
         overrides[key] = value
-    if args.trials is not None and args.trials < 1:
-        raise ConfigError(f"--trials must be at least 1, got {args.trials}", file="<command line>")
     space = load_space(args.space, overrides=overrides, trials=args.trials)  # bad input exits 2 before Ray starts
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be at least 1, got {args.max_concurrent}", file="<command line>")
-    from .study.runner import run_study
+    from .study.runner import results_root, run_study
+
+    writable_dir(results_root(args.results_dir, space), "the results folder")
 
     outcome = run_study(space, results_dir=args.results_dir, ray_address=args.ray_address,
                         tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent, fresh=args.fresh)
@@ -289,6 +332,7 @@ def cmd_mad(args) -> int:
             raise ConfigError(f"--tasks: unknown MAD task {t!r}", file="<command line>",
                               hint=f"Tasks: {', '.join(TASKS.values())}")
     out = Path(args.out) if args.out else Path(args.results_dir or default_results_dir()) / "mad" / resolved.name
+    writable_dir(out, "the output folder")
     result = evaluate(resolved, out, tasks=tasks, which=args.settings, budget=budget,
                       lrs=args.lrs or (1e-4, 5e-4, 1e-3), wds=args.wds if args.wds is not None else (0.0, 0.1))
     print(format_table(result))
@@ -405,6 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        check_numeric_options(args)
         return args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,6 +20,8 @@ It must stay cheap to import (no torch, no Lightning): `archspace validate` runs
 from __future__ import annotations
 
 import copy
+import glob
+import os
 import re
 import types
 import typing
@@ -682,6 +684,8 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
                               ("task", "order"), hint="Set train.devices: 1 or task.order: mixed.")
     elif design.task.name.startswith("mad_"):
         _check_mad(design.task, marks)
+    elif design.task.name == "lm" and design.task.corpus == "files":
+        _check_lm_files(design.task.files, marks)
     for where, spec in named:
         dims = [spec.head_dim] if spec.type == "attention" else [spec.key_dim, spec.value_dim]
         if any(d is None for d in dims) and m.d_model % spec.heads:
@@ -719,6 +723,20 @@ def _check_mad(task: BaseModel, marks: yamlio.Marks) -> None:
     if problem is not None:
         key, msg = problem
         raise marks.error(msg, ("task", key))
+
+
+def lm_file_matches(pattern: str) -> list[str]:
+    """The paths one `task.files` entry of the lm task names: a glob's matches in sorted order, else itself."""
+    return sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) or [pattern]
+
+
+def _check_lm_files(files: list[str], marks: yamlio.Marks) -> None:
+    """Every corpus entry names a file now, not after minutes of tokenising the others."""
+    for i, pattern in enumerate(files):
+        missing = [m for m in lm_file_matches(pattern) if not Path(m).is_file()]
+        if missing:
+            raise marks.error(f"no such corpus file {missing[0]!r}", ("task", "files", i),
+                              hint=f"Relative paths and globs are taken from the current folder ({Path.cwd()}).")
 
 
 def validate_task(raw: Any, marks: yamlio.Marks, path: tuple) -> Any:

@@ -339,8 +339,8 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
         base_marks.file = str(path)
     cli = yamlio.Marks("<command line>")
     for key, value in (overrides or {}).items():
-        name = ".".join(key)
-        set_path(base, expand_path(name, cli, (f"--set {name}",)), value)
+        dotted = ".".join(key)  # not `name`: that is the study's name, which --set must not change
+        set_path(base, expand_path(dotted, cli, (f"--set {dotted}",)), value)
     validate_data(base, base_marks)  # the base itself must be a valid design
     if isinstance(base.get("task"), str):  # inline the referenced recipe so trials need no file lookups
         from ..grammar import load_task_ref

@@ -25,7 +25,6 @@ and the training module logs ``val/ppl = exp(mean nats per token)`` and
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -76,10 +75,11 @@ def stdlib_files(max_bytes: int) -> list[tuple[str, Path]]:
 def corpus_files(task: dict[str, Any]) -> list[tuple[str, Path]]:
     if task["corpus"] == "stdlib":
         return stdlib_files(task["max_bytes"])
+    from ..grammar import lm_file_matches
+
     out: list[tuple[str, Path]] = []
     for pattern in task["files"]:
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) or [pattern]
-        for m in matches:
+        for m in lm_file_matches(pattern):
             p = Path(m)
             if not p.is_file():
                 raise FileNotFoundError(f"lm corpus: no such file {m!r} (from files: {pattern!r})")

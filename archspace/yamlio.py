@@ -10,8 +10,9 @@ PyYAML's SafeLoader follows YAML 1.1, which has three traps for config files:
 Only the safe constructors are used: no Python tags, no code or import paths from YAML.
 
 Hostile input is refused with a ConfigError, never expanded: a file over MAX_BYTES (read no further, so
-`/dev/zero` answers at once), nesting deeper than MAX_DEPTH, an alias that contains itself, a document that
-expands to more than MAX_NODES values through aliases (a "billion laughs" bomb), control characters, and an
+`/dev/zero` answers at once), nesting deeper than MAX_DEPTH, more than MAX_NODES values, an alias that contains
+itself, a document that expands to more than MAX_NODES values through aliases (a "billion laughs" bomb),
+control characters, and an
 empty file (a design or space must say something).
 
 `load(path)` returns the data and a `Marks` table that maps every key path to the line and column
@@ -45,12 +46,12 @@ _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _REPLACED = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp")
 
 
-# Limits on what a user file may make the loader do. Shipped designs and spaces are a few kB, about 10
-# levels deep and a few hundred values; these bounds are orders of magnitude above that and far below what
-# would take seconds or hundreds of MB.
-MAX_BYTES = 1 << 20
+# Limits on what a user file may make the loader do. Shipped designs and spaces are at most a few kB, about
+# 10 levels deep and a few hundred values; these bounds are far above that and keep the pure-Python
+# loader under a second (it reads about 1 MB/s, and 50,000 one-line keys took 9 s).
+MAX_BYTES = 256 << 10
 MAX_DEPTH = 64
-MAX_NODES = 100_000
+MAX_NODES = 10_000
 
 
 class _Loader(yaml.SafeLoader):
@@ -60,15 +61,20 @@ class _Loader(yaml.SafeLoader):
     depth is counted here and refused at MAX_DEPTH with the position of the offending node."""
 
     depth = 0
+    composed = 0
     file = "<string>"
 
     def compose_node(self, parent, index):
         self.depth += 1
+        self.composed += 1
         try:
             if self.depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
                 raise ConfigError(f"values are nested more than {MAX_DEPTH} levels deep; archspace files are "
-                                  "shallow mappings (is this the right file?)", self.file, *_pos(mark))
+                                  "shallow mappings (is this the right file?)", self.file,
+                                  *_pos(self.peek_event().start_mark))
+            if self.composed > MAX_NODES:
+                raise ConfigError(f"the document holds more than {MAX_NODES:,} values; archspace files hold a few "
+                                  "hundred (is this the right file?)", self.file, *_pos(self.peek_event().start_mark))
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -258,12 +264,14 @@ def load(path) -> tuple[Any, Marks]:
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=str(path)) from None
     if len(raw) > MAX_BYTES:
-        raise ConfigError(f"the file is larger than {MAX_BYTES >> 20} MiB; archspace design and space files are a few "
+        raise ConfigError(f"the file is larger than {MAX_BYTES >> 10} KiB; archspace design and space files are a few "
                           "kB (is this the right file?)", file=str(path))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path)) from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), line, col) from None
     data, marks = loads(text, str(path))
     if data is None or data == {} and not marks.value:
         raise ConfigError("the file is empty (no YAML document, or only null): a design needs at least one of "

@@ -342,7 +342,8 @@ class LMTaskSpec(_Spec):
                                       description="bytes: 258 (fixed); bpe: target vocabulary (default 4096)")
     seq_len: int = Field(256, ge=2, le=1 << 20, description="tokens per training sequence")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of documents held out for validation")
-    max_val_sequences: int = Field(64, ge=1, description="validation sequences scored at each evaluation")
+    test_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of documents held out for the final test")
+    max_val_sequences: int = Field(64, ge=1, description="sequences scored at each validation and at the test")
     cache_dir: Optional[str] = Field(None, description="token cache (default $ARCHSPACE_CACHE or <results>/cache/lm)")
     seed: int = Field(0, ge=0, description="document split seed")
 
@@ -356,6 +357,8 @@ class LMTaskSpec(_Spec):
             self.__dict__["vocab_size"] = 4096
         if self.corpus == "files" and not self.files:
             raise ValueError("corpus: files needs a non-empty `files` list")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave documents to train on (sum below 1)")
         return self
 
 

@@ -66,15 +66,12 @@ def _numbers(metrics: dict) -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _with_proxies(metrics: dict, objectives: list, elapsed: float) -> dict:
-    """Intermediate reports carry every objective (Tune and OptunaSearch require it): test/* objectives
-    are stood in for by their val/* counterpart, train_wall_s by the elapsed time, so a pruned trial
-    reaches Optuna with its partial-budget values."""
+def _with_proxies(metrics: dict, elapsed: float) -> dict:
+    """Intermediate reports carry every objective (Tune and OptunaSearch require it): train_wall_s is stood
+    in for by the elapsed time, so a pruned trial reaches Optuna with its partial-budget values. (Objectives
+    are validation metrics or static sizes; test metrics are reported once, at the trial's end.)"""
     out = dict(metrics)
     out.setdefault("train_wall_s", elapsed)
-    for m in objectives:
-        if m not in out and m.startswith("test/") and "val/" + m[5:] in out:
-            out[m] = out["val/" + m[5:]]
     return out
 
 
@@ -127,7 +124,6 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(study_dir) / "trials" / trial_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    objectives = [o.metric for o in space.objectives]
     t0 = time.perf_counter()
     try:
         values = values_from_config(space, config)
@@ -145,12 +141,12 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
             (run_dir / "error.json").unlink(missing_ok=True)
             _inject_fault(fault, values)
             if space.mad is not None:
-                final = _mad_trial(space, resolved, run_dir, objectives, t0)
+                final = _mad_trial(space, resolved, run_dir, t0)
             else:
                 from ..training import train
 
                 def report(step: int, metrics: dict) -> None:
-                    tune.report(_with_proxies(_numbers(metrics), objectives, time.perf_counter() - t0))
+                    tune.report(_with_proxies(_numbers(metrics), time.perf_counter() - t0))
 
                 final = train(resolved, run_dir, progress=False, report=report)
     except Exception as exc:
@@ -163,12 +159,13 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
     tune.report(out)
 
 
-def _mad_trial(space, resolved, run_dir: Path, objectives: list, t0: float) -> dict:
+def _mad_trial(space, resolved, run_dir: Path, t0: float) -> dict:
     """A MAD-score trial: the lr x weight-decay sweep over every MAD task (archspace.tasks.mad_score).
 
-    After each task it reports `mad_score` as the mean over the tasks finished so far (the pruner's
-    intermediate metric; trials are compared after the same tasks), and at the end the MAD score,
-    one `mad/<task>` per task and the design's size; metrics.json holds them with `test/acc` = MAD score.
+    After each task it reports `val/mad_score`, the validation MAD score over the tasks finished so far (the
+    pruner's intermediate metric; trials are compared after the same tasks), and at the end the validation
+    scores `val/mad_score`, `val/mad/<task>` (what the study selects on), the test scores `mad_score`,
+    `mad/<task>` and the design's size; metrics.json holds them with `val/acc` and `test/acc` = the MAD scores.
     """
     from ray import tune
 
@@ -181,15 +178,17 @@ def _mad_trial(space, resolved, run_dir: Path, objectives: list, t0: float) -> d
               "flops_per_token": cost.flops_per_token}
     done: list = []
 
-    def on_task(task: str, score: float) -> None:
-        done.append(score)
-        partial = {**static, "mad_score": sum(done) / len(done), f"mad/{task}": score}
-        tune.report(_with_proxies(partial, objectives, time.perf_counter() - t0))
+    def on_task(task: str, scores: dict) -> None:
+        done.append(scores["val"])
+        partial = {**static, "val/mad_score": sum(done) / len(done), f"val/mad/{task}": scores["val"]}
+        tune.report(_with_proxies(partial, time.perf_counter() - t0))
 
     result = evaluate(resolved, run_dir / "mad", tasks=cfg["tasks"], which=cfg["settings"], budget=cfg["budget"],
                       lrs=cfg["lrs"], wds=cfg["weight_decays"], log=None, on_task=on_task)
     final = {**static, "mad_score": result["mad_score"], "test/acc": result["mad_score"],
+             "val/mad_score": result["val_mad_score"], "val/acc": result["val_mad_score"],
              **{f"mad/{k}": v for k, v in result["tasks"].items()},
+             **{f"val/mad/{k}": v for k, v in result["val_tasks"].items()},
              "steps": len(result["runs"]), "train_wall_s": result["wall_s"], "design_hash": resolved.design_hash,
              "data_hash": result.get("data_hash", "")}
     (run_dir / "resolved.yaml").write_text(resolved.to_yaml())

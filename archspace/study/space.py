@@ -258,12 +258,25 @@ def _parse_axis(name: str, spec: Any, marks: yamlio.Marks) -> Axis:
 
 
 def _metric_ok(metric: str) -> bool:
-    if metric in STATIC_METRICS or metric == "mad_score" or metric.startswith("mad/"):
+    if metric in STATIC_METRICS or _is_mad(metric):
         return True
     head, _, rest = metric.partition("/")
     if head not in ("val", "test"):
         return False
     return rest in ("acc", "loss", "ppl", "bpb") or rest.startswith("acc/")
+
+
+def _is_mad(metric: str) -> bool:
+    return metric == "val/mad_score" or metric.startswith("val/mad/")
+
+
+def _measured_on_test(metric: str) -> Optional[str]:
+    """The validation twin of a metric measured on test data (which a study must never select on), else None."""
+    if metric.startswith("test/"):
+        return "val/" + metric[5:]
+    if metric == "mad_score" or metric.startswith("mad/"):
+        return "val/" + metric
+    return None
 
 
 def _parse_mad(raw: Any, marks: yamlio.Marks) -> dict:
@@ -372,10 +385,15 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
         o = _mapping(o, marks, ("objectives", i), "an objective")
         _check_keys(o, ("metric", "mode"), marks, ("objectives", i))
         metric, mode = o.get("metric"), o.get("mode", "max")
+        twin = _measured_on_test(metric) if isinstance(metric, str) else None
+        if twin is not None:
+            raise marks.error(f"{metric} is measured on the test data, which a study must not select designs on "
+                              "(the best trial would be chosen by its test score); every trial reports its test "
+                              "metrics at its end", ("objectives", i, "metric"), hint=f"Use {twin}.")
         if not isinstance(metric, str) or not _metric_ok(metric):
             raise marks.error(f"unknown metric {metric!r}", ("objectives", i, "metric"),
-                              hint="Use val/acc, val/loss, val/ppl, val/bpb, val/acc/<slice>, the test/ forms, "
-                                   "mad_score, mad/<task>, " + ", ".join(STATIC_METRICS) + ".")
+                              hint="Use val/acc, val/loss, val/ppl, val/bpb, val/acc/<slice>, val/mad_score, "
+                                   "val/mad/<task>, " + ", ".join(STATIC_METRICS) + ".")
         if mode not in ("max", "min"):
             raise marks.error(f"mode must be max or min, got {mode!r}", ("objectives", i, "mode"))
         objectives.append(Objective(metric, mode))
@@ -407,18 +425,20 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
           "grace_period": pruner.get("grace_period", 1), "reduction_factor": pruner.get("reduction_factor", 2)}
     if pr["kind"] not in PRUNERS:
         raise marks.error(f"unknown pruner {pr['kind']!r}", ("pruner", "kind"), hint=f"Pruners: {', '.join(PRUNERS)}.")
-    uses_mad = any(o.metric == "mad_score" or o.metric.startswith("mad/") for o in objectives)
+    uses_mad = any(_is_mad(o.metric) for o in objectives)
     if uses_mad and "metric" not in pruner:
-        pr["metric"] = "mad_score"
-    intermediate = pr["metric"].startswith("val/") or (uses_mad and pr["metric"] == "mad_score")
-    if not isinstance(pr["metric"], str) or not intermediate or not _metric_ok(pr["metric"]):
+        pr["metric"] = "val/mad_score"
+    intermediate = isinstance(pr["metric"], str) and pr["metric"].startswith("val/")
+    if not intermediate or not _metric_ok(pr["metric"]) or (_is_mad(pr["metric"]) and not uses_mad):
         raise marks.error(f"the pruner needs an intermediate validation metric (val/acc, val/loss, val/ppl, val/bpb, "
-                          f"val/acc/<slice>; mad_score in a MAD study), got {pr['metric']!r}", ("pruner", "metric"))
-    if uses_mad and pr["metric"].startswith("val/"):
-        raise marks.error("a MAD-score study reports mad_score (the running mean over finished tasks) as it goes, "
-                          "not val/ metrics: set pruner.metric: mad_score or pruner.kind: none", ("pruner", "metric"))
+                          f"val/acc/<slice>; val/mad_score in a MAD study), got {pr['metric']!r}", ("pruner", "metric"))
+    if uses_mad and pr["metric"] != "val/mad_score":
+        raise marks.error("a MAD-score study reports val/mad_score (the running mean over finished tasks) as it goes, "
+                          "not per-step val/ metrics: set pruner.metric: val/mad_score or pruner.kind: none",
+                          ("pruner", "metric"))
     if "mad" in data and not uses_mad:
-        raise marks.error("a `mad:` section needs the objective mad_score (or mad/<task>)", ("mad",), at_key=True)
+        raise marks.error("a `mad:` section needs the objective val/mad_score (or val/mad/<task>)", ("mad",),
+                          at_key=True)
     mad = _parse_mad(data.get("mad"), marks) if uses_mad else None
     if pr["mode"] not in ("max", "min"):
         raise marks.error("mode must be max or min", ("pruner", "mode"))

@@ -61,6 +61,8 @@ __all__ = [
     "validate_mqar",
     "slice_seed",
     "overlap",
+    "shared_rows",
+    "held_out",
     "mqar_accuracy",
 ]
 
@@ -107,7 +109,7 @@ DEFAULT_TEST: tuple[MQARSlice, ...] = (
     MQARSlice(256, 64, 1_000),
 )
 
-_SPLIT_IDS = {"train": 0, "test": 1}
+_SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
 
 
 def validate_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: int = 1,
@@ -231,11 +233,11 @@ def generate_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples
 
 
 def slice_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
-    """Seed of slice ``index`` of ``split`` ("train" or "test").
+    """Seed of slice ``index`` of ``split`` ("train", "test" or "val").
 
     ``SeedSequence(seed, spawn_key=(split_id, index))``: the split id is part of the key,
-    so train and test slices always get different seed sequences (for any seed and index),
-    and adding slices does not change the data of existing ones.
+    so the three splits' slices always get different seed sequences (for any seed and index),
+    and adding slices (or the validation split) does not change the data of existing ones.
     """
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
@@ -255,30 +257,34 @@ def _row_hashes(x: np.ndarray) -> np.ndarray:
     return h
 
 
-def overlap(train_inputs: torch.Tensor | np.ndarray, test_inputs: torch.Tensor | np.ndarray) -> int:
-    """Number of test rows identical to some train row (after right-padding both with 0s
-    to a common width). Exact: hash matches are verified element-wise."""
-    a = np.asarray(train_inputs)
-    b = np.asarray(test_inputs)
+def shared_rows(reference: torch.Tensor | np.ndarray, rows: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Boolean mask over ``rows``: True where the row is identical to some row of ``reference``
+    (after right-padding both with 0s to a common width). Exact: hash matches are verified element-wise."""
+    a = np.asarray(reference)
+    b = np.asarray(rows)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError("overlap expects 2-D [N, T] arrays")
     width = max(a.shape[1], b.shape[1])
     a = np.pad(a, ((0, 0), (0, width - a.shape[1])))
     b = np.pad(b, ((0, 0), (0, width - b.shape[1])))
+    mask = np.zeros(b.shape[0], dtype=bool)
     if a.shape[0] == 0 or b.shape[0] == 0:
-        return 0
+        return mask
     ha, hb = _row_hashes(a), _row_hashes(b)
     candidates = np.nonzero(np.isin(hb, ha))[0]
     if candidates.size == 0:
-        return 0
+        return mask
     order = np.argsort(ha, kind="stable")
     ha_sorted = ha[order]
-    count = 0
     for j in candidates:  # only hash matches: normally none
         lo, hi = np.searchsorted(ha_sorted, hb[j], "left"), np.searchsorted(ha_sorted, hb[j], "right")
-        if any(np.array_equal(a[order[r]], b[j]) for r in range(lo, hi)):
-            count += 1
-    return count
+        mask[j] = any(np.array_equal(a[order[r]], b[j]) for r in range(lo, hi))
+    return mask
+
+
+def overlap(train_inputs: torch.Tensor | np.ndarray, test_inputs: torch.Tensor | np.ndarray) -> int:
+    """Number of test rows identical to some train row (see :func:`shared_rows`)."""
+    return int(shared_rows(train_inputs, test_inputs).sum())
 
 
 def mqar_accuracy(logits_or_preds: torch.Tensor, labels: torch.Tensor, slices: torch.Tensor,
@@ -325,6 +331,18 @@ class MQARSplit:
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
+
+
+def held_out(split: MQARSplit, *others: MQARSplit) -> tuple[MQARSplit, int]:
+    """``split`` without the rows identical to a row of any of ``others``, and how many were dropped: a
+    validation split never scores an example that training saw or that the test will score."""
+    keep = np.ones(len(split), dtype=bool)
+    for other in others:
+        keep &= ~shared_rows(other.inputs.numpy(), split.inputs.numpy())
+    if keep.all():
+        return split, 0
+    idx = torch.from_numpy(np.nonzero(keep)[0])
+    return MQARSplit(split.inputs[idx], split.labels[idx], split.slice_ids[idx]), int((~keep).sum())
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -378,12 +396,14 @@ class CurriculumBatches(torch.utils.data.Sampler):
 
 
 class MQARDataModule(lightning.LightningDataModule):
-    """Train and test MQAR mixtures.
+    """Train, validation and test MQAR mixtures.
 
     Every slice is generated with its own seed (:func:`slice_seed`), padded on the right
     to the longest seq_len of its split, and tagged with its slice index (``batch["slice"]``,
-    names from :meth:`slice_names`). ``val_dataloader`` and ``test_dataloader`` both serve
-    the test mixture.
+    names from :meth:`slice_names`). The validation mixture has the test mixture's settings
+    and its own seeds, without the rows that also occur in the train or test mixture
+    (``val_dropped`` counts them; normally 0): ``val_dataloader`` serves it, so checkpoints,
+    pruners and samplers select on it, and ``test_dataloader`` serves the test mixture.
     """
 
     def __init__(self, vocab_size: int = 8192, train: Sequence[MQARSlice] = DEFAULT_TRAIN,
@@ -414,15 +434,18 @@ class MQARDataModule(lightning.LightningDataModule):
         self.seed = int(seed)
         self.num_workers = int(num_workers)
         self.train_data: MQARSplit | None = None
+        self.val_data: MQARSplit | None = None
         self.test_data: MQARSplit | None = None
         #: test rows identical to a train row; set once both splits exist (expected 0).
         self.train_test_overlap: int | None = None
+        #: validation rows left out because the train or test mixture holds them too (expected 0).
+        self.val_dropped: int | None = None
 
     # ------------------------------------------------------------------ metadata
     def _slices(self, split: str) -> tuple[MQARSlice, ...]:
         if split == "train":
             return self.train_slices
-        if split in ("test", "val", "validate"):
+        if split in ("test", "val", "validate"):  # validation: the test settings, other examples
             return self.test_slices
         raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
 
@@ -445,6 +468,7 @@ class MQARDataModule(lightning.LightningDataModule):
             "power_a": self.power_a,
             "random_non_queries": self.random_non_queries,
             "seed": self.seed,
+            "val_split": 1,  # validation has its own examples (before, it served the test mixture)
         }
         if self.repeat != 1:  # single-pass hashes stay what they were before `repeat` existed
             params["repeat"] = self.repeat
@@ -453,7 +477,7 @@ class MQARDataModule(lightning.LightningDataModule):
 
     # ------------------------------------------------------------------ data
     def _generate(self, split: str) -> MQARSplit:
-        slices = self._slices(split)
+        slices = self._slices(split)  # "val" uses the test settings with the validation seeds
         width = max(s.length(self.repeat) for s in slices)
         total = sum(s.num_examples for s in slices)
         inputs = torch.zeros((total, width), dtype=torch.int32)
@@ -475,8 +499,9 @@ class MQARDataModule(lightning.LightningDataModule):
         pass
 
     def setup(self, stage: str | None = None) -> None:
-        """Generate the splits ``stage`` needs (fit/None: both), once."""
-        if stage in (None, "fit") and self.train_data is None:
+        """Generate the splits ``stage`` needs, once: fit/validate/None all three (validation is held out
+        from the other two), test the test mixture."""
+        if stage in (None, "fit", "validate") and self.train_data is None:
             self.train_data = self._generate("train")
         if self.test_data is None:
             self.test_data = self._generate("test")
@@ -486,6 +511,11 @@ class MQARDataModule(lightning.LightningDataModule):
             if self.train_test_overlap:
                 warnings.warn(f"MQAR: {self.train_test_overlap} test examples also occur in "
                               "the train mixture (tiny vocab/sequence settings?)", stacklevel=2)
+        if stage in (None, "fit", "validate") and self.val_data is None:
+            self.val_data, self.val_dropped = held_out(self._generate("val"), self.train_data, self.test_data)
+            if self.val_dropped:
+                warnings.warn(f"MQAR: {self.val_dropped} validation examples also occur in the train or test "
+                              "mixture and were left out (tiny vocab/sequence settings?)", stacklevel=2)
 
     def _loader(self, data: MQARSplit | None, shuffle: bool, curriculum: bool = False) -> DataLoader:
         if data is None:
@@ -506,7 +536,7 @@ class MQARDataModule(lightning.LightningDataModule):
         return self._loader(self.train_data, shuffle=True, curriculum=self.order == "curriculum")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.test_data, shuffle=False)
+        return self._loader(self.val_data, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_data, shuffle=False)

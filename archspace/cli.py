@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 from .errors import EXIT_USAGE, ConfigError
 
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def default_results_dir() -> Path:
@@ -196,13 +197,12 @@ def _resolved_from_export(args):
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{cfg_path} has no resolved archspace design (key \"archspace\")",
                           file=str(cfg_path)) from None
-    from .blocks.config import ModelConfig
-    from .compiler import Resolved, design_hash
+    from .compiler import Resolved
 
-    model = ModelConfig.from_dict(exported["model"])
+    exported_resolved = Resolved.from_dict(exported)
     if args.file:
         _, resolved = _load(args)
-        if resolved.design_hash != design_hash(model.to_dict()):
+        if resolved.design_hash != exported_resolved.design_hash:
             raise ConfigError(
                 f"{args.file} describes design {resolved.design_hash} but {src} holds design "
                 f"{exported.get('design_hash')} ({exported.get('name')}); --from continues the exported model, so "
@@ -228,38 +228,96 @@ def _resolved_from_export(args):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in (name, *first.get("loc", ())))
             raise ConfigError(f"{where}: {first.get('msg')}", file="<command line>") from None
-    resolved = Resolved(name=exported.get("name", "design"), model=model, layout=exported.get("layout", ""),
-                        labels=tuple(exported.get("labels") or ()), task=task, train=train_cfg,
-                        design_hash=design_hash(model.to_dict()))
+    resolved = Resolved.from_dict({**exported, "task": task, "train": train_cfg})
     return resolved, src / "model.safetensors"
+
+
+def _run_state(run_dir: Path) -> Optional[str]:
+    """finished / interrupted / started (resolved.yaml only: killed before its first files) / None (no run)."""
+    import json
+
+    if not (run_dir / "resolved.yaml").is_file():
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return "started"
+    return metrics.get("status", "finished")  # runs from before `status` existed wrote metrics.json at the end
+
+
+def _resumed_run(args):
+    """`train --resume RUN_DIR`: the run's own resolved design, to be continued where it stopped."""
+    from . import yamlio
+    from .compiler import Resolved
+
+    run_dir = Path(args.resume)
+    if args.file or args.init_from or getattr(args, "set", None) or args.out:
+        raise ConfigError("--resume continues a run exactly as it was recorded; FILE, --from, --set and --out do "
+                          "not apply", file="<command line>")
+    if _run_state(run_dir) is None:
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no resolved.yaml)", file="<command line>",
+                          hint="Give the folder `archspace train` printed as its run directory")
+    data, _ = yamlio.load(run_dir / "resolved.yaml")
+    try:
+        return Resolved.from_dict(data), run_dir
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{run_dir / 'resolved.yaml'} is not a resolved design ({exc})",
+                          file=str(run_dir / "resolved.yaml")) from None
 
 
 def cmd_train(args) -> int:
     import time
 
     init_weights = None
-    if args.init_from:
+    out = None
+    if args.resume:
+        resolved, out = _resumed_run(args)
+    elif args.init_from:
         resolved, init_weights = _resolved_from_export(args)
     elif not args.file:
-        raise ConfigError("archspace train needs a design FILE, or --from DIR to continue an export",
+        raise ConfigError("archspace train needs a design FILE, --from DIR to continue an export, or --resume RUN_DIR",
                           file="<command line>")
     else:
         design, resolved = _load(args)
-    out = Path(args.out) if args.out else (
-        Path(args.results_dir or default_results_dir()) / "runs"
-        / f"{resolved.name}-{resolved.design_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out is None:
+        out = Path(args.out) if args.out else (
+            Path(args.results_dir or default_results_dir()) / "runs"
+            / f"{resolved.name}-{resolved.design_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    state = _run_state(out)
+    if state is not None and not args.resume and (out / "resolved.yaml").read_text() != resolved.to_yaml():
+        raise ConfigError(f"--out {out} holds another run (its resolved.yaml differs from this design and recipe); "
+                          "nothing was changed", file="<command line>",
+                          hint="Give another --out, or --resume it to continue that run")
+    if state == "finished":
+        print(f"{out} already holds this run, finished; nothing to do (see its metrics.json)")
+        return 0
     out = writable_dir(out, "the run directory")
-    from .training import train
+    from .training import LAST_CKPT, TrainingInterrupted, checkpoint_step, train
 
+    ckpt = out / "checkpoints" / LAST_CKPT
+    resume = state is not None and ckpt.is_file()
     print(f"archspace train: {resolved.name} (design {resolved.design_hash}, layout {resolved.layout}) -> {out}",
           flush=True)
+    if resume:
+        print(f"resuming from {ckpt} (from step {checkpoint_step(ckpt)})", flush=True)
+    elif state is not None:
+        print(f"{out} holds an unfinished run with no checkpoint: starting it again from step 0", flush=True)
+
     def report(step: int, m: dict) -> None:
         slices = "  ".join(f"{k[8:]}={v:.3f}" for k, v in sorted(m.items()) if k.startswith("val/acc/"))
         print(f"step {step}: val/acc={m['val/acc']:.4f} val/loss={m['val/loss']:.4f}  {slices}", flush=True)
 
     if init_weights is not None:
         print(f"initial weights: {init_weights}", flush=True)
-    metrics = train(resolved, out, progress=not args.no_progress, report=report, init_weights=init_weights)
+    try:
+        metrics = train(resolved, out, progress=not args.no_progress, report=report, init_weights=init_weights,
+                        resume=resume)
+    except TrainingInterrupted as stop:
+        how = (f"continue it with: archspace train --resume {out}" if stop.resumable
+               else "it has no checkpoint to continue from")
+        print(f"interrupted at step {stop.step}; history.csv and metrics.json hold what was measured; {how}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"\nfinal metrics ({resolved.name}, {metrics['steps']} steps, {metrics['train_wall_s']:.1f} s):")
     for k in sorted(k for k in metrics if k.startswith("test/")):
         print(f"  {k:32s} {metrics[k]:.4f}")
@@ -362,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train and evaluate one design", description=
                        "Train one design with Lightning and print its final test metrics. Writes resolved.yaml, "
-                       "history.csv, metrics.json and checkpoints into the run directory.")
+                       "history.csv, metrics.json and checkpoints into the run directory. Ctrl-C stops after the "
+                       "current step, writes what was measured and exits 130; --resume RUN_DIR continues.")
     s.add_argument("file", metavar="FILE", nargs="?", default=None,
                    help="design file (optional with --from: the exported design's own task and train are used)")
     s.add_argument("--from", dest="init_from", default=None, metavar="DIR",
@@ -372,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results-dir", default=None, help="results root (default: $ARCHSPACE_RESULTS or ./results)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. train.lr=3e-3")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from its checkpoints/last.ckpt (the same command with the same "
+                        "--out does too); on one device the result is the uninterrupted run's, bit for bit")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("study", help="search a space of designs: Optuna + Ray Tune + MLflow", description=
@@ -456,7 +518,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -53,10 +53,10 @@ class ResumableLoader:
     """The training loader as Lightning iterates it (once per epoch), able to continue mid-epoch.
 
     A run resumed at global step `skip` first draws and discards the `skip` batches that the run before
-    trained on, through the loader itself, so its shuffling generator advances exactly as it did (a
-    DataLoader draws from its generator once per epoch for its workers' base seed and once for the
-    permutation). It then continues with batch `skip + 1`: the same batches in the same order as a run that
-    was never stopped. Discarded batches cost only their collation, not training."""
+    trained on, through the loader itself, so that its shuffling generator advances exactly as it did
+    (whatever the loader and its sampler draw per epoch). It then continues with batch `skip + 1`: the same
+    batches in the same order as a run that was never stopped. Discarded batches cost only their collation,
+    not training."""
 
     def __init__(self, loader, skip: int = 0):
         self.loader, self.skip = loader, int(skip)
@@ -100,11 +100,9 @@ class Interruption(L.Callback):
         self.saved_step: Optional[int] = None
         self._previous = None
 
-    def install(self) -> bool:
-        if threading.current_thread() is not threading.main_thread():
-            return False  # signals reach only the main thread (study trials run in Ray's threads)
-        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return True
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # (study trials run in Ray's threads)
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
     def uninstall(self) -> None:
         if self._previous is not None:

@@ -106,26 +106,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}".rstrip(": ")
 
 
-def _history_reports(run_dir: Path) -> list[tuple[int, dict]]:
-    """(step, metrics with "train_rows") of every validation in a run's history.csv, as train() reported them."""
-    import csv
-
-    try:
-        with open(run_dir / "history.csv", newline="") as f:
-            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
-    except (OSError, ValueError):
-        return []
-    out, since = [], []
-    for row in rows:
-        step = int(row.pop("step", 0))
-        if any(k.startswith("val/") for k in row):
-            out.append((step, {**row, "step": step, "train_rows": since}))
-            since = []
-        elif "train/loss" in row:
-            since.append({"step": step, **row})
-    return out
-
-
 def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional[dict] = None) -> None:
     """Ray Tune function trainable: sampled values -> resolved design -> train() -> reports.
 
@@ -136,8 +116,9 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
     first reports the validations it already holds again, or starts over (start step 0); the driver's
     tracker keeps each step of a curve once, and gives a trial that starts over a clean MLflow run.
     A trial directory that already holds the final metrics.json of the same design is not trained again (a
-    resumed study whose driver died just after a trial finished): its history is reported, then the final.
-    Failures write error.json with a one-line reason and error.log with the traceback, and raise TrialFailed.
+    resumed study whose driver died just after a trial finished): only the final report is sent (the
+    tracker takes the curve from history.csv). Failures write error.json with a one-line reason and
+    error.log with the traceback, and raise TrialFailed.
     """
     import traceback
 
@@ -175,11 +156,7 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
                     final = saved
             except ValueError:
                 final = None
-        if final is not None:
-            attempt[START_KEY] = float(final.get("steps", 0))
-            for step, metrics in _history_reports(run_dir):
-                report(step, {**metrics, **{k: final[k] for k in STATIC_REPORTED if k in final}})
-        else:
+        if final is None:
             (run_dir / "error.json").unlink(missing_ok=True)
             (run_dir / "error.log").unlink(missing_ok=True)
             _inject_fault(fault, values)
@@ -223,10 +200,6 @@ def _hold_trial_dir(run_dir: Path, patience_s: float = 120.0) -> int:
                                    "(a worker of a killed driver?)") from None
             time.sleep(0.2)
 
-
-# Sizes that every report carries (they are in each validation report of train(); a replayed history
-# takes them from the final metrics)
-STATIC_REPORTED = ("params", "active_params", "state_size", "flops_per_token")
 
 
 def _mad_trial(space, resolved, run_dir: Path, t0: float, attempt: dict) -> dict:
@@ -533,8 +506,17 @@ def start_ray(address: Optional[str]) -> float:
     else:
         # address="local": always a new instance, even when RAY_ADDRESS or a `ray start` of someone else
         # on this machine (/tmp/ray/ray_current_cluster) would make a bare ray.init() join theirs.
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                 object_store_memory=OBJECT_STORE_BYTES, **common)
+        local = dict(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     object_store_memory=OBJECT_STORE_BYTES, **common)
+        try:
+            ray.init(**local)
+        except Exception as exc:  # noqa: BLE001 - only Ray's startup timeout is retried
+            # Ray gives its raylet 30 s to register; on an overloaded machine (seen at load 16 on 2 cores)
+            # that can pass. One more start, from scratch, before giving up.
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            ray.init(**local)
     return time.perf_counter() - t0
 
 

@@ -89,6 +89,26 @@ def failure_reason(trial, study_dir: str | Path) -> str:
     return "the trial failed (no error text was recorded)"
 
 
+def history_reports(run_dir: Path) -> list[tuple[int, dict, list]]:
+    """(step, validation metrics, training-curve rows since the previous validation) of a run's history.csv."""
+    import csv
+
+    try:
+        with open(Path(run_dir) / "history.csv", newline="") as f:
+            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    except (OSError, ValueError):
+        return []
+    out, since = [], []
+    for row in rows:
+        step = int(row.pop("step", 0))
+        if any(k.startswith("val/") for k in row):
+            out.append((step, row, since))
+            since = []
+        elif "train/loss" in row:
+            since.append({"step": step, **row})
+    return out
+
+
 def ended_state(trial) -> str:
     """completed (reported its final, tested metrics) or pruned (stopped before): for a trial that ended without error."""
     return "completed" if (trial.last_result or {}).get(FINAL_KEY) == 1 else "pruned"
@@ -274,6 +294,14 @@ class StudyTracker:
                 upto[key] = step
         self._log_metrics(run_id, new, step)
 
+    def _log_report(self, trial_id: str, step: int, metrics: dict, train_rows: list) -> None:
+        """One validation report: the training-curve rows since the previous one, then the metrics at step."""
+        for row in train_rows:
+            self._log_curve(trial_id, {k: v for k, v in row.items() if k.startswith("train/")}, int(row["step"]))
+        self._log_curve(trial_id, {k: v for k, v in metrics.items()
+                                   if k.startswith(STEP_METRIC_PREFIXES[:2] + MAD_PREFIXES) or k in STEP_METRICS},
+                        step)
+
     def trial_result(self, trial, result: dict) -> None:
         if result.get(FINAL_KEY) == 1:
             return  # logged by trial_finished with the final metrics
@@ -284,11 +312,7 @@ class StudyTracker:
             rows = json.loads(result.get(TRAIN_ROWS_KEY) or "[]")
         except (TypeError, ValueError):
             rows = []
-        for row in rows:  # the training curve since the previous report
-            self._log_curve(trial.trial_id, {k: v for k, v in row.items() if k.startswith("train/")}, int(row["step"]))
-        metrics = {k: v for k, v in result.items()
-                   if k.startswith(STEP_METRIC_PREFIXES[:2] + MAD_PREFIXES) or k in STEP_METRICS}
-        self._log_curve(trial.trial_id, metrics, step)
+        self._log_report(trial.trial_id, step, result, rows)
         self._last_step[trial.trial_id] = step
         if trial.trial_id not in self._logged_params or "params" not in self._logged_params[trial.trial_id]:
             self._log_params(trial.trial_id, {k: int(result[k]) for k in STATIC_KEYS if is_number(result.get(k))})
@@ -308,8 +332,11 @@ class StudyTracker:
         self._log_params(trial.trial_id, static)
         if state == "completed":
             step = int(result.get("steps", result.get("step", 0)))
-            # the val/ and train/ curves came with the validation reports (a resumed trial reports its
-            # history again before its final report); the final report adds the test and the totals
+            # The val/ and train/ curves came with the validation reports, unless some were sent while no
+            # driver listened (a trial that finished after its driver was killed): the trial's history.csv
+            # fills them in (steps already logged are skipped). The final report adds test and totals.
+            for at, metrics, rows in history_reports(trial_run_dir(self.study_dir, trial.trial_id)):
+                self._log_report(trial.trial_id, at, metrics, rows)
             final = {k: v for k, v in result.items()
                      if k.startswith(("test/",) + MAD_PREFIXES) or k in STATIC_KEYS or k in FINAL_EXTRA}
             self._log_curve(trial.trial_id, final, step)

@@ -21,12 +21,19 @@ def _report(attempt, start, step, train_rows=()):
             START_KEY: start, TRAIN_ROWS_KEY: json.dumps([{"step": s, "train/loss": 2 - s / 100} for s in train_rows])}
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for the module (creating one costs seconds); each test is its own study in it."""
+    root = tmp_path_factory.mktemp("store")
+    space = load_space(write_space(root, "track", "axes:\n  lr: [0.001, 0.003]\nsearch: {sampler: grid}\n"))
+    return f"sqlite:///{root / 'mlflow.db'}", space
+
+
 @pytest.fixture
-def setup(tmp_path):
-    space = load_space(write_space(tmp_path, "track", "axes:\n  lr: [0.001, 0.003]\nsearch: {sampler: grid}\n"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def setup(store, tmp_path, request):
+    uri, space = store
     trial = FakeTrial("t0001", {"grid_index": 0})
-    return lambda: StudyTracker(uri, "track", str(tmp_path), space), trial
+    return lambda: StudyTracker(uri, request.node.name[:40], str(tmp_path), space), trial
 
 
 def _steps(tracker, key):
@@ -63,3 +70,19 @@ def test_attempt_that_starts_over_gets_a_clean_run(setup):
     assert steps == [4, 8, 12] and run.info.run_id != old
     gone = second.client.get_run(old)
     assert gone.info.lifecycle_stage == "deleted" and gone.data.tags["archspace.status"] == "restarted"
+
+
+def test_curve_sent_while_no_driver_listened_comes_from_history_csv(setup, tmp_path):
+    make, trial = setup
+    first = make()
+    first.trial_result(trial, _report("a1", 0, 4))  # then the driver dies; the trial finishes unheard
+    run_dir = tmp_path / "trials" / trial.trial_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "history.csv").write_text("step,train/loss,val/acc,val/loss\n4,,0.04,0.96\n10,1.9,,\n"
+                                         "12,,0.12,0.88\n")
+    trial.status, trial.last_result = "TERMINATED", {FINAL_KEY: 1, "test/acc": 0.5, "steps": 12, "step": 12}
+    make().reconcile([trial])  # the next driver finds it finished
+    second = make()
+    assert _steps(second, "val/acc")[0] == [4, 12]
+    assert _steps(second, "train/loss")[0] == [10]
+    assert _steps(second, "test/acc")[0] == [12]

@@ -61,6 +61,7 @@ def writable_dir(path, what: str) -> Path:
 _NUMERIC_OPTIONS = {
     "seq_len": ("--seq-len", "at least", 1), "trials": ("--trials", "at least", 1),
     "max_concurrent": ("--max-concurrent", "at least", 1), "rank": ("--rank", "at least", 1),
+    "seeds": ("--seeds", "at least", 1),
     "steps": ("--steps", "at least", 1), "batch_size": ("--batch-size", "at least", 1),
     "test_examples": ("--test-examples", "at least", 1), "lrs": ("--lrs", "above", 0), "wds": ("--wds", "at least", 0),
 }
@@ -108,7 +109,8 @@ def cmd_validate(args) -> int:
             space = load_space(f)
             n = grid_size(space)
             print(f"{f}: ok (search space {space.name!r}, {space.trials} trials"
-                  + (f" of a {n}-point grid" if n is not None else "") + ")")
+                  + (f" of a {n}-point grid" if n is not None else "")
+                  + (f", each design x {space.seeds} seeds" if space.seeds > 1 else "") + ")")
             continue
         design, _ = load_design(f)
         layers = design.model.n_layers or len(parse_pattern(design.model.hybrid.pattern) or ()) or 2
@@ -333,7 +335,8 @@ def cmd_study(args) -> int:
     overrides = {}
     for key, value in parse_overrides(args.set).items():  # base keys; short forms like lr as in axes
         overrides[key] = value
-    space = load_space(args.space, overrides=overrides, trials=args.trials)  # bad input exits 2 before Ray starts
+    space = load_space(args.space, overrides=overrides, trials=args.trials,
+                       seeds=args.seeds)  # bad input exits 2 before Ray starts
     from .study.runner import results_root, run_study
 
     writable_dir(results_root(args.results_dir, space), "the results folder")
@@ -398,6 +401,22 @@ def cmd_mad(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    """`dashboard STUDY...`: report.html (+ MLflow artifacts) per study, then the MLflow UI until Ctrl-C."""
+    from .dashboards.server import run_dashboard
+
+    if args.starts is not None and args.starts < 1:
+        raise ConfigError(f"--starts must be at least 1, got {args.starts}", file="<command line>")
+    return run_dashboard(args.studies, results_dir=args.results_dir, host=args.host, port=args.port,
+                         ui=not args.no_ui, tracking_uri=args.tracking_uri, starts=args.starts)
+
+
+def cmd_compare(args) -> int:
+    from .dashboards.compare import compare
+
+    return compare(args.targets, results_dir=args.results_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="archspace",
@@ -458,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "combine with --fresh or another --results-dir when the study exists)")
     s.add_argument("--trials", type=int, default=None, metavar="N",
                    help="run at most N trials (the first N of a grid), overriding search.trials")
+    s.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="train every design N times (train.seed = base seed + 0..N-1), overriding the space's seeds; "
+                        "the report gives means and intervals (a changed space: --fresh when the study exists)")
     s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("export", help="export a trained design: weights, torch-only modelling file, model card",
@@ -475,6 +497,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results-dir", default=None, help="results root for study names (default: $ARCHSPACE_RESULTS or ./results)")
     s.add_argument("--force", action="store_true", help="write into a non-empty DIR (replacing the export's files)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("dashboard", help="study report with plots and scaling fits, then the MLflow UI on localhost",
+                       description="For each STUDY write <study>/report.html (best designs, Pareto front, metric "
+                                   "curves, per-slice recall, attention-share curves with intervals, and for a space "
+                                   "with a scaling: section the fitted laws with intervals, the iso-FLOP cross-check, "
+                                   "the compute-optimal and state-optimal frontiers), log it with its plots on the "
+                                   "study's parent MLflow run, then serve the study's MLflow store with the MLflow UI "
+                                   "on 127.0.0.1 until Ctrl-C. Exit 0 after a clean stop.")
+    s.add_argument("studies", nargs="+", metavar="STUDY", help="a study directory, or a study name under the results root")
+    s.add_argument("--port", type=int, default=5000, help="port of the (first) MLflow UI (default 5000; one port "
+                                                          "per further study store)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1: this machine only)")
+    s.add_argument("--no-ui", action="store_true", help="write and log the reports, start no server")
+    s.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="the MLflow store the studies used (default: each study's mlflow.db)")
+    s.add_argument("--results-dir", default=None, help="results root for study names (default: $ARCHSPACE_RESULTS or ./results)")
+    s.add_argument("--starts", type=int, default=None, metavar="K",
+                   help="scaling fits: L-BFGS from the K best of the 4,500 grid starts (default: all of them)")
+    s.set_defaults(func=cmd_dashboard)
+
+    s = sub.add_parser("compare", help="runs or studies side by side in the terminal",
+                       description="Print runs (run directories, a study's trials/<id>/) or studies side by side; "
+                                   "a study among runs stands in by its best trial. The best value of each row is bold.")
+    s.add_argument("targets", nargs="+", metavar="RUN_OR_STUDY", help="directories, or names under the results root")
+    s.add_argument("--results-dir", default=None, help="results root for names (default: $ARCHSPACE_RESULTS or ./results)")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("schema", help="write the JSON Schema of design files (editor completion)",
                        description="Print or write the JSON Schema of design files.")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import yamlio
+from .budget import apply_budget
 from .grammar import Design, HybridSpec, MixerSpec, parse_pattern
 
 # Fields that choose how a layer is computed, not what it computes: excluded from the design hash,
@@ -95,11 +96,12 @@ def expand_layout(hybrid: HybridSpec, n_layers: int | None) -> str:
     return "".join("A" if i in idx else "M" for i in range(n))
 
 
-def _mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = None):
-    """One token-mixer config; `attention` is the model's attention spec (the branch of Titans blocks)."""
+def mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = None):
+    """One token-mixer config; `attention` is the model's attention spec (the branch of Titans blocks).
+    A config the blocks refuse raises InvalidConfig, its key dotted from the mixer (``mom.top_k``)."""
     from dataclasses import replace
 
-    from .blocks.config import AttentionConfig, MoMConfig, TitansConfig
+    from .blocks.config import AttentionConfig, InvalidConfig, MoMConfig, TitansConfig
 
     if spec.type == "attention":
         return AttentionConfig(
@@ -111,41 +113,33 @@ def _mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = N
             short_conv=spec.short_conv,
         )
     memory = _memory_config(spec, d_model)
-    if spec.mom is not None:
-        return MoMConfig(memory=memory, **spec.mom.model_dump())
-    if spec.titans is not None:
-        t = spec.titans
-        branch = _mixer_config(attention, d_model)
-        branch = replace(branch, window=None if t.variant == "mac" else t.window)
-        return TitansConfig(memory=memory, attention=branch, variant=t.variant, segment=t.segment,
-                            persistent_tokens=t.persistent_tokens)
+    try:
+        if spec.mom is not None:
+            return MoMConfig(memory=memory, **spec.mom.model_dump())
+        if spec.titans is not None:
+            t = spec.titans
+            branch = mixer_config(attention, d_model)
+            branch = replace(branch, window=None if t.variant == "mac" else t.window)
+            return TitansConfig(memory=memory, attention=branch, variant=t.variant, segment=t.segment,
+                                persistent_tokens=t.persistent_tokens)
+    except InvalidConfig as exc:
+        section = "mom" if spec.mom is not None else "titans"
+        if exc.key and not exc.incompatible:
+            exc.key = f"{section}.{exc.key}"
+        raise
     return memory
 
 
 def _memory_config(spec: MixerSpec, d_model: int):
+    """The MemoryConfig of a memory mixer spec: every config field the spec has, the per-head dims derived."""
+    from dataclasses import fields
+
     from .blocks.config import MemoryConfig
 
-    return MemoryConfig(
-        d_model=d_model,
-        heads=spec.heads,
-        key_dim=spec.key_dim or d_model // spec.heads,
-        value_dim=spec.value_dim or d_model // spec.heads,
-        structure=spec.structure,
-        bias=spec.bias,
-        retention=spec.retention,
-        update=spec.update,
-        feature_map=spec.feature_map,
-        key_norm=spec.key_norm,
-        short_conv=spec.short_conv,
-        norm=spec.norm,
-        output_gate=spec.output_gate,
-        gate_rank=spec.gate_rank,
-        gate_temperature=spec.gate_temperature,
-        chunk_size=spec.chunk_size,
-        path=spec.path,
-        hierarchy=spec.hierarchy,
-        levels=spec.levels,
-    )
+    given = {f.name: getattr(spec, f.name) for f in fields(MemoryConfig) if f.name in type(spec).model_fields}
+    given.update(d_model=d_model, key_dim=spec.key_dim or d_model // spec.heads,
+                 value_dim=spec.value_dim or d_model // spec.heads)
+    return MemoryConfig(**given)
 
 
 def design_hash(model_dict: dict) -> str:
@@ -169,7 +163,7 @@ def resolve(design: Design) -> Resolved:
     layout = expand_layout(m.hybrid, m.n_layers)
     d = m.d_model
     specs = {"M": m.mixer, "A": m.attention, **m.mixers}
-    mixers = {letter: _mixer_config(spec, d, m.attention) for letter, spec in specs.items()}
+    mixers = {letter: mixer_config(spec, d, m.attention) for letter, spec in specs.items()}
     mlp = None
     hidden = m.mlp.hidden or max(1, round(m.mlp.hidden_mult * d))
     if m.mlp.kind == "swiglu":
@@ -191,7 +185,8 @@ def resolve(design: Design) -> Resolved:
         layout=layout,
         labels=tuple(_label(specs[ch]) for ch in layout),
         task=design.task.model_dump(),
-        train=design.train.model_dump(),
+        train=apply_budget(design.train.model_dump(), model, design.task.model_dump(),
+                           "max_steps" in design.train.model_fields_set),
         design_hash=design_hash(model.to_dict()),
     )
 

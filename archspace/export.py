@@ -10,27 +10,26 @@ then the first objective), `--rank N` picks another, `--run-id` an MLflow child 
 DIR receives
     config.json             the resolved design (key "archspace") plus Hugging Face fields and auto_map
     model.safetensors       the run's final weights (same tensors, metadata {"format": "pt"} added)
-    modeling_archspace.py   the blocks and kernels the design uses, copied from archspace.blocks and
-                            archspace.kernels (relative imports removed), plus load(), generate()
-                            and, when transformers imports, ArchspaceConfig / ArchspaceForCausalLM
+    modeling_archspace.py   the entry module (archspace/blocks/modeling_archspace.py): load(), generate() and,
+                            when transformers imports, ArchspaceConfig / ArchspaceForCausalLM
+    <module>.py             every file of archspace.blocks and archspace.kernels the entry reaches through
+                            relative imports, copied flat: only those imports are rewritten
+                            (`from ..kernels.gla import x` -> `from .gla import x`), so the numerics are
+                            archspace's own
     generate.py             `python generate.py --prompt 1,2,3 --max-new-tokens 16`
     README.md               the model card
 
-The modelling file is a concatenation of the package's own source files in dependency order, so
-the numerics are those of archspace; export checks this by loading the written directory through
-the written file and comparing its logits with archspace's model on a fixed input.
+The export checks itself: a separate Python process, in which archspace cannot be imported, loads the
+written directory through its own files and must give archspace's logits on a fixed input.
 """
 from __future__ import annotations
 
 import ast
-import hashlib
-import io
 import json
 import os
 import shutil
 import sys
 import time
-import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -234,552 +233,70 @@ def _check_run(sel: Selection) -> Selection:
 
 
 # ----------------------------------------------------------------------------------------------
-# The modelling file: the package's own sources, concatenated in dependency order
+# The modelling files: blocks/ and kernels/ files copied flat, relative imports rewritten
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class _Module:
-    name: str  # "archspace.blocks.memory"
-    path: Path
-    source: str
-    tree: ast.Module
-    internal_imports: list = field(default_factory=list)  # (node, target module, [(name, asname)])
-    defs: dict = field(default_factory=dict)  # top-level name -> ast node
+ENTRY = "archspace.blocks.modeling_archspace"
 
 
-def _package_dirs() -> dict[str, Path]:
-    from . import blocks, kernels
+def _module_file(name: str) -> Optional[Path]:
+    """The source file of a module of archspace.blocks or archspace.kernels (subpackages included), or None."""
+    import importlib.util
 
-    return {"archspace.blocks": Path(blocks.__file__).parent, "archspace.kernels": Path(kernels.__file__).parent}
-
-
-def _read_modules() -> dict[str, _Module]:
-    mods = {}
-    for pkg, d in _package_dirs().items():
-        for f in sorted(d.glob("*.py")):
-            if f.name == "__init__.py":
-                continue
-            src = f.read_text()
-            mods[f"{pkg}.{f.stem}"] = _Module(f"{pkg}.{f.stem}", f, src, ast.parse(src, str(f)))
-    for m in mods.values():
-        pkg = m.name.rsplit(".", 1)[0]
-        for node in m.tree.body:
-            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("archspace")):
-                if node.level:
-                    base = pkg.split(".")
-                    base = base[: len(base) - (node.level - 1)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module
-                if target not in mods:
-                    raise RuntimeError(f"{m.path}: imports {target}, which is not in archspace.blocks or "
-                                       f"archspace.kernels; the exported file would not be self-contained")
-                m.internal_imports.append((node, target, [(a.name, a.asname or a.name) for a in node.names]))
-            elif isinstance(node, ast.Import) and any(a.name.startswith("archspace") for a in node.names):
-                raise RuntimeError(f"{m.path}: `import archspace...` cannot be exported")
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                m.defs[node.name] = node
-            elif isinstance(node, ast.Assign):
-                for t in node.targets:
-                    if isinstance(t, ast.Name) and t.id != "__all__":
-                        m.defs[t.id] = node
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                m.defs[node.target.id] = node
-    return mods
+    if not name.startswith(("archspace.blocks.", "archspace.kernels.")):
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+    origin = None if spec is None or spec.origin is None else Path(spec.origin)
+    return origin if origin is not None and origin.suffix == ".py" and origin.name != "__init__.py" else None
 
 
-def excluded_modules(model_cfg) -> set[str]:
-    """Modules of archspace.blocks/kernels that this design never runs."""
-    from .blocks.config import leaf_mixers
-
-    kinds = {layer.mixer.kind for layer in model_cfg.layers}
-    leaves = [m for layer in model_cfg.layers for m in leaf_mixers(layer.mixer)]
-    memory = [m for m in leaves if m.kind == "memory"]
-    mlps = {layer.mlp.kind for layer in model_cfg.layers if layer.mlp is not None}
-    out = set()
-    if not any(m.kind == "attention" for m in leaves):
-        out.add("archspace.blocks.attention")
-    if not memory:
-        out.add("archspace.blocks.memory")
-    plain = [m for m in memory if m.hierarchy == "none"]
-    if not any(m.bias == "dot" for m in plain):
-        out.add("archspace.kernels.gla")
-    if not any(m.bias == "l2" for m in plain):
-        out.add("archspace.kernels.delta_rule")
-    if not any(m.hierarchy == "log_linear" for m in memory):
-        out.add("archspace.kernels.log_linear")
-    for kind, module in (("mom", "archspace.blocks.mom"), ("titans", "archspace.blocks.titans")):
-        if kind not in kinds:
-            out.add(module)
-    if "swiglu" not in mlps:
-        out.add("archspace.blocks.swiglu")
-    if "moe" not in mlps:
-        out.add("archspace.blocks.moe")
+def _relative_imports(name: str, tree: ast.Module) -> list:
+    """(node, absolute module) of every relative import in module ``name`` (function-level ones included)."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = name.split(".")[: -node.level]
+            if not node.module:
+                raise RuntimeError(f"{name}: `from {'.' * node.level} import ...` cannot be flattened; "
+                                   "import names from a module")
+            out.append((node, ".".join(base + [node.module])))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (a.name if isinstance(node, ast.Import) else node.module or "").startswith("archspace")
+                for a in node.names):
+            raise RuntimeError(f"{name}: an absolute archspace import would not be self-contained in an export")
     return out
 
 
-def _needed(mods: dict[str, _Module], root: str, excluded: set[str]) -> list[str]:
-    """Modules reachable from `root` (not through excluded ones), dependencies first."""
-    order: list[str] = []
-    seen: set[str] = set()
+def modeling_sources() -> dict:
+    """file name -> source of the export's modelling files: ENTRY and every blocks/kernels module it reaches
+    through relative imports, each relative import rewritten to its flat sibling (`from ..kernels.gla import x`
+    -> `from .gla import x`). The file stems are unique across the two packages, so nothing is renamed."""
+    sources: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    todo = [ENTRY]
+    while todo:
+        name = todo.pop()
+        stem = name.rsplit(".", 1)[1]
+        if origin.get(stem) == name:
+            continue
+        path = _module_file(name)
+        if path is None:
+            raise RuntimeError(f"{name} is not a file of archspace.blocks or archspace.kernels")
+        if stem in origin:  # the export is flat: every module it carries needs a file name of its own
+            raise RuntimeError(f"{name} and {origin[stem]} would both be {stem}.py in a flat export")
+        origin[stem] = name
+        text = path.read_text()
+        lines = text.splitlines(keepends=True)
+        for node, target in sorted(_relative_imports(name, ast.parse(text, str(path))), key=lambda x: -x[0].lineno):
+            names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in node.names)
+            indent = lines[node.lineno - 1][: node.col_offset]
+            lines[node.lineno - 1: node.end_lineno] = [f"{indent}from .{target.rsplit('.', 1)[1]} import {names}\n"]
+            todo.append(target)
+        sources[f"{stem}.py"] = "".join(lines)
+    return dict(sorted(sources.items()))
 
-    def visit(name: str, stack: tuple):
-        if name in seen:
-            return
-        if name in stack:
-            raise RuntimeError(f"import cycle: {' -> '.join(stack + (name,))}")
-        for _, target, _ in mods[name].internal_imports:
-            if target not in excluded:
-                visit(target, stack + (name,))
-        seen.add(name)
-        order.append(name)
-
-    visit(root, ())
-    return order
-
-
-def _node_lines(node) -> tuple[int, int]:
-    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-    return start, node.end_lineno
-
-
-def _rename_tokens(source: str, renames: dict[str, str]) -> str:
-    """Rename identifiers (not attributes: a name after '.' is left alone) in `source`."""
-    if not renames:
-        return source
-    lines = source.splitlines(keepends=True)
-    edits: dict[int, list] = {}
-    prev = None
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.NAME and tok.string in renames and not (prev is not None and prev.string == "."):
-            edits.setdefault(tok.start[0], []).append((tok.start[1], tok.end[1], renames[tok.string]))
-        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT):
-            prev = tok
-    for row, items in edits.items():
-        line = lines[row - 1]
-        for a, b, new in sorted(items, reverse=True):
-            line = line[:a] + new + line[b:]
-        lines[row - 1] = line
-    return "".join(lines)
-
-
-def _short(name: str) -> str:
-    return name.split(".", 1)[1].replace(".", "/") + ".py"  # archspace.blocks.memory -> blocks/memory.py
-
-
-def build_modeling_source(model_cfg, *, version: str = "") -> str:
-    """The self-contained modelling file for a resolved ModelConfig (see the module docstring)."""
-    mods = _read_modules()
-    excluded = excluded_modules(model_cfg)
-    order = _needed(mods, "archspace.blocks.model", excluded)
-    ids = {name: name.rsplit(".", 1)[1] for name in order}
-
-    # Names defined by several included modules: identical definitions are kept once; differing ones
-    # are renamed per module (<module>__name), repeated until the rendered definitions are stable.
-    renamed: set[tuple[str, str]] = set()
-
-    def rename_map(name: str) -> dict[str, str]:
-        out = {n: f"_{ids[name]}__{n}" for (m, n) in renamed if m == name}
-        for _, target, names in mods[name].internal_imports:
-            if target in excluded:
-                continue
-            for orig, alias in names:
-                final = f"_{ids[target]}__{orig}" if (target, orig) in renamed else orig
-                if alias != final:
-                    out[alias] = final
-        return out
-
-    def rendered_defs(name: str) -> dict[str, str]:
-        m = mods[name]
-        rmap = rename_map(name)
-        lines = m.source.splitlines(keepends=True)
-        out = {}
-        for n, node in m.defs.items():
-            a, b = _node_lines(node)
-            out[n] = _rename_tokens("".join(lines[a - 1:b]), rmap)
-        return out
-
-    while True:
-        texts: dict[str, dict[str, str]] = {}
-        for name in order:
-            for n, text in rendered_defs(name).items():
-                if (name, n) not in renamed:
-                    texts.setdefault(n, {})[name] = text
-        new = {(m, n) for n, per in texts.items() if len(per) > 1 and len(set(per.values())) > 1 for m in per}
-        if not new:
-            break
-        renamed |= new
-
-    first_def: dict[str, str] = {}
-    sections = []
-    stubs: list[str] = []
-    for name in order:
-        m = mods[name]
-        lines = m.source.splitlines(keepends=True)
-        drop: dict[int, str] = {}  # first line -> replacement text; the statement's other lines are dropped
-        skip: set[int] = set()
-
-        def remove(node, replacement: str = ""):
-            a, b = _node_lines(node)
-            drop[a] = replacement
-            skip.update(range(a + 1, b + 1))
-
-        for node in m.tree.body:
-            if isinstance(node, ast.ImportFrom) and node.module == "__future__":
-                remove(node)
-            elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-                remove(node)
-        for node, target, names in m.internal_imports:
-            if target in excluded:
-                text = "".join(f"{alias} = _NotExported({orig!r}, {_short(target)!r})\n" for orig, alias in names)
-                stubs += [alias for _, alias in names]
-                remove(node, text)
-            else:
-                remove(node)
-        rmap = rename_map(name)
-        for n, node in m.defs.items():
-            if (name, n) in renamed:
-                continue
-            if n in first_def:  # an identical definition came earlier: keep that one
-                a, b = _node_lines(node)
-                drop[a] = f"# {n}: identical to the definition from {_short(first_def[n])} above\n"
-                skip.update(range(a + 1, b + 1))
-            else:
-                first_def[n] = name
-        body = []
-        for i, line in enumerate(lines, 1):
-            if i in drop:
-                body.append(drop[i])
-            elif i not in skip:
-                body.append(line)
-        text = _rename_tokens("".join(body), rmap)
-        digest = hashlib.sha256(m.source.encode()).hexdigest()[:16]
-        bar = "# " + "=" * 98
-        sections.append(f"{bar}\n# {_short(name)}  ({name}, source sha256 {digest})\n{bar}\n{text.rstrip()}\n")
-
-    from .blocks.config import kernel_paths
-
-    mixers = sorted(set(kernel_paths(model_cfg)))
-    header = f'''"""Self-contained modelling file of an archspace export (generated by archspace {version}; do not edit).
-
-Needs only torch. The code below is archspace's own: the files of archspace.blocks and
-archspace.kernels this design uses ({", ".join(_short(n) for n in order)}), concatenated in
-dependency order with their relative imports removed{"; code for parts the design does not use is left out" if excluded else ""}.
-Mixers of this design: {", ".join(mixers)}.
-
-    from modeling_archspace import load, generate
-    model = load("path/to/export")                  # a SequenceModel with the exported weights
-    hidden = model(input_ids)                        # [B, T] -> final-normed hidden [B, T, D]
-    logits = model.logits(hidden)                    # -> [B, T, vocab]
-    out = generate(model, input_ids, max_new_tokens=16, greedy=True)
-
-With transformers installed the same file defines ArchspaceConfig and ArchspaceForCausalLM, so the
-directory loads with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True).
-"""
-from __future__ import annotations
-
-
-class _NotExported:
-    """Stands in for code this export leaves out because the design does not use it."""
-
-    def __init__(self, name, origin):
-        self._what = f"{{name}} (from archspace {{origin}})"
-
-    def __call__(self, *args, **kwargs):
-        raise NotImplementedError(f"{{self._what}} is not part of this export: the exported design does not use it")
-
-    def __getattr__(self, attr):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        raise NotImplementedError(f"{{object.__getattribute__(self, '_what')}} is not part of this export")
-
-
-'''
-    return header + "\n\n".join(sections) + "\n\n" + RUNTIME
-
-
-RUNTIME = r'''
-# ==================================================================================================
-# Export layer: weights, loading, generation, command line, Hugging Face wrapper
-# ==================================================================================================
-import argparse as _argparse
-import json as _json
-import os as _os
-import struct as _struct
-import sys as _sys
-
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def read_safetensors(path):
-    """(tensors, metadata) of a .safetensors file, read with torch alone (no safetensors package)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = _struct.unpack("<Q", data[:8])
-    header = _json.loads(data[8:8 + n].decode("utf-8"))
-    metadata = header.pop("__metadata__", None) or {}
-    base = 8 + n
-    tensors = {}
-    for name, info in header.items():
-        dtype = _ST_DTYPES[info["dtype"]]
-        start, end = info["data_offsets"]
-        if end > start:
-            t = torch.frombuffer(bytearray(data[base + start:base + end]), dtype=dtype)
-        else:
-            t = torch.empty(0, dtype=dtype)
-        tensors[name] = t.reshape(info["shape"])
-    return tensors, metadata
-
-
-def load_state(model, path):
-    """Load a safetensors file written by safetensors' save_model (shared tensors stored once)."""
-    tensors, _ = read_safetensors(path)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if unexpected:
-        raise RuntimeError(f"{path}: tensors the model does not have: {unexpected}")
-    if missing:
-        # save_model drops all but one name of tensors that share storage: the missing ones must alias
-        # a loaded tensor (they were filled by loading it).
-        ptrs = {}
-        for name, t in model.state_dict(keep_vars=True).items():
-            ptrs.setdefault(t.data_ptr(), []).append(name)
-        loaded = set(tensors)
-        bad = [k for k in missing if not any(k in names and loaded & set(names) for names in ptrs.values())]
-        if bad:
-            raise RuntimeError(f"{path}: weights missing for {bad}")
-    return model
-
-
-def read_config(path="."):
-    with open(_os.path.join(path, "config.json")) as f:
-        return _json.load(f)
-
-
-def model_config(config):
-    """ModelConfig of config.json's resolved design (config: the parsed config.json or its "archspace")."""
-    resolved = config.get("archspace", config)
-    return ModelConfig.from_dict(resolved["model"])
-
-
-def load(path=None, device=None, dtype=None):
-    """The exported SequenceModel with its weights, in eval mode (path: the export directory)."""
-    path = path or _os.path.dirname(_os.path.abspath(__file__))
-    model = SequenceModel(model_config(read_config(path)))
-    load_state(model, _os.path.join(path, "model.safetensors"))
-    model.eval()
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
-    return model
-
-
-def _core(model):
-    """The object with forward/logits/step/init_state: a SequenceModel or the HF wrapper."""
-    return model
-
-
-def state_numel(state):
-    """Numbers held in a decoding state (floating-point tensors only; counters such as the KV cache's or a
-    log-linear memory's position, ints or integer tensors, are not numbers)."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() if state.is_floating_point() else 0
-    if isinstance(state, dict):
-        return sum(state_numel(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_numel(v) for v in state)
-    return 0
-
-
-def _pick(logits, greedy, temperature, top_k, generator):
-    if greedy:
-        return logits.argmax(-1)
-    logits = logits.float() / max(temperature, 1e-6)
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
-
-
-@torch.no_grad()
-def generate(model, input_ids, max_new_tokens=32, greedy=True, temperature=1.0, top_k=None, generator=None,
-             prefill="parallel", return_state=False):
-    """Continue input_ids [B, T] (or a list of ids) by max_new_tokens tokens; returns [B, T + new].
-
-    Decoding keeps a recurrent state per memory layer (constant size) and a KV cache per attention
-    layer (SequenceModel.step). The prompt is consumed in parallel (forward with return_state) or,
-    with prefill="step", token by token.
-    """
-    m = _core(model)
-    ids = torch.as_tensor(input_ids, dtype=torch.long, device=m.embed.weight.device)
-    if ids.dim() == 1:
-        ids = ids[None]
-    if ids.shape[1] < 1:
-        raise ValueError("generate needs a prompt of at least one token")
-    if prefill == "parallel":
-        hidden, state = m(ids, return_state=True)
-        logits = m.logits(hidden[:, -1])
-    elif prefill == "step":
-        state = m.init_state(ids.shape[0], ids.device)
-        for t in range(ids.shape[1]):
-            logits, state = m.step(ids[:, t], state)
-    else:
-        raise ValueError(f"prefill must be 'parallel' or 'step', got {prefill!r}")
-    out = [ids]
-    for i in range(max_new_tokens):
-        nxt = _pick(logits, greedy, temperature, top_k, generator)
-        out.append(nxt[:, None])
-        if i + 1 < max_new_tokens:
-            logits, state = m.step(nxt, state)
-    result = torch.cat(out, dim=1)
-    return (result, state) if return_state else result
-
-
-def main(argv=None):
-    p = _argparse.ArgumentParser(description="Generate with an archspace export (torch only).")
-    p.add_argument("--dir", default=_os.path.dirname(_os.path.abspath(__file__)), help="the export directory")
-    p.add_argument("--generate", "--prompt", dest="prompt", required=True, metavar="IDS",
-                   help="prompt token ids, comma or space separated, e.g. 3,17,5")
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    ids = [int(x) for x in args.prompt.replace(",", " ").split()]
-    model = load(args.dir)
-    g = torch.Generator().manual_seed(args.seed)
-    out = generate(model, [ids], args.max_new_tokens, greedy=not args.sample, temperature=args.temperature,
-                   top_k=args.top_k, generator=g)
-    print(" ".join(str(t) for t in out[0, len(ids):].tolist()))
-    return 0
-
-
-# ---------------------------------------------------------------------------- Hugging Face (optional)
-try:
-    from transformers import PretrainedConfig as _PretrainedConfig
-    from transformers import PreTrainedModel as _PreTrainedModel
-    from transformers.modeling_outputs import CausalLMOutput as _CausalLMOutput
-except ImportError:
-    _PreTrainedModel = None
-
-if _PreTrainedModel is not None:
-
-    class ArchspaceConfig(_PretrainedConfig):
-        """config.json of an archspace export: the resolved design sits under "archspace"."""
-
-        model_type = "archspace"
-
-        def __init__(self, archspace=None, **kwargs):
-            self.archspace = archspace or {}
-            model = self.archspace.get("model") or {}
-            kwargs.setdefault("vocab_size", model.get("vocab_size"))
-            kwargs.setdefault("hidden_size", model.get("d_model"))
-            kwargs.setdefault("num_hidden_layers", len(model.get("layers") or []))
-            kwargs["tie_word_embeddings"] = False  # the archspace model reads its tied head itself
-            super().__init__(**kwargs)
-
-    class ArchspaceForCausalLM(_PreTrainedModel):
-        """The exported SequenceModel as a transformers model: its modules sit at the top level, so the
-        parameter names are those of model.safetensors; forward returns next-token logits."""
-
-        config_class = ArchspaceConfig
-        base_model_prefix = "archspace"
-        main_input_name = "input_ids"
-        _no_split_modules = ["Layer"]
-        _supports_cache_class = False
-
-        def __init__(self, config):
-            super().__init__(config)
-            core = SequenceModel(model_config(config.archspace))
-            self.cfg = core.cfg
-            for name, child in core.named_children():
-                self.add_module(name, child)
-            self.lm_head = core.lm_head
-            self.post_init()
-
-        @classmethod
-        def from_pretrained(cls, *args, **kwargs):
-            loaded = super().from_pretrained(*args, **kwargs)
-            (loaded[0] if isinstance(loaded, tuple) else loaded)._rebuild_buffers()
-            return loaded
-
-        def _init_weights(self, module):
-            pass  # every weight comes from model.safetensors
-
-        def _rebuild_buffers(self):
-            # Non-persistent buffers (the RetNet decay) are not in the checkpoint, and transformers
-            # creates the model on the meta device then fills only what the checkpoint holds: compute
-            # them again, as the SequenceModel constructor does.
-            for mod in self.modules():
-                buf = getattr(mod, "log_gamma", None)
-                if isinstance(buf, torch.Tensor):
-                    device = self.embed.weight.device
-                    mod.register_buffer("log_gamma", retnet_log_decay(mod.cfg.heads).to(device), persistent=False)
-            self._archspace_buffers_ok = True
-
-        def _fix_buffers(self):
-            if not getattr(self, "_archspace_buffers_ok", False):
-                self._rebuild_buffers()
-
-        def get_input_embeddings(self):
-            return self.embed
-
-        def set_input_embeddings(self, value):
-            self.embed = value
-
-        def logits(self, hidden):
-            return SequenceModel.logits(self, hidden)
-
-        def init_state(self, batch_size, device=None):
-            return SequenceModel.init_state(self, batch_size, device)
-
-        def step(self, token_ids, state=None):
-            self._fix_buffers()
-            return SequenceModel.step(self, token_ids, state)
-
-        def hidden_states(self, input_ids, state=None, return_state=False):
-            self._fix_buffers()
-            return SequenceModel.forward(self, input_ids, state, return_state)
-
-        def forward(self, input_ids=None, attention_mask=None, labels=None, return_state=False, state=None,
-                    **kwargs):
-            if return_state:  # generate() calls model(ids, return_state=True) like a SequenceModel
-                return self.hidden_states(input_ids, state, True)
-            logits = self.logits(self.hidden_states(input_ids, state))
-            loss = None
-            if labels is not None:
-                loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                    ignore_index=-100)
-            return _CausalLMOutput(loss=loss, logits=logits)
-
-    def _core(model):  # noqa: F811 - the HF wrapper decodes through the same SequenceModel code
-        if isinstance(model, ArchspaceForCausalLM):
-            return _HFCore(model)
-        return model
-
-    class _HFCore:
-        def __init__(self, model):
-            self.model, self.embed = model, model.embed
-
-        def __call__(self, ids, return_state=False):
-            return self.model.hidden_states(ids, None, return_state)
-
-        def logits(self, hidden):
-            return self.model.logits(hidden)
-
-        def step(self, ids, state):
-            return self.model.step(ids, state)
-
-        def init_state(self, batch_size, device=None):
-            return self.model.init_state(batch_size, device)
-
-
-if __name__ == "__main__":
-    _sys.exit(main())
-'''
 
 GENERATE_PY = '''"""Generate with this export: python generate.py --prompt 3,17,5 --max-new-tokens 16 [--sample]"""
 import os
@@ -805,26 +322,25 @@ def _version() -> str:
         return "unknown"
 
 
-def _load_module_from(path: Path, name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, str(path))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up in sys.modules
-    before = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True  # leave no __pycache__ in the export
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    finally:
-        sys.dont_write_bytecode = before
-    return mod
+_CHECK = r"""
+import sys
+sys.modules["archspace"] = None  # an export must not need archspace
+sys.path.insert(0, sys.argv[1])
+import torch
+from modeling_archspace import load
+model = load(sys.argv[1])
+ids = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model.logits(model(ids)), sys.argv[3])
+"""
 
 
 def verify(out: Path, run_dir: Path, model_cfg) -> float:
-    """Load `out` through its own modelling file and compare logits with archspace's model; max |diff|."""
+    """Load `out` through its own modelling files in a separate Python process (torch only: archspace is made
+    unimportable there) and compare its logits with archspace's model on a fixed input; max |diff|."""
+    import subprocess
+    import tempfile
+
     import torch
     from safetensors.torch import load_model
 
@@ -833,18 +349,19 @@ def verify(out: Path, run_dir: Path, model_cfg) -> float:
     ref = SequenceModel(model_cfg)
     load_model(ref, str(run_dir / "model.safetensors"))
     ref.eval()
-    name = f"_archspace_export_check_{os.getpid()}_{int(time.time() * 1e6)}"
-    try:
-        mod = _load_module_from(out / MODELING_FILE, name)
-        exported = mod.load(str(out))
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, model_cfg.vocab_size, (2, 24), generator=g)
-        with torch.no_grad():
-            a = ref.logits(ref(ids))
-            b = exported.logits(exported(ids))
-        diff = float((a - b).abs().max())
-    finally:
-        sys.modules.pop(name, None)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model_cfg.vocab_size, (2, 24), generator=g)
+    with torch.no_grad():
+        a = ref.logits(ref(ids))
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(ids, Path(tmp) / "ids.pt")
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # leave no __pycache__ in the export
+        proc = subprocess.run([sys.executable, "-I", "-c", _CHECK, str(out), str(Path(tmp) / "ids.pt"),
+                               str(Path(tmp) / "logits.pt")], capture_output=True, text=True, env=env, cwd=tmp)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the export at {out} does not load with torch alone:\n{proc.stderr[-3000:]}")
+        b = torch.load(Path(tmp) / "logits.pt")
+    diff = float((a - b).abs().max())
     if not diff <= 1e-6:
         raise RuntimeError(f"the exported modelling file does not reproduce archspace's logits (max |diff| {diff:.3g})")
     return diff
@@ -887,8 +404,8 @@ def export_tokenizer(task: dict, out: Path) -> str:
 
 def _design_rows(resolved: dict, model_cfg) -> list[list[str]]:
     from .blocks.config import ModelConfig, leaf_mixers
+    from .blocks.dispatch import kernel_paths
     from .blocks.model import Layer
-    from .blocks.config import kernel_paths
 
     seq_len = _seq_len(resolved)
     rows = []
@@ -1004,7 +521,7 @@ def model_card(resolved: dict, model_cfg, metrics: dict, sel: Selection, out: Pa
               "## Files", "",
               "- `config.json`: the resolved design under `archspace`, Hugging Face fields and `auto_map`",
               "- `model.safetensors`: the final weights (SequenceModel parameter names)",
-              "- `modeling_archspace.py`: archspace's block and kernel code for this design, torch only",
+              "- `modeling_archspace.py` and the other `.py` files: archspace's block and kernel code, torch only",
               "- `generate.py`: command-line generation", ""]
     return "\n".join(lines)
 
@@ -1052,7 +569,9 @@ def export(sel: Selection, out: Path, *, force: bool = False) -> ExportResult:
     st_meta.update({"format": "pt", "archspace.design_hash": str(resolved.get("design_hash"))})
     save_file(tensors, str(out / "model.safetensors"), metadata=st_meta)
 
-    (out / MODELING_FILE).write_text(build_modeling_source(model_cfg, version=version))
+    modeling = modeling_sources()
+    for fname, text in modeling.items():
+        (out / fname).write_text(text)
     (out / "generate.py").write_text(GENERATE_PY)
     tokenizer_note = export_tokenizer(task, out)
     source = {"run_dir": str(sel.run_dir)}
@@ -1081,10 +600,11 @@ def export(sel: Selection, out: Path, *, force: bool = False) -> ExportResult:
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
             "tokenizer": "tokenizer.json" if (out / "tokenizer.json").exists() else None,
             "modeling_file": MODELING_FILE,
-            "excluded_modules": sorted(_short(m) for m in excluded_modules(model_cfg)),
+            "modeling_files": sorted(modeling),
         },
     }
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     (out / "README.md").write_text(model_card(resolved, model_cfg, metrics, sel, out, tokenizer_note))
     diff = verify(out, sel.run_dir, model_cfg)
-    return ExportResult(out, sel, list(OUTPUT_FILES), diff, time.perf_counter() - t0)
+    files = list(OUTPUT_FILES) + [f for f in modeling if f != MODELING_FILE]
+    return ExportResult(out, sel, files, diff, time.perf_counter() - t0)

@@ -10,9 +10,11 @@ A design file has four sections:
 
 A memory mixer is a point on the axes of the Miras framework (Behrouz et al. 2025,
 https://arxiv.org/abs/2504.13173): memory structure x attentional bias x retention gate x update
-algorithm. Named presets (PRESETS) expand to grammar points and any key can override them.
-Which axis values may not be combined lives in one table, INCOMPATIBLE, read by the compiler and by
-the search-space sampler alike.
+algorithm (+ feature map and hierarchy). The token-mixer keys are not written here: their values,
+defaults, bounds and docs are declared once by the block configs (blocks/config.py, the axis files of
+blocks/axis.py), the named presets in blocks/presets.py and the incompatibility table in
+blocks/compat.py; this module derives the YAML schema from them (MixerSpec, MoMSpec, TitansSpec), and
+checks a design by building its configs, so an error of a block's config points at its YAML key.
 
 This module validates only; archspace.compiler resolves a validated design into per-layer configs.
 It must stay cheap to import (no torch, no Lightning): `archspace validate` runs through it.
@@ -20,178 +22,74 @@ It must stay cheap to import (no torch, no Lightning): `archspace validate` runs
 from __future__ import annotations
 
 import copy
-import glob
-import os
+import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from . import yamlio
+from .blocks.compat import check as check_compat
+from .blocks.config import AttentionConfig, InvalidConfig, MemoryConfig, MoMConfig, TitansConfig
+from .blocks.presets import PRESETS
 from .errors import ConfigError, closest
+from .specbase import Spec as _Spec
+from .tasks.registry import TASKS
+from .tasks.specs import MQARTaskSpec  # noqa: F401 - the default task section
 
 SCHEMA_VERSION = 1
-
-# ----------------------------------------------------------------------------------------------
-# Presets: published models as points of the grammar. Keys given next to `preset:` override these.
-# ----------------------------------------------------------------------------------------------
-PRESETS: dict[str, dict[str, Any]] = {
-    # Katharopoulos et al. 2020, https://arxiv.org/abs/2006.16236 : S_t = S_{t-1} + phi(k_t) v_t^T
-    "linear_attention": dict(type="memory", bias="dot", retention="none", feature_map="elu1", key_norm="none",
-                             short_conv=0, output_gate=False),
-    # RetNet, Sun et al. 2023, https://arxiv.org/abs/2307.08621 : fixed decay 1 - 2^(-5-h) per head, swish gate
-    "retnet": dict(type="memory", bias="dot", retention="constant", feature_map="identity", key_norm="none",
-                   short_conv=0, output_gate=True),
-    # Mamba2 / SSD, Dao & Gu 2024, https://arxiv.org/abs/2405.21060 : data-dependent scalar decay per head
-    "mamba2": dict(type="memory", bias="dot", retention="scalar", feature_map="identity", key_norm="none",
-                   short_conv=4, output_gate=True),
-    # GLA, Yang et al. 2023, https://arxiv.org/abs/2312.06635 : data-dependent vector decay (low-rank gate)
-    "gla": dict(type="memory", bias="dot", retention="vector", feature_map="identity", key_norm="none",
-                short_conv=0, output_gate=True),
-    # DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2406.06484 : delta rule, l2-normalised silu keys
-    "deltanet": dict(type="memory", bias="l2", retention="none", feature_map="silu", key_norm="l2",
-                     short_conv=4, output_gate=False),
-    # Gated DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2412.06464 : delta rule with scalar decay
-    "gated_deltanet": dict(type="memory", bias="l2", retention="scalar", feature_map="silu", key_norm="l2",
-                           short_conv=4, output_gate=True),
-    # Causal softmax attention (global) and sliding-window attention
-    "attention": dict(type="attention", window=None),
-    "swa": dict(type="attention", window=128),
-}
-
-MEMORY_ONLY_KEYS = (
-    "key_dim", "value_dim", "structure", "bias", "retention", "update", "feature_map", "key_norm",
-    "norm", "output_gate", "gate_rank", "gate_temperature", "chunk_size", "path",
-    "hierarchy", "levels", "mom", "titans",
-)
-ATTENTION_ONLY_KEYS = ("head_dim", "window", "rope_base")
-
-
-SET = "<set>"  # in Incompatibility.when: the key is present and not null (e.g. a `mom:` section)
-
-
-@dataclass(frozen=True)
-class Incompatibility:
-    when: dict[str, Any]  # mixer key -> value (or SET); the rule fires when all match
-    why: str
-
-
-# The one table of axis combinations that may not be combined (read by compiler and sampler).
-INCOMPATIBLE: tuple[Incompatibility, ...] = (
-    Incompatibility(
-        {"type": "memory", "bias": "l2", "retention": "vector"},
-        "a per-channel (vector) retention gate with the delta rule (KDA) is not in grammar version 1; "
-        "use retention: scalar (Gated DeltaNet) or bias: dot (GLA)",
-    ),
-    Incompatibility(
-        {"type": "memory", "bias": "l2", "key_norm": "none"},
-        "the delta rule needs l2-normalised keys (key_norm: l2): with ||k|| > 1 the transition "
-        "I - b k k^T can expand the state and training diverges",
-    ),
-    Incompatibility(
-        {"type": "memory", "hierarchy": "log_linear", "retention": "vector"},
-        "log-linear memory is defined for scalar (or no / constant) retention: the Mamba2 and Gated DeltaNet "
-        "forms of Guo et al. 2025; use retention: scalar",
-    ),
-    Incompatibility(
-        {"type": "memory", "mom": SET, "titans": SET},
-        "a Titans composition takes one memory mixer, not a Mixture-of-Memories, in grammar version 1",
-    ),
-)
-
-
-def _matches(mixer: dict[str, Any], key: str, want: Any) -> bool:
-    if key not in mixer:
-        return False
-    return mixer[key] is not None if want == SET else mixer[key] == want
-
-
-def violations(mixer: dict[str, Any]) -> list[Incompatibility]:
-    """Rules of INCOMPATIBLE that a (possibly partial) mixer assignment breaks."""
-    return [r for r in INCOMPATIBLE if all(_matches(mixer, k, v) for k, v in r.when.items())]
-
-
-def could_violate(partial: dict[str, Any], key: str, value: Any) -> bool:
-    """True if setting `key=value` on `partial` completes a forbidden combination (for samplers)."""
-    trial = dict(partial)
-    trial[key] = value
-    return any(key in r.when for r in violations(trial))
 
 
 # ----------------------------------------------------------------------------------------------
 # Schema
 # ----------------------------------------------------------------------------------------------
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+def _config_fields(cls, skip: tuple = ()) -> dict:
+    """pydantic fields from a block config's declarations (blocks/config.py): type, default, bounds, doc.
+    A ``derived`` field becomes optional (null: the compiler derives it); ``grammar_default`` replaces a
+    required field's missing default."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name == "kind":
+            continue
+        meta = f.metadata
+        bounds = {k: meta[k] for k in ("ge", "gt", "le") if k in meta}
+        ann, default = f.type, f.default
+        if meta.get("derived"):
+            ann, default = Optional[f.type], None
+        elif "grammar_default" in meta:
+            default = meta["grammar_default"]
+        out[f.name] = (ann, Field(default, description=meta.get("doc", ""), **bounds))
+    return out
 
 
-class MoMSpec(_Spec):
-    """Mixture-of-Memories (Du et al. 2025, https://arxiv.org/abs/2502.13685) over this memory mixer."""
+MoMSpec = create_model("MoMSpec", __base__=_Spec, __doc__=MoMConfig.__doc__.split("\n\n")[0],
+                       **_config_fields(MoMConfig, skip=("memory",)))
+TitansSpec = create_model(
+    "TitansSpec", __base__=_Spec, __doc__=TitansConfig.__doc__.split("\n\n")[0] + " (the attention branch is the "
+    "model's `attention` mixer)",
+    **_config_fields(TitansConfig, skip=("memory", "attention")),
+    window=(Optional[int], Field(64, ge=1, description="mag/mal: sliding-window length of the attention branch "
+                                 "(null = global)")))
 
-    memories: int = Field(4, ge=1, le=256, description="number of memories M")
-    top_k: int = Field(2, ge=1, le=256, description="memories each token is routed to (weights renormalised)")
-    shared_memory: bool = Field(True, description="add an always-on shared memory that sees every token")
-    share_kv: bool = Field(False, description="one key/value projection shared by all memories")
-    aux_loss_weight: float = Field(0.01, ge=0, description="weight of the load-balancing loss (logged as train/aux_loss)")
-    capacity: Optional[float] = Field(None, gt=0, description="capacity factor: a memory takes at most "
-                                      "ceil(capacity * T * top_k / memories) tokens per sequence (null = no cap)")
+_MEMORY_FIELDS = _config_fields(MemoryConfig, skip=("d_model",))
+_ATTENTION_FIELDS = _config_fields(AttentionConfig, skip=("d_model", "heads", "short_conv"))  # shared: from memory
+_SHARED_KEYS = ("heads", "short_conv")
+MEMORY_ONLY_KEYS = tuple(k for k in _MEMORY_FIELDS if k not in _SHARED_KEYS) + ("mom", "titans")
+ATTENTION_ONLY_KEYS = tuple(_ATTENTION_FIELDS)
 
-    @model_validator(mode="after")
-    def _k(self):
-        if self.top_k > self.memories:
-            raise ValueError(f"top_k {self.top_k} exceeds memories {self.memories}")
-        return self
-
-
-class TitansSpec(_Spec):
-    """A Titans composition (Behrouz et al. 2024, https://arxiv.org/abs/2501.00663) of this memory mixer
-    with the model's `attention` mixer."""
-
-    variant: Literal["mac", "mag", "mal"] = Field(
-        "mac", description="mac: memory as context; mag: memory as gate; mal: memory as layer")
-    segment: int = Field(64, ge=1, le=1 << 16, description="mac: segment length")
-    persistent_tokens: int = Field(4, ge=0, le=1024, description="learned tokens prepended to the attention context")
-    window: Optional[int] = Field(64, ge=1, description="mag/mal: sliding-window length of the attention branch "
-                                  "(null = global)")
-
-
-class MixerSpec(_Spec):
-    """A token mixer: a memory mixer (matrix memory) or softmax attention."""
-
-    preset: Optional[str] = Field(None, description="named grammar point: " + ", ".join(PRESETS))
-    type: Literal["memory", "attention"] = Field("memory", description="memory mixer or softmax attention")
-    heads: int = Field(2, ge=1, le=256, description="number of heads")
-    # memory mixer
-    key_dim: Optional[int] = Field(None, ge=1, le=4096, description="K per head (default d_model / heads)")
-    value_dim: Optional[int] = Field(None, ge=1, le=4096, description="V per head (default d_model / heads)")
-    structure: Literal["matrix"] = Field("matrix", description="memory structure: matrix S in R^{K x V}")
-    bias: Literal["dot", "l2"] = Field("dot", description="attentional bias: dot (Hebbian) or l2 (delta rule)")
-    retention: Literal["none", "constant", "scalar", "vector"] = Field(
-        "none", description="retention gate: none | constant (RetNet) | scalar (Mamba2) | vector (GLA)")
-    update: Literal["gd"] = Field("gd", description="update algorithm: one gradient step per token")
-    feature_map: Literal["identity", "elu1", "silu", "relu"] = Field("identity", description="map on q and k")
-    key_norm: Literal["none", "l2"] = Field("none", description="l2-normalise q and k per head")
-    short_conv: int = Field(0, ge=0, le=16, description="causal depthwise conv size on q, k, v (0 = off); "
-                            "memory mixers and attention")
-    norm: Literal["rmsnorm", "none"] = Field("rmsnorm", description="per-head output normalisation")
-    output_gate: bool = Field(False, description="o = norm(o) * silu(W_g x)")
-    gate_rank: int = Field(16, ge=1, le=1024, description="rank of the vector (GLA) gate projection")
-    gate_temperature: float = Field(16.0, gt=0, description="GLA gate: log a = logsigmoid(.) / temperature")
-    chunk_size: int = Field(64, ge=1, le=1024, description="chunk length of the chunked training path")
-    path: Literal["chunk", "reference"] = Field("chunk", description="kernel path: chunk (training) or reference (token loop)")
-    hierarchy: Literal["none", "log_linear"] = Field(
-        "none", description="log_linear: Fenwick-tree levels of states with data-dependent level weights (Guo et al. 2025)")
-    levels: int = Field(16, ge=2, le=64, description="log-linear levels (older tokens share the last level)")
-    mom: Optional[MoMSpec] = Field(None, description="make this memory a Mixture-of-Memories")
-    titans: Optional[TitansSpec] = Field(None, description="compose this memory with attention, Titans-style")
-    # attention
-    head_dim: Optional[int] = Field(None, ge=1, le=1024, description="attention head dim (default d_model / heads)")
-    window: Optional[int] = Field(None, ge=1, description="sliding window length (null = global causal)")
-    rope_base: float = Field(10000.0, gt=0, description="rotary embedding base")
+MixerSpec = create_model(
+    "MixerSpec", __base__=_Spec,
+    __doc__="A token mixer: a memory mixer (the axes of blocks/axis.py) or softmax attention.",
+    preset=(Optional[str], Field(None, description="named grammar point: " + ", ".join(PRESETS))),
+    type=(Literal["memory", "attention"], Field("memory", description="memory mixer or softmax attention")),
+    **_MEMORY_FIELDS,
+    mom=(Optional[MoMSpec], Field(None, description="make this memory a Mixture-of-Memories")),
+    titans=(Optional[TitansSpec], Field(None, description="compose this memory with attention, Titans-style")),
+    **_ATTENTION_FIELDS,
+)
 
 
 class HybridSpec(_Spec):
@@ -237,141 +135,7 @@ class ModelSpec(_Spec):
     tie_embeddings: bool = Field(True, description="share input embedding and output head")
 
 
-class SliceSpec(_Spec):
-    seq_len: int = Field(ge=4, le=1 << 20)
-    num_kv_pairs: int = Field(ge=1)
-    num_examples: int = Field(ge=1)
-
-
-def _default_train_slices() -> list[SliceSpec]:
-    return [SliceSpec(seq_len=64, num_kv_pairs=4, num_examples=20000)]
-
-
-def _default_test_slices() -> list[SliceSpec]:
-    return [SliceSpec(seq_len=64, num_kv_pairs=4, num_examples=1000)]
-
-
-class MQARTaskSpec(_Spec):
-    """Multi-query associative recall (Zoology, Arora et al. 2023, https://arxiv.org/abs/2312.04927)."""
-
-    name: Literal["mqar"] = Field("mqar", description="task name")
-    vocab_size: int = Field(8192, ge=16, description="vocabulary: keys from the lower half, values from the upper")
-    train: list[SliceSpec] = Field(default_factory=_default_train_slices, description="training mixture")
-    test: list[SliceSpec] = Field(default_factory=_default_test_slices, description="test mixture (per-slice accuracy)")
-    power_a: float = Field(0.01, gt=0, le=1, description="power-law exponent of query placement")
-    random_non_queries: bool = Field(True, description="fill non-query positions with random tokens")
-    repeat: int = Field(1, ge=1, le=8, description="JRT multi-pass (Arora et al. 2024): the key-value context is read "
-                        "`repeat` times before the queries; labels only after the final pass")
-    order: Literal["mixed", "curriculum"] = Field(
-        "mixed", description="training order: `mixed` shuffles the whole train mixture (rows padded to its longest "
-        "slice); `curriculum` trains on the slices one after another as listed (rows shuffled within a slice, "
-        "batches cropped to the slice's length), each phase ceil(num_examples / batch_size) steps, then repeats")
-    seed: int = Field(0, ge=0, description="data seed (train and test seeds never overlap)")
-
-
-class _MADSpec(_Spec):
-    """Common keys of the MAD synthetic tasks (Poli et al. 2024, https://arxiv.org/abs/2403.17844)."""
-
-    vocab_size: int = Field(16, ge=4, le=1 << 20, description="vocabulary, special ids included")
-    seq_len: int = Field(128, ge=4, le=1 << 20, description="sequence length (model input)")
-    num_train_examples: int = Field(12800, ge=1, description="training examples (generated once)")
-    num_test_examples: int = Field(1280, ge=1, description="test examples")
-    seed: int = Field(12345, ge=0, description="data seed (train and test use distinct child seeds)")
-
-
-class MADInContextRecallSpec(_MADSpec):
-    """MAD in-context recall: key-value slots, the mapping fresh per example."""
-
-    name: Literal["mad_in_context_recall"] = Field(description="task name")
-
-
-class MADNoisyInContextRecallSpec(_MADSpec):
-    """MAD noisy in-context recall: in-context recall with whole noise slots from the top noise ids."""
-
-    name: Literal["mad_noisy_in_context_recall"] = Field(description="task name")
-    vocab_size: int = Field(32, ge=8, le=1 << 20, description="vocabulary including the noise ids")
-    noise_vocab_size: int = Field(16, ge=1, description="noise ids: the top ids of the vocabulary")
-    frac_noise: float = Field(0.2, ge=0, lt=1, description="probability that a context slot is noise")
-
-
-class MADFuzzyInContextRecallSpec(_MADSpec):
-    """MAD fuzzy in-context recall: keys and values are tuples of 1..motif-size distinct ids."""
-
-    name: Literal["mad_fuzzy_in_context_recall"] = Field(description="task name")
-    k_motif_size: int = Field(3, ge=1, le=16, description="largest key tuple")
-    v_motif_size: int = Field(3, ge=1, le=16, description="largest value tuple")
-    unrecoverable: Literal["keep", "mask"] = Field(
-        "keep", description="final pair whose key never occurred (MAD quirk): keep its targets (MAD) or mask them")
-
-
-class MADSelectiveCopyingSpec(_MADSpec):
-    """MAD selective copying: copy the data tokens scattered among blanks after the copy marker."""
-
-    name: Literal["mad_selective_copying"] = Field(description="task name")
-    seq_len: int = Field(256, ge=4, le=1 << 20, description="sequence length (model input)")
-    num_tokens_to_copy: int = Field(16, ge=1, description="data tokens to copy")
-
-
-class MADCompressionSpec(_MADSpec):
-    """MAD compression: encode the sequence into the last state, decode every position (encoder-decoder readout)."""
-
-    name: Literal["mad_compression"] = Field(description="task name")
-    seq_len: int = Field(32, ge=2, le=1 << 20, description="sequence length (model input)")
-
-
-class MADMemorizationSpec(_MADSpec):
-    """MAD memorization: one fixed key-value map shared by all examples, learned in the weights."""
-
-    name: Literal["mad_memorization"] = Field(description="task name")
-    vocab_size: int = Field(256, ge=4, le=1 << 20, description="vocabulary, insert marker included")
-    seq_len: int = Field(32, ge=2, le=1 << 20, description="sequence length (model input)")
-    num_train_examples: int = Field(256, ge=1, description="training examples (generated once)")
-
-
-class LMTaskSpec(_Spec):
-    """Language modelling on local text: next-token loss at every position; val/ppl and val/bpb."""
-
-    name: Literal["lm"] = Field(description="task name")
-    corpus: Literal["stdlib", "files"] = Field(
-        "stdlib", description="stdlib: the running Python's standard-library *.py sources (offline demo); files: `files`")
-    files: list[str] = Field(default_factory=list, description="text/JSONL/parquet files or globs (relative to the cwd)")
-    text_field: str = Field("text", description="JSONL key / parquet column holding the text")
-    max_bytes: int = Field(4_000_000, ge=1000, description="read documents in sorted order up to this many bytes")
-    tokenizer: Literal["bytes", "bpe"] = Field("bytes", description="bytes: 256 byte ids + specials; bpe: trained on the corpus")
-    vocab_size: Optional[int] = Field(None, ge=16, le=1 << 20,
-                                      description="bytes: 258 (fixed); bpe: target vocabulary (default 4096)")
-    seq_len: int = Field(256, ge=2, le=1 << 20, description="tokens per training sequence")
-    val_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of documents held out for validation")
-    test_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of documents held out for the final test")
-    max_val_sequences: int = Field(64, ge=1, description="sequences scored at each validation and at the test")
-    cache_dir: Optional[str] = Field(None, description="token cache (default $ARCHSPACE_CACHE or <results>/cache/lm)")
-    seed: int = Field(0, ge=0, description="document split seed")
-
-    @model_validator(mode="after")
-    def _vocab(self):
-        if self.tokenizer == "bytes":
-            if self.vocab_size not in (None, 258):
-                raise ValueError("the byte tokenizer has vocab_size 258 (256 bytes + <eos> + <pad>); leave it out")
-            self.__dict__["vocab_size"] = 258
-        elif self.vocab_size is None:
-            self.__dict__["vocab_size"] = 4096
-        if self.corpus == "files" and not self.files:
-            raise ValueError("corpus: files needs a non-empty `files` list")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave documents to train on (sum below 1)")
-        return self
-
-
-TASK_SPECS: dict[str, type[BaseModel]] = {
-    "mqar": MQARTaskSpec,
-    "mad_in_context_recall": MADInContextRecallSpec,
-    "mad_noisy_in_context_recall": MADNoisyInContextRecallSpec,
-    "mad_fuzzy_in_context_recall": MADFuzzyInContextRecallSpec,
-    "mad_selective_copying": MADSelectiveCopyingSpec,
-    "mad_compression": MADCompressionSpec,
-    "mad_memorization": MADMemorizationSpec,
-    "lm": LMTaskSpec,
-}
+TASK_SPECS: dict[str, type[BaseModel]] = {name: task.spec for name, task in TASKS.items()}
 AnyTaskSpec = Annotated[Union[tuple(TASK_SPECS.values())], Field(discriminator="name")]
 
 
@@ -409,9 +173,7 @@ for _spec in TASK_SPECS.values():
 
 def task_seq_len(task: dict) -> int:
     """Longest training sequence of a resolved task section (model cost, export)."""
-    if task.get("name", "mqar") == "mqar":
-        return max(s["seq_len"] * 1 + (task.get("repeat", 1) - 1) * 2 * s["num_kv_pairs"] for s in task["train"])
-    return int(task["seq_len"])
+    return TASKS[task.get("name", "mqar")].seq_len(task)
 
 
 class TrainSpec(_Spec):
@@ -432,6 +194,11 @@ class TrainSpec(_Spec):
     accelerator: Literal["auto", "cpu", "gpu"] = Field("cpu", description="device")
     devices: int = Field(1, ge=1, description="devices per run (several GPUs train with DDP)")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+    tokens: Optional[float] = Field(None, gt=0, description="token budget: the steps become ceil(tokens / (batch_size x "
+                                    "training sequence length)); an explicit max_steps caps them (archspace.budget)")
+    flops: Optional[float] = Field(None, gt=0, description="training-FLOP budget (3 x forward FLOPs per token of the "
+                                   "accounting): the steps become ceil(flops / (training FLOPs per token x batch_size x "
+                                   "training sequence length)); an explicit max_steps caps them (archspace.budget)")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -469,6 +236,8 @@ def _int_to_float(data: Any, cls: type[BaseModel]) -> Any:
         v = out[name]
         if ann is float and isinstance(v, int) and not isinstance(v, bool):
             out[name] = float(v)
+        elif ann is float and sub == "list" and isinstance(v, list):
+            out[name] = [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
         elif isinstance(ann, type) and issubclass(ann, BaseModel):
             if sub == "list" and isinstance(v, list):
                 out[name] = [_int_to_float(x, ann) for x in v]
@@ -533,7 +302,7 @@ def _pydantic_to_config_error(exc: ValidationError, marks: yamlio.Marks, data: A
         return marks.error("required key is missing", loc[:-1] + (loc[-1],), hint=more.strip() or None)
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     msg = err["msg"]
-    if kind == "value_error" and isinstance(value, dict):  # a model-level check (e.g. LMTaskSpec._vocab)
+    if kind == "value_error":  # a check of the spec's own (a model validator such as LMTaskSpec._vocab, a field's)
         return marks.error(msg.removeprefix("Value error, "), loc, hint=more.strip() or None)
     if kind.endswith("_type") and isinstance(value, str) and value in ("yes", "no", "on", "off", "y", "n"):
         msg += f" (YAML 1.1 would read {value!r} as a boolean; archspace reads it as text: write true or false)"
@@ -663,12 +432,10 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
     named = [(("model", "mixer"), m.mixer), (("model", "attention"), m.attention)]
     named += [(("model", "mixers", k), v) for k, v in m.mixers.items()]
     for where, spec in named:
-        for rule in violations(spec.model_dump()):
-            keys = [k for k in rule.when if k != "type"]
-            shown = ", ".join(f"{k}: {'(set)' if rule.when[k] == SET else rule.when[k]}" for k in keys)
-            err = marks.error(f"incompatible combination {shown}: {rule.why}", where + (keys[-1],))
-            err.kind = "incompatible"
-            raise err
+        try:
+            check_compat(spec.model_dump())
+        except InvalidConfig as exc:
+            raise _invalid(exc, marks, where) from None
         if spec.titans is not None and m.attention.type != "attention":
             raise marks.error("a Titans composition needs model.attention to be softmax attention", where + ("titans",))
         if spec.titans is not None and m.attention.short_conv:
@@ -679,67 +446,37 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
     if m.vocab_size is not None and m.vocab_size < design.task.vocab_size:
         raise marks.error(f"vocab_size {m.vocab_size} is smaller than the task's vocabulary ({design.task.vocab_size})",
                           ("model", "vocab_size"))
+    check_task = TASKS[design.task.name].check
+    if check_task is not None:
+        check_task(design.task, marks)
     if design.task.name == "mqar":
-        _check_mqar(design.task, marks)
         if design.task.order == "curriculum" and design.train.devices > 1:
             raise marks.error("'curriculum' trains on one device (its batches follow the slices in order, "
                               f"which a distributed sampler would reshuffle); train.devices is {design.train.devices}",
                               ("task", "order"), hint="Set train.devices: 1 or task.order: mixed.")
-    elif design.task.name.startswith("mad_"):
-        _check_mad(design.task, marks)
-    elif design.task.name == "lm" and design.task.corpus == "files":
-        _check_lm_files(design.task.files, marks)
+    if design.train.tokens is not None and design.train.flops is not None:
+        raise marks.error("train.tokens and train.flops are two budgets for the same steps: give one of them",
+                          ("train", "flops"))
     for where, spec in named:
         dims = [spec.head_dim] if spec.type == "attention" else [spec.key_dim, spec.value_dim]
         if any(d is None for d in dims) and m.d_model % spec.heads:
             raise marks.error(f"d_model {m.d_model} is not divisible by heads {spec.heads}",
                               where + ("heads",), hint="Set the per-head dims explicitly or change heads.")
+        try:  # the block configs check the rest (what each axis value requires): a config that exists can be built
+            from .compiler import mixer_config
+
+            mixer_config(spec, m.d_model, m.attention)
+        except InvalidConfig as exc:
+            raise _invalid(exc, marks, where) from None
     return design
 
 
-def _check_mqar(task: MQARTaskSpec, marks: yamlio.Marks) -> None:
-    for split in ("train", "test"):
-        for i, s in enumerate(getattr(task, split)):
-            where = ("task", split, i)
-            if s.seq_len % 2:
-                raise marks.error(f"seq_len {s.seq_len} must be even (key/value pairs)", where + ("seq_len",))
-            if 4 * s.num_kv_pairs > s.seq_len:
-                raise marks.error(f"num_kv_pairs {s.num_kv_pairs} needs seq_len >= {4 * s.num_kv_pairs} "
-                                  "(context plus query region)", where + ("num_kv_pairs",))
-            if task.vocab_size <= s.seq_len:
-                raise marks.error(f"vocab_size {task.vocab_size} must exceed seq_len {s.seq_len}",
-                                  ("task", "vocab_size"))
-            if s.num_kv_pairs >= task.vocab_size // 2 - 1:
-                raise marks.error(f"num_kv_pairs {s.num_kv_pairs} exceeds the {task.vocab_size // 2 - 1} keys",
-                                  where + ("num_kv_pairs",))
-    if not task.train:
-        raise marks.error("the training mixture is empty", ("task", "train"))
-    if not task.test:
-        raise marks.error("the test mixture is empty", ("task", "test"))
-
-
-def _check_mad(task: BaseModel, marks: yamlio.Marks) -> None:
-    """Cross-key constraints of the MAD generators (archspace.tasks.mad.check_params holds the same rules)."""
-    from .tasks.mad_params import check_params  # numpy-free rules shared with the generators
-
-    problem = check_params(task.model_dump())
-    if problem is not None:
-        key, msg = problem
-        raise marks.error(msg, ("task", key))
-
-
-def lm_file_matches(pattern: str) -> list[str]:
-    """The paths one `task.files` entry of the lm task names: a glob's matches in sorted order, else itself."""
-    return sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) or [pattern]
-
-
-def _check_lm_files(files: list[str], marks: yamlio.Marks) -> None:
-    """Every corpus entry names a file now, not after minutes of tokenising the others."""
-    for i, pattern in enumerate(files):
-        missing = [m for m in lm_file_matches(pattern) if not Path(m).is_file()]
-        if missing:
-            raise marks.error(f"no such corpus file {missing[0]!r}", ("task", "files", i),
-                              hint=f"Relative paths and globs are taken from the current folder ({Path.cwd()}).")
+def _invalid(exc: InvalidConfig, marks: yamlio.Marks, where: tuple) -> ConfigError:
+    """A block config's refusal as a ConfigError at the YAML key it names (``exc.key``, dotted into sections)."""
+    err = marks.error(str(exc), where + (tuple(exc.key.split(".")) if exc.key else ()))
+    if exc.incompatible:
+        err.kind = "incompatible"
+    return err
 
 
 def validate_task(raw: Any, marks: yamlio.Marks, path: tuple) -> Any:

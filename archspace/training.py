@@ -30,9 +30,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from .blocks.config import ModelConfig, kernel_paths
+from .blocks.config import ModelConfig
+from .blocks.dispatch import kernel_paths
 from .blocks.model import SequenceModel
 from .compiler import Resolved
+from .tasks.registry import TASKS
 
 IGNORE = -100
 
@@ -144,42 +146,15 @@ class Interruption(L.Callback):
 
 
 def build_datamodule(task: dict, batch_size: int):
-    """The Lightning data module of a resolved task section."""
-    if task["name"] == "mqar":
-        from .tasks.mqar import MQARDataModule, MQARSlice
-
-        return MQARDataModule(
-            vocab_size=task["vocab_size"],
-            train=[MQARSlice(**s) for s in task["train"]],
-            test=[MQARSlice(**s) for s in task["test"]],
-            batch_size=batch_size,
-            power_a=task["power_a"],
-            random_non_queries=task["random_non_queries"],
-            seed=task["seed"],
-            repeat=task.get("repeat", 1),
-            order=task.get("order", "mixed"),
-        )
-    if task["name"].startswith("mad_"):
-        from .tasks.mad import MADDataModule
-
-        return MADDataModule(task, batch_size=batch_size)
-    if task["name"] == "lm":
-        from .tasks.lm import LMDataModule
-
-        return LMDataModule(task, batch_size=batch_size)
-    raise ValueError(f"unknown task {task['name']!r}")
+    """The Lightning data module of a resolved task section (archspace/tasks/registry.py)."""
+    return TASKS[task["name"]].datamodule(task, batch_size)
 
 
 def build_readout(resolved: dict):
-    """Task-dependent head between the model's hidden states and the LM head (None: identity).
-
-    mad_compression: MAD's encoder-decoder readout (archspace.tasks.mad.CompressionReadout).
-    """
-    if resolved["task"]["name"] == "mad_compression":
-        from .tasks.mad import CompressionReadout
-
-        return CompressionReadout(resolved["model"]["d_model"])
-    return None
+    """Task-dependent head between the model's hidden states and the LM head (None: identity), e.g. MAD
+    compression's encoder-decoder readout (archspace/tasks/registry.py)."""
+    readout = TASKS[resolved["task"]["name"]].readout
+    return None if readout is None else readout(resolved["model"]["d_model"])
 
 
 def lr_lambda(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -207,7 +182,7 @@ class RecallModule(L.LightningModule):
         self.train_cfg = resolved["train"]
         self.model = SequenceModel(ModelConfig.from_dict(resolved["model"]))
         self.readout = build_readout(resolved)
-        self.lm = resolved["task"]["name"] == "lm"  # also log val/ppl and val/bpb
+        self.lm = TASKS[resolved["task"]["name"]].language_model  # also log val/ppl and val/bpb
         self.slice_names = list(slice_names)
         self._reset_eval()
 
@@ -331,6 +306,7 @@ class History(L.Callback):
         self._throughput: Optional[float] = None
         self._restored = False
         self._reported_step = -1
+        self._tokens: Optional[int] = None  # rank 0's count, replayed under spawned DDP
 
     # The curves so far travel in the checkpoint, so a resumed run's history.csv holds the whole run.
     def state_dict(self) -> dict:
@@ -374,10 +350,13 @@ class History(L.Callback):
             self._send_report(message[1], message[2])
         elif kind == "throughput":
             self._throughput = message[1]
+        elif kind == "tokens":
+            self._tokens = message[1]
 
     def on_train_end(self, trainer, pl_module):
         if self.queue is not None and trainer.is_global_zero:
             self.queue.put(("throughput", self.throughput))
+            self.queue.put(("tokens", self.tokens))
 
     def teardown(self, trainer, pl_module, stage):
         # In spawned DDP workers: leave the process group before the process exits. Left to interpreter
@@ -406,6 +385,7 @@ class History(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         metrics["step"] = trainer.global_step
         metrics["throughput_tok_s"] = self.throughput
+        metrics["tokens"] = self.tokens
         self._row(trainer, dict(metrics))
         if self.queue is not None:
             if trainer.is_global_zero:
@@ -420,6 +400,13 @@ class History(L.Callback):
             return self._throughput
         world = self._world if hasattr(self, "_world") else 1
         return world * self.train_tokens / self.train_time if self.train_time > 0 else 0.0
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens so far (rank 0's count times the number of ranks under DDP)."""
+        if self._tokens is not None:
+            return self._tokens
+        return (self._world if hasattr(self, "_world") else 1) * self.train_tokens
 
     def setup(self, trainer, pl_module, stage):
         self._world = trainer.world_size
@@ -449,6 +436,20 @@ def _fit_relaying(trainer, module, loaders: dict, history: History, queue) -> No
     worker.join()
     if failure:
         raise failure[0]
+
+
+def budget_static(cost, model) -> dict:
+    """Size and cost a scaling fit needs beyond the accounting (archspace.budget): parameters without the
+    embedding (and untied head), training FLOPs per token (3 x forward)."""
+    from .budget import embedding_params, train_flops_per_token
+
+    return {"params_non_embedding": cost.params - embedding_params(model),
+            "train_flops_per_token": train_flops_per_token(cost.flops_per_token)}
+
+
+def spent(static: dict, metrics: dict) -> dict:
+    """FLOPs spent so far, from the tokens trained so far (in every validation report)."""
+    return {"train_flops": static["train_flops_per_token"] * metrics["tokens"]} if "tokens" in metrics else {}
 
 
 def write_history(rows: list[dict], path: Path) -> None:
@@ -508,7 +509,7 @@ def train(
 
     cost = module.model.cost(task_seq_len(resolved.task))
     static = {"params": cost.params, "active_params": cost.active, "state_size": cost.state,
-              "flops_per_token": cost.flops_per_token}
+              "flops_per_token": cost.flops_per_token, **budget_static(cost, resolved.model)}
     multi = cfg["devices"] > 1
     queue = None
     if multi:
@@ -520,7 +521,8 @@ def train(
         queue = manager.Queue()
         if cfg["threads"]:
             os.environ["OMP_NUM_THREADS"] = str(max(1, cfg["threads"] // cfg["devices"]))
-    history = History(None if report is None else (lambda step, m: report(step, {**static, **m})), queue=queue)
+    history = History(None if report is None else (lambda step, m: report(step, {**static, **m, **spent(static, m)})),
+                      queue=queue)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / LAST_CKPT
     resume_from = last if resume and last.is_file() else None
@@ -600,6 +602,8 @@ def train(
             "train_wall_s": wall,
             "resumed_from_step": start_step,
             "throughput_tok_s": history.throughput,
+            "tokens": history.tokens,
+            "train_flops": static["train_flops_per_token"] * history.tokens,
             "design_hash": resolved.design_hash,
             "data_hash": data.data_hash(),
             "kernel_paths": kernel_paths(resolved.model),

@@ -32,8 +32,8 @@ def make_inputs(op, B, T, H, K, V, seed=0):
 
 def call(fn, op, x, **kw):
     if op == "gla":
-        return fn(x["q"], x["k"], x["v"], x["g"], output_final_state=True, **kw)
-    return fn(x["q"], x["k"], x["v"], x["beta"], x["g"], output_final_state=True, **kw)
+        return fn(x["q"], x["k"], x["v"], g=x["g"], output_final_state=True, **kw)
+    return fn(x["q"], x["k"], x["v"], beta=x["beta"], g=x["g"], output_final_state=True, **kw)
 
 
 def time_it(fn, op, x, backward, repeats, **kw):

@@ -55,15 +55,16 @@ def main() -> None:
     for delta in (False, True):
         x = inputs(delta, a.B, a.T, a.H, a.K, a.V, a.levels)
         beta = (lambda x: x["beta"]) if delta else (lambda x: None)
-        chunk = timed(lambda x: chunk_log_linear(x["q"], x["k"], x["v"], x["g"], x["lam"], beta(x),
+        chunk = timed(lambda x: chunk_log_linear(x["q"], x["k"], x["v"], g=x["g"], lam=x["lam"], beta=beta(x),
                                                  chunk_size=a.chunk), x, a.repeats)
-        loop = timed(lambda x: naive_recurrent_log_linear(x["q"], x["k"], x["v"], x["g"], x["lam"], beta(x)),
+        loop = timed(lambda x: naive_recurrent_log_linear(x["q"], x["k"], x["v"], g=x["g"], lam=x["lam"],
+                                                           beta=beta(x)),
                      x, 1)
         if delta:
-            plain = timed(lambda x: chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=a.chunk),
+            plain = timed(lambda x: chunk_delta_rule(x["q"], x["k"], x["v"], beta=x["beta"], g=x["g"], chunk_size=a.chunk),
                           x, a.repeats)
         else:
-            plain = timed(lambda x: chunk_gla(x["q"], x["k"], x["v"], x["g"], chunk_size=a.chunk), x, a.repeats)
+            plain = timed(lambda x: chunk_gla(x["q"], x["k"], x["v"], g=x["g"], chunk_size=a.chunk), x, a.repeats)
         name = "log-linear gated delta rule" if delta else "log-linear Mamba2 (scalar gate)"
         print(f"{name:<34} chunk {chunk * 1e3:8.1f} ms   token loop {loop * 1e3:9.1f} ms ({loop / chunk:5.1f}x)   "
               f"plain chunked kernel {plain * 1e3:7.1f} ms (log-linear costs {chunk / plain:.2f}x)")

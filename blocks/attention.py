@@ -30,12 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .axis import INIT_STD
 from .config import AttentionConfig, Cost
 from .short_conv import ShortConv
 
 __all__ = ["Attention", "apply_rope", "rope_cos_sin", "average_context"]
-
-_INIT_STD = 0.02
 
 
 def rope_cos_sin(positions: torch.Tensor, dim: int, base: float, dtype=torch.float32):
@@ -67,10 +66,6 @@ def average_context(seq_len: int, window: Optional[int]) -> float:
 class Attention(nn.Module):
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
-        if cfg.head_dim % 2:
-            raise ValueError(f"head_dim must be even for rotary embeddings, got {cfg.head_dim}")
-        if cfg.window is not None and cfg.window < 1:
-            raise ValueError(f"window must be >= 1 or None, got {cfg.window}")
         self.cfg = cfg
         D, HD = cfg.d_model, cfg.heads * cfg.head_dim
         self.q_proj = nn.Linear(D, HD, bias=False)
@@ -78,9 +73,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, HD, bias=False)
         self.o_proj = nn.Linear(HD, D, bias=False)
         for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
-            nn.init.normal_(lin.weight, 0.0, _INIT_STD)
-        if cfg.short_conv < 0:
-            raise ValueError(f"short_conv must be >= 0, got {cfg.short_conv}")
+            nn.init.normal_(lin.weight, 0.0, INIT_STD)
         self.use_conv = cfg.short_conv > 0
         if self.use_conv:
             self.q_conv = ShortConv(HD, cfg.short_conv)

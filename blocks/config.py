@@ -1,70 +1,159 @@
-"""Resolved, per-layer configs that the blocks are built from.
+"""Resolved, per-layer configs that the blocks are built from: the one place where every key of a token
+mixer, channel mixer and model is declared with its type, default, bounds and one-line doc.
 
-These are plain frozen dataclasses holding names and numbers only (no classes, no callables),
-so that they serialise to YAML/JSON, hash canonically and travel with an exported model.
-The grammar (archspace.grammar) validates a user's YAML and resolves it into these; the blocks
-never read YAML, environment variables or globals.
+These are plain frozen dataclasses holding names and numbers only (no classes, no callables), so that they
+serialise to YAML/JSON, hash canonically and travel with an exported model. A config that exists can be built:
+``__post_init__`` checks it (the axis values, the incompatibility table of blocks/compat.py, what each chosen
+value requires) and raises InvalidConfig naming the key. The grammar (archspace.grammar) derives its YAML schema,
+validation, error messages and suggestions from these declarations (``field_doc`` and the bounds in each field's
+metadata) and resolves a user's YAML into these configs; the blocks never read YAML, environment variables or
+globals.
+
+MemoryConfig's axis fields (structure, bias, retention, update, feature_map, hierarchy) take their values from
+the axis tables (blocks/axis.py and one file per axis); the options of an axis value (e.g. retention vector's
+gate_rank) are added after their axis field and are written in a resolved config only where the value is
+chosen (or, for grammar-v1 options, always).
 
 Shape legend used across blocks/ and kernels/:
     B batch, T sequence length, H heads, K key dim per head, V value dim per head, D model width.
 """
-from __future__ import annotations
+import copy
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Literal, NamedTuple, Optional, Union
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal, Optional, Union
+from .axis import AxisValue, InvalidConfig
+from .bias import BIAS
+from .compat import check as check_compat
+from .feature_map import FEATURE_MAP
+from .hierarchy import HIERARCHY
+from .retention import RETENTION
+from .structure import STRUCTURE
+from .update import UPDATE
 
-# Axis vocabularies of the memory-mixer grammar (Miras framework, Behrouz et al. 2025,
-# https://arxiv.org/abs/2504.13173). Version 1 covers the matrix-memory family.
-STRUCTURES = ("matrix",)
-BIASES = ("dot", "l2")  # dot: Hebbian write S += k v^T; l2: delta rule (one GD step on ||S^T k - v||^2)
-RETENTIONS = ("none", "constant", "scalar", "vector")  # none | RetNet | Mamba2 | GLA
-UPDATES = ("gd",)  # one gradient step per token
-FEATURE_MAPS = ("identity", "elu1", "silu", "relu")
-KEY_NORMS = ("none", "l2")
-KERNEL_PATHS = ("chunk", "reference")
-HIERARCHIES = ("none", "log_linear")  # log_linear: Fenwick-tree levels (Guo et al. 2025, arXiv:2506.04761)
-TITANS_VARIANTS = ("mac", "mag", "mal")  # Titans (Behrouz et al. 2024, arXiv:2501.00663)
+# The axes of the memory mixer (Miras framework, Behrouz et al. 2025, https://arxiv.org/abs/2504.13173, plus the
+# state hierarchy), in the order of MemoryConfig's fields.
+MEMORY_AXES = {axis.key: axis for axis in (STRUCTURE, BIAS, RETENTION, UPDATE, FEATURE_MAP, HIERARCHY)}
+
+
+def spec(default=None, doc: str = "", **meta):
+    """A config field with its one-line doc and grammar metadata: pydantic-style bounds (ge, gt, le) and
+    ``derived`` (the grammar leaves it out and the compiler derives it) or ``grammar_default``."""
+    kw = {} if meta.pop("required", False) else {"default": default}
+    return field(metadata={"doc": doc, **meta}, **kw)
+
+
+def _axis_field(axis):
+    return spec(axis.default, axis.describe())
+
+
+def _with_axis_options(cls):
+    """Add each axis value's options right after its axis field (before @dataclass reads the fields)."""
+    annotations = {}
+    for name, typ in cls.__annotations__.items():
+        annotations[name] = typ
+        axis = MEMORY_AXES.get(name)
+        for value in (axis.values() if axis is not None else ()):
+            for opt in value.options:
+                annotations[opt.name] = opt.type
+                setattr(cls, opt.name, spec(opt.default, f"{opt.doc} ({name}: {value.name})", **opt.bounds,
+                                            owner=(name, value.name), always=opt.always))
+    cls.__annotations__ = annotations
+    return cls
+
+
+def _check_literals(cfg) -> None:
+    for f in fields(cfg):
+        allowed = typing.get_args(f.type) if typing.get_origin(f.type) is Literal else None
+        if allowed is not None and getattr(cfg, f.name) not in allowed:
+            raise InvalidConfig(f"unknown {f.name} {getattr(cfg, f.name)!r}; valid: {', '.join(map(str, allowed))}",
+                                f.name)
+
+
+class MemoryAxes(NamedTuple):
+    """The chosen value of each axis of a MemoryConfig (the objects of the axis tables)."""
+
+    structure: AxisValue
+    bias: AxisValue
+    retention: AxisValue
+    update: AxisValue
+    feature_map: AxisValue
+    hierarchy: AxisValue
 
 
 @dataclass(frozen=True)
+@_with_axis_options
 class MemoryConfig:
-    """A matrix-memory token mixer: S_t in R^{K x V} per head, o_t = scale * S_t^T q_t (read after write)."""
+    """A memory token mixer (blocks/memory.py): a point on the axes of MEMORY_AXES plus its projections."""
 
-    d_model: int
-    heads: int
-    key_dim: int  # K, per head
-    value_dim: int  # V, per head
-    structure: Literal["matrix"] = "matrix"
-    bias: Literal["dot", "l2"] = "dot"
-    retention: Literal["none", "constant", "scalar", "vector"] = "none"
-    update: Literal["gd"] = "gd"
-    feature_map: Literal["identity", "elu1", "silu", "relu"] = "identity"
-    key_norm: Literal["none", "l2"] = "none"  # l2-normalise q and k per head
-    short_conv: int = 0  # depthwise causal conv kernel size on q, k, v (0 = off)
-    norm: Literal["rmsnorm", "none"] = "rmsnorm"  # per-head output norm
-    output_gate: bool = False  # o = norm(o) * silu(W_g x)
-    gate_rank: int = 16  # low-rank projection for the vector (GLA) gate
-    gate_temperature: float = 16.0  # GLA: log a_t = logsigmoid(.) / temperature
-    chunk_size: int = 64
-    path: Literal["chunk", "reference"] = "chunk"
-    # Log-linear memory: O(log T) Fenwick-level states read with data-dependent per-level weights
-    # lambda_t = softplus(W_l x_t) [H, levels]; tokens beyond the top level share the last level.
-    hierarchy: Literal["none", "log_linear"] = "none"
-    levels: int = 16  # Fenwick levels (covers 2**(levels-1) tokens before the last level saturates)
+    d_model: int = spec(doc="model width", required=True)
+    heads: int = spec(doc="number of heads", required=True, ge=1, le=256, grammar_default=2)
+    key_dim: int = spec(doc="K per head (default d_model / heads)", required=True, ge=1, le=4096, derived=True)
+    value_dim: int = spec(doc="V per head (default d_model / heads)", required=True, ge=1, le=4096, derived=True)
+    structure: STRUCTURE.literal = _axis_field(STRUCTURE)
+    bias: BIAS.literal = _axis_field(BIAS)
+    retention: RETENTION.literal = _axis_field(RETENTION)
+    update: UPDATE.literal = _axis_field(UPDATE)
+    feature_map: FEATURE_MAP.literal = _axis_field(FEATURE_MAP)
+    key_norm: Literal["none", "l2"] = spec("none", "l2-normalise q and k per head")
+    short_conv: int = spec(0, "causal depthwise conv size on q, k, v (0 = off); memory mixers and attention",
+                           ge=0, le=16)
+    norm: Literal["rmsnorm", "none"] = spec("rmsnorm", "per-head output normalisation")
+    output_gate: bool = spec(False, "o = norm(o) * silu(W_g x)")
+    chunk_size: int = spec(64, "chunk length of the chunked training path", ge=1, le=1024)
+    path: Literal["chunk", "reference"] = spec("chunk", "kernel path: chunk (training) or reference (token loop); "
+                                               "which ops each path runs: blocks/dispatch.py")
+    hierarchy: HIERARCHY.literal = _axis_field(HIERARCHY)
     kind: Literal["memory"] = "memory"
+
+    def __post_init__(self):
+        _check_literals(self)
+        for key in ("d_model", "heads", "key_dim", "value_dim", "chunk_size"):
+            if getattr(self, key) < 1:
+                raise InvalidConfig(f"{key} must be >= 1, got {getattr(self, key)}", key)
+        if self.short_conv < 0:
+            raise InvalidConfig(f"short_conv must be >= 0, got {self.short_conv}", "short_conv")
+        check_compat({**self.to_dict(), "type": "memory"})
+        for value in self.axes:
+            problem = value.check(self)
+            if problem is not None:
+                raise InvalidConfig(problem[1], problem[0])
+
+    @property
+    def axes(self) -> MemoryAxes:
+        return MemoryAxes(*(axis[getattr(self, key)] for key, axis in MEMORY_AXES.items()))
+
+    def to_dict(self) -> dict:
+        """The fields as a dict, without the options of axis values that are not chosen."""
+        out = {}
+        for f in fields(self):
+            owner = f.metadata.get("owner")
+            if owner is None or f.metadata.get("always") or getattr(self, owner[0]) == owner[1]:
+                out[f.name] = copy.deepcopy(getattr(self, f.name))
+        return out
 
 
 @dataclass(frozen=True)
 class AttentionConfig:
     """Causal softmax attention with rotary positions, optionally a sliding window."""
 
-    d_model: int
-    heads: int
-    head_dim: int
-    window: Optional[int] = None  # None = global causal attention
-    rope_base: float = 10000.0
-    short_conv: int = 0  # depthwise causal conv (+SiLU) kernel size on q, k, v before RoPE (0 = off)
+    d_model: int = spec(doc="model width", required=True)
+    heads: int = spec(doc="number of heads", required=True, ge=1, le=256, grammar_default=2)
+    head_dim: int = spec(doc="attention head dim (default d_model / heads)", required=True, ge=1, le=1024,
+                         derived=True)
+    window: Optional[int] = spec(None, "sliding window length (null = global causal)", ge=1)
+    rope_base: float = spec(10000.0, "rotary embedding base", gt=0)
+    short_conv: int = spec(0, "depthwise causal conv (+SiLU) kernel size on q, k, v before RoPE (0 = off)",
+                           ge=0, le=16)
     kind: Literal["attention"] = "attention"
+
+    def __post_init__(self):
+        if self.head_dim % 2:
+            raise InvalidConfig(f"head_dim must be even for rotary embeddings, got {self.head_dim}", "head_dim")
+        if self.window is not None and self.window < 1:
+            raise InvalidConfig(f"window must be >= 1 or None, got {self.window}", "window")
+        if self.short_conv < 0:
+            raise InvalidConfig(f"short_conv must be >= 0, got {self.short_conv}", "short_conv")
 
 
 @dataclass(frozen=True)
@@ -88,13 +177,25 @@ class MoMConfig:
     """
 
     memory: MemoryConfig
-    memories: int = 4
-    top_k: int = 2
-    shared_memory: bool = True
-    share_kv: bool = False
-    aux_loss_weight: float = 0.01
-    capacity: Optional[float] = None
+    memories: int = spec(4, "number of memories M", ge=1, le=256)
+    top_k: int = spec(2, "memories each token is routed to (weights renormalised)", ge=1, le=256)
+    shared_memory: bool = spec(True, "add an always-on shared memory that sees every token")
+    share_kv: bool = spec(False, "one key/value projection shared by all memories")
+    aux_loss_weight: float = spec(0.01, "weight of the load-balancing loss (logged as train/aux_loss)", ge=0)
+    capacity: Optional[float] = spec(None, "capacity factor: a memory takes at most ceil(capacity * T * top_k / "
+                                     "memories) tokens per sequence (null = no cap)", gt=0)
     kind: Literal["mom"] = "mom"
+
+    def __post_init__(self):
+        if self.memories < 1:
+            raise InvalidConfig(f"memories must be >= 1, got {self.memories}", "memories")
+        if self.top_k < 1 or self.top_k > self.memories:
+            raise InvalidConfig(f"top_k {self.top_k} exceeds memories {self.memories}" if self.top_k > self.memories else
+                                f"top_k must be >= 1, got {self.top_k}", "top_k")
+        if self.capacity is not None and not self.capacity > 0:
+            raise InvalidConfig(f"capacity must be null or > 0, got {self.capacity}", "capacity")
+        if self.aux_loss_weight < 0:
+            raise InvalidConfig(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}", "aux_loss_weight")
 
     @property
     def d_model(self) -> int:
@@ -116,10 +217,21 @@ class TitansConfig:
 
     memory: MemoryConfig
     attention: AttentionConfig
-    variant: Literal["mac", "mag", "mal"] = "mac"
-    segment: int = 64
-    persistent_tokens: int = 4
+    variant: Literal["mac", "mag", "mal"] = spec("mac", "mac: memory as context; mag: memory as gate; "
+                                                 "mal: memory as layer")
+    segment: int = spec(64, "mac: segment length", ge=1, le=1 << 16)
+    persistent_tokens: int = spec(4, "learned tokens prepended to the attention context", ge=0, le=1024)
     kind: Literal["titans"] = "titans"
+
+    def __post_init__(self):
+        _check_literals(self)
+        if self.attention.d_model != self.memory.d_model:
+            raise InvalidConfig(f"attention d_model {self.attention.d_model} != memory d_model {self.memory.d_model}")
+        if self.persistent_tokens < 0:
+            raise InvalidConfig(f"persistent_tokens must be >= 0, got {self.persistent_tokens}", "persistent_tokens")
+        if self.segment < 1:
+            raise InvalidConfig(f"segment must be >= 1, got {self.segment}", "segment")
+        check_compat({**self.memory.to_dict(), "type": "memory", "titans": {"variant": self.variant}})
 
     @property
     def d_model(self) -> int:
@@ -140,11 +252,24 @@ class MoEConfig:
     capacity: Optional[float] = None
     kind: Literal["moe"] = "moe"
 
+    def __post_init__(self):
+        if min(self.d_model, self.hidden, self.experts) < 1:
+            raise InvalidConfig("d_model, hidden and experts must be positive")
+        if not 1 <= self.top_k <= self.experts:
+            raise InvalidConfig(f"top_k must be in [1, experts={self.experts}], got {self.top_k}", "top_k")
+        if self.capacity is not None and self.capacity <= 0:
+            raise InvalidConfig(f"capacity must be > 0 or None, got {self.capacity}", "capacity")
+
 
 TokenMixerConfig = Union[MemoryConfig, AttentionConfig, MoMConfig, TitansConfig]
 ChannelMixerConfig = Union[SwiGLUConfig, MoEConfig]
 CONFIG_KINDS = {"memory": MemoryConfig, "attention": AttentionConfig, "swiglu": SwiGLUConfig,
                 "mom": MoMConfig, "titans": TitansConfig, "moe": MoEConfig}
+
+
+def field_doc(cls, name: str) -> dict:
+    """The grammar metadata of field ``name`` of a config class (doc, bounds, derived, ...)."""
+    return dict(next(f for f in fields(cls) if f.name == name).metadata)
 
 
 def leaf_mixers(cfg) -> list:
@@ -156,8 +281,19 @@ def leaf_mixers(cfg) -> list:
     return [cfg]
 
 
+def config_to_dict(cfg):
+    """dataclasses.asdict for block configs, with MemoryConfig.to_dict for memories."""
+    if isinstance(cfg, MemoryConfig):
+        return cfg.to_dict()
+    if is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(config_to_dict(v) for v in cfg)
+    return copy.deepcopy(cfg)
+
+
 def config_from_dict(d: dict):
-    """Inverse of dataclasses.asdict for block configs (nested memory/attention configs included)."""
+    """Inverse of config_to_dict (nested memory/attention configs included; missing options take defaults)."""
     cls = CONFIG_KINDS[d["kind"]]
     args = dict(d)
     for key in ("memory", "attention"):
@@ -183,8 +319,8 @@ class ModelConfig:
     tie_embeddings: bool = True
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["layers"] = [asdict(layer) for layer in self.layers]
+        d = config_to_dict(self)
+        d["layers"] = list(d["layers"])
         return d
 
     @staticmethod
@@ -196,6 +332,7 @@ class ModelConfig:
             layers.append(LayerConfig(mixer=mixer, mlp=mlp))
         rest = {k: v for k, v in d.items() if k != "layers"}
         return ModelConfig(layers=tuple(layers), **rest)
+
 
 
 @dataclass(frozen=True)
@@ -224,27 +361,3 @@ class Cost:
             active = self.active + other.active
         return Cost(self.params + other.params, self.state + other.state,
                     self.flops_per_token + other.flops_per_token, active)
-
-
-def kernel_paths(model: ModelConfig) -> list[str]:
-    """Which computation each layer's token mixer runs (logged with every run), e.g. "delta_rule:chunk",
-    "log_linear:chunk", "mom4(gla:chunk)", "titans-mac(delta_rule:chunk+sdpa)"."""
-    def leaf(m) -> str:
-        if isinstance(m, MemoryConfig):
-            op = "log_linear" if m.hierarchy == "log_linear" else ("delta_rule" if m.bias == "l2" else "gla")
-            return f"{op}:{m.path}"
-        if isinstance(m, AttentionConfig):
-            return "sdpa" if m.window is None else f"sdpa:window{m.window}"
-        return type(m).__name__
-
-    out = []
-    for layer in model.layers:
-        mx = layer.mixer
-        inner = "+".join(leaf(m) for m in leaf_mixers(mx))
-        if mx.kind == "mom":
-            out.append(f"mom{mx.memories}({inner})")
-        elif mx.kind == "titans":
-            out.append(f"titans-{mx.variant}({inner})")
-        else:
-            out.append(inner)
-    return out

@@ -21,13 +21,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .axis import INIT_STD
 from .config import Cost, LayerConfig, ModelConfig
 from .norm import RMSNorm
 from .registry import block_cost, build_block
 
 __all__ = ["Layer", "SequenceModel"]
-
-_INIT_STD = 0.02
 
 
 class Layer(nn.Module):
@@ -85,14 +84,14 @@ class SequenceModel(nn.Module):
             if lc.mixer.d_model != cfg.d_model:
                 raise ValueError(f"layer {i}: mixer d_model {lc.mixer.d_model} != model d_model {cfg.d_model}")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        nn.init.normal_(self.embed.weight, 0.0, _INIT_STD)
+        nn.init.normal_(self.embed.weight, 0.0, INIT_STD)
         self.layers = nn.ModuleList(Layer(lc, cfg.norm_eps) for lc in cfg.layers)
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if cfg.tie_embeddings:
             self.lm_head = None
         else:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-            nn.init.normal_(self.lm_head.weight, 0.0, _INIT_STD)
+            nn.init.normal_(self.lm_head.weight, 0.0, INIT_STD)
 
     # ------------------------------------------------------------------ accounting
     def layer_costs(self, seq_len: int) -> list[Cost]:

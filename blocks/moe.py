@@ -33,20 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .axis import INIT_STD
 from .config import Cost, MoEConfig
 
 __all__ = ["MoEMLP"]
-
-_INIT_STD = 0.02
-
-
-def _validate(cfg: MoEConfig) -> None:
-    if min(cfg.d_model, cfg.hidden, cfg.experts) < 1:
-        raise ValueError("d_model, hidden and experts must be positive")
-    if not 1 <= cfg.top_k <= cfg.experts:
-        raise ValueError(f"top_k must be in [1, experts={cfg.experts}], got {cfg.top_k}")
-    if cfg.capacity is not None and cfg.capacity <= 0:
-        raise ValueError(f"capacity must be > 0 or None, got {cfg.capacity}")
 
 
 class MoEMLP(nn.Module):
@@ -54,7 +44,6 @@ class MoEMLP(nn.Module):
 
     def __init__(self, cfg: MoEConfig):
         super().__init__()
-        _validate(cfg)
         self.cfg = cfg
         D, Fh, E = cfg.d_model, cfg.hidden, cfg.experts
         self.router = nn.Linear(D, E, bias=False)
@@ -62,13 +51,12 @@ class MoEMLP(nn.Module):
         self.w3 = nn.Parameter(torch.empty(E, Fh, D))
         self.w2 = nn.Parameter(torch.empty(E, D, Fh))
         for p in (self.router.weight, self.w1, self.w3, self.w2):
-            nn.init.normal_(p, 0.0, _INIT_STD)
+            nn.init.normal_(p, 0.0, INIT_STD)
         self.aux_loss = None
         self.aux_loss_raw = None
 
     @staticmethod
     def cost(cfg: MoEConfig, seq_len: int) -> Cost:
-        _validate(cfg)
         D, Fh, E, k = cfg.d_model, cfg.hidden, cfg.experts, cfg.top_k
         expert = 3 * D * Fh
         return Cost(params=D * E + E * expert, state=0, flops_per_token=float(2 * D * E + k * 2 * expert),

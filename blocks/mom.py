@@ -15,11 +15,11 @@ Memories. What is shared and what each memory owns:
     shared by all memories: the query path q_t = norm(phi(conv(W_q x)_t)) (conv and feature map
         phi run on the full sequence: a query is a property of the token, and every memory is
         read with it), the per-head RMSNorm, the output gate and o_proj;
-    per memory m ("write path", ``_Writer``): W_k^m, W_v^m, the short conv on k and v, the beta
-        projection (delta rule) and the data-dependent retention parameters (Mamba2 dt_proj /
-        A_log / dt_bias, GLA gk_down / gk_up). With ``share_kv`` all M memories use ONE write
-        path (k, v, conv weights, beta and gates), so they differ only in the tokens they see.
-        The RetNet constant decay is a fixed buffer shared by all.
+    per memory m ("write path", ``_Writer``, the write path of blocks/memory.py): W_k^m, W_v^m, the
+        short conv on k and v, the beta projection (delta rule) and the retention gate's parameters
+        (Mamba2 dt_proj / A_log / dt_bias, GLA gk_down / gk_up; the RetNet decay, a fixed buffer).
+        With ``share_kv`` all M memories use ONE write path (k, v, conv weights, beta and gates),
+        so they differ only in the tokens they see.
     Memory m lives in its own time: it decays and writes only at its kept tokens; at any other
     token its state S^m (and its conv state) is left unchanged, without decay. Its short conv on
     k and v runs over the subsequence of tokens routed to m (memory time), so its conv state
@@ -49,15 +49,17 @@ slots): aux = M * sum_m f_m P_m, f_m = fraction of the B*T*k (token, slot) routi
 sets ``self.aux_loss = aux_loss_weight * aux`` (0-dim tensor; None when the weight is 0) and
 ``self.aux_loss_raw = float(aux)``.
 
-Paths:
+Paths (the kernels of blocks/dispatch.py for the memory config; how a memory in its own time keeps
+its state: its hierarchy, blocks/hierarchy.py):
     chunk      no loop over tokens: for every (sequence, memory) the kept tokens are listed in
                time order by a stable sort and right-padded to L; the M memories are stacked
-               along the batch ([B*M, L, ...]) and run through ONE call of chunk_gla /
-               chunk_delta_rule, and the reads are gathered back to their tokens. Padding uses
-               k = v = 0, beta = 0, log-decay g = 0, so the final states are exact.
-               Log-linear: chunk_log_linear once per group of lists that start at the same
-               position (one group without a state) and, when final states are returned, have
-               the same length (trailing padding would merge old tokens into higher levels).
+               along the batch ([B*M, L, ...]) and run through ONE call of the chunked kernel
+               (chunk_gla / chunk_delta_rule), and the reads are gathered back to their tokens.
+               Padding uses k = v = 0 and every write gate 0 (beta = 0, log-decay g = 0), so the
+               final states are exact. Log-linear: chunk_log_linear once per group of lists that
+               start at the same position (one group without a state) and, when final states are
+               returned, have the same length (trailing padding would merge old tokens into higher
+               levels).
     reference  straight from the formulas: a Python loop over tokens and memories with the
                one-token kernels (gla_step / delta_rule_step / log_linear_step_slots, each
                memory at its own position), capacity by a running counter,
@@ -98,42 +100,16 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step
-from ..kernels.gla import chunk_gla, gla_step
-from ..kernels.log_linear import chunk_log_linear, levels_in_use, log_linear_step, log_linear_step_slots
+from .axis import linear
 from .config import Cost, MemoryConfig, MoMConfig
-from .memory import (_mean_levels_in_use, add_gate_params, add_level_params, feature_map, gates, level_weights,
-                     retnet_log_decay)
-from .memory import _validate as _validate_memory
-from .norm import GroupRMSNorm
+from .dispatch import memory_ops
+from .memory import (add_gate_params, add_output_params, add_projections, output, output_cost, query, query_cost,
+                     write_cost, write_finish, write_project)
 from .short_conv import ShortConv
 
 __all__ = ["MoMMixer"]
-
-_INIT_STD = 0.02
-
-
-def _linear(d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
-    lin = nn.Linear(d_in, d_out, bias=bias)
-    nn.init.normal_(lin.weight, 0.0, _INIT_STD)
-    if bias:
-        nn.init.zeros_(lin.bias)
-    return lin
-
-
-def _validate(cfg: MoMConfig) -> None:
-    _validate_memory(cfg.memory)
-    if cfg.memories < 1:
-        raise ValueError(f"mom: memories must be >= 1, got {cfg.memories}")
-    if not 1 <= cfg.top_k <= cfg.memories:
-        raise ValueError(f"mom: top_k must be in [1, memories={cfg.memories}], got {cfg.top_k}")
-    if cfg.capacity is not None and not cfg.capacity > 0:
-        raise ValueError(f"mom: capacity must be None or > 0, got {cfg.capacity}")
-    if cfg.aux_loss_weight < 0:
-        raise ValueError(f"mom: aux_loss_weight must be >= 0, got {cfg.aux_loss_weight}")
 
 
 def _capacity(cfg: MoMConfig, seq_len: int) -> Optional[int]:
@@ -144,61 +120,18 @@ def _capacity(cfg: MoMConfig, seq_len: int) -> Optional[int]:
 
 
 class _Writer(nn.Module):
-    """The write path of one memory: k, v projections (+ short conv), beta and retention-gate
-    parameters. Attribute names match ``MemoryMixer`` so weights map one to one."""
+    """The write path of one memory (blocks/memory.py's): k, v projections (+ short conv) and the gates'
+    parameters, under the names ``MemoryMixer`` gives them so weights map one to one."""
 
     def __init__(self, cfg: MemoryConfig):
         super().__init__()
         self.cfg = cfg
-        D, H, K, V = cfg.d_model, cfg.heads, cfg.key_dim, cfg.value_dim
-        self.k_proj = _linear(D, H * K)
-        self.v_proj = _linear(D, H * V)
-        self.use_conv = cfg.short_conv > 0
-        if self.use_conv:
-            self.k_conv = ShortConv(H * K, cfg.short_conv)
-            self.v_conv = ShortConv(H * V, cfg.short_conv)
+        add_projections(self, cfg, "kv")
         add_gate_params(self, cfg)
 
-    @staticmethod
-    def params(cfg: MemoryConfig) -> int:
-        D, H, K, V = cfg.d_model, cfg.heads, cfg.key_dim, cfg.value_dim
-        n = D * H * K + D * H * V
-        if cfg.short_conv > 0:
-            n += ShortConv.params(H * K + H * V, cfg.short_conv)
-        if cfg.retention == "scalar":
-            n += D * H + 2 * H
-        elif cfg.retention == "vector":
-            n += D * cfg.gate_rank + cfg.gate_rank * H * K + H * K
-        if cfg.bias == "l2":
-            n += D * H
-        return n
-
-    @staticmethod
-    def linear_flops(cfg: MemoryConfig) -> int:
-        D, H, K, V = cfg.d_model, cfg.heads, cfg.key_dim, cfg.value_dim
-        n = D * H * K + D * H * V
-        if cfg.retention == "scalar":
-            n += D * H
-        elif cfg.retention == "vector":
-            n += D * cfg.gate_rank + cfg.gate_rank * H * K
-        if cfg.bias == "l2":
-            n += D * H
-        return 2 * n
-
-    def project(self, x: torch.Tensor, log_gamma: Optional[torch.Tensor]):
-        """Pointwise part, x [..., D] -> k_raw [..., H*K], v_raw [..., H*V], g ([..., H] | [..., H, K]
-        | None), beta ([..., H] | None). Commutes with gathering tokens."""
-        g, beta = gates(self, self.cfg, x, log_gamma)
-        return self.k_proj(x), self.v_proj(x), g, beta
-
-    def finish(self, k: torch.Tensor, v: torch.Tensor):
-        """After the conv: k [..., H*K] -> phi, key norm, [..., H, K]; v -> [..., H, V]."""
-        cfg = self.cfg
-        lead = k.shape[:-1]
-        k = feature_map(k.view(*lead, cfg.heads, cfg.key_dim), cfg.feature_map)
-        if cfg.key_norm == "l2":
-            k = F.normalize(k, p=2.0, dim=-1, eps=1e-6)
-        return k, v.view(*lead, cfg.heads, cfg.value_dim)
+    def project(self, x: torch.Tensor):
+        """Pointwise part, x [..., D] -> k [..., H*K], v [..., H*V], gates. Commutes with gathering tokens."""
+        return write_project(self, self.cfg, x)
 
 
 def _conv_packed(conv: ShortConv, x: torch.Tensor, state: torch.Tensor, n: torch.Tensor):
@@ -216,29 +149,17 @@ class MoMMixer(nn.Module):
 
     def __init__(self, cfg: MoMConfig):
         super().__init__()
-        _validate(cfg)
         self.cfg = cfg
         mem = cfg.memory
-        D, H, K, V = mem.d_model, mem.heads, mem.key_dim, mem.value_dim
-        self.router = _linear(D, cfg.memories)
-        self.q_proj = _linear(D, H * K)
+        self.hier = mem.axes.hierarchy
+        self.ops = memory_ops(mem)
+        self.router = linear(mem.d_model, cfg.memories)
+        add_projections(self, mem, "q")
         self.use_conv = mem.short_conv > 0
-        if self.use_conv:
-            self.q_conv = ShortConv(H * K, mem.short_conv)
-        if mem.retention == "constant":
-            self.register_buffer("log_gamma", retnet_log_decay(H), persistent=False)
-        else:
-            self.log_gamma = None
-        self.log_linear = mem.hierarchy == "log_linear"
-        if self.log_linear:  # level weights belong to the query path, as in MemoryMixer
-            add_level_params(self, mem)
+        self.hier.add_params(self, mem)  # level weights belong to the query path, as in MemoryMixer
         self.writers = nn.ModuleList(_Writer(mem) for _ in range(1 if cfg.share_kv else cfg.memories))
         self.shared = _Writer(mem) if cfg.shared_memory else None
-        if mem.norm == "rmsnorm":
-            self.o_norm = GroupRMSNorm(H, V)
-        if mem.output_gate:
-            self.g_proj = _linear(D, H * V)
-        self.o_proj = _linear(H * V, D)
+        add_output_params(self, mem)
         self.aux_loss: Optional[torch.Tensor] = None
         self.aux_loss_raw: Optional[float] = None
 
@@ -248,48 +169,31 @@ class MoMMixer(nn.Module):
     # ------------------------------------------------------------------ accounting
     @staticmethod
     def cost(cfg: MoMConfig, seq_len: int) -> Cost:
-        """Analytic Cost at sequence length ``seq_len`` (see the module docstring; independent of it)."""
-        _validate(cfg)
+        """Analytic Cost at sequence length ``seq_len`` (see the module docstring)."""
         mem = cfg.memory
-        D, H, K, V, M, k = mem.d_model, mem.heads, mem.key_dim, mem.value_dim, cfg.memories, cfg.top_k
+        H, K, V, M, k = mem.heads, mem.key_dim, mem.value_dim, cfg.memories, cfg.top_k
         c = mem.short_conv
-        log_linear = mem.hierarchy == "log_linear"
-        Lv = mem.levels if log_linear else 0
-        shared_linears = D * M + D * H * K + H * V * D + (D * H * V if mem.output_gate else 0) + D * H * Lv
-        shared_params = shared_linears + (H * V if mem.norm == "rmsnorm" else 0) + H * Lv
-        if c > 0:
-            shared_params += ShortConv.params(H * K, c)
-        writer = _Writer.params(mem)
+        hier = mem.axes.hierarchy
+        read, out, write = query_cost(mem), output_cost(mem), write_cost(mem)
+        router = mem.d_model * M
+        shared_params = router + read.params + out.params
         n_writers = 1 if cfg.share_kv else M
-        extra = writer if cfg.shared_memory else 0
-        params = shared_params + n_writers * writer + extra
-        active = shared_params + (1 if cfg.share_kv else k) * writer + extra
+        extra = write.params if cfg.shared_memory else 0
+        params = shared_params + n_writers * write.params + extra
+        active = shared_params + (1 if cfg.share_kv else k) * write.params + extra
 
         n_mem = M + (1 if cfg.shared_memory else 0)
         routed_len = math.ceil(seq_len * k / M)  # tokens one memory sees under balanced routing
-        if log_linear:  # level slots in use after routed_len (seq_len for the shared memory) tokens
-            state = H * K * V * (M * levels_in_use(routed_len, Lv)
-                                 + (levels_in_use(seq_len, Lv) if cfg.shared_memory else 0))
-        else:
-            state = n_mem * H * K * V
+        state = M * hier.state_numel(mem, routed_len) + (hier.state_numel(mem, seq_len) if cfg.shared_memory else 0)
         if c > 0:
             state += ShortConv.state_size(H * K + n_mem * (H * K + H * V), c)
 
-        decay = K * V if mem.retention != "none" else 0
-
-        def recurrence(length: int) -> float:  # one token's update and read, as MemoryMixer.cost
-            if log_linear:
-                transition = 4 * K * V if mem.bias == "l2" else 0
-                return H * (2 * K * V + _mean_levels_in_use(length, Lv) * (transition + decay + 2 * K * V))
-            write = 2 * K * V if mem.bias == "dot" else 4 * K * V
-            return H * (write + decay + 2 * K * V)
-
-        kv_conv = 2 * c * (H * K + H * V)  # 0 when c == 0
-        flops = 2 * shared_linears + 2 * c * H * K
-        flops += (1 if cfg.share_kv else k) * _Writer.linear_flops(mem)
-        flops += k * (kv_conv + recurrence(routed_len) + 2 * H * V)
+        write_linear = write.flops - write.conv_flops  # the k/v convs run per routed memory, on its own tokens
+        flops = 2 * router + read.flops + out.flops
+        flops += (1 if cfg.share_kv else k) * write_linear
+        flops += k * (write.conv_flops + hier.recurrence_flops(mem, routed_len) + 2 * H * V)  # + mixing w * read
         if cfg.shared_memory:
-            flops += _Writer.linear_flops(mem) + kv_conv + recurrence(seq_len)
+            flops += write_linear + write.conv_flops + hier.recurrence_flops(mem, seq_len)
         return Cost(params=params, state=state, flops_per_token=float(flops), active_params=active)
 
     # ------------------------------------------------------------------ state
@@ -298,17 +202,9 @@ class MoMMixer(nn.Module):
         H, K, V = mem.heads, mem.key_dim, mem.value_dim
         device = device if device is not None else self.q_proj.weight.device
         dtype = self.q_proj.weight.dtype
-        if self.log_linear:  # every level slot stored: the memories sit at different positions
-            f32 = dict(device=device, dtype=torch.float32)
-            state = {"levels": torch.zeros(batch_size, M, H, mem.levels, K, V, **f32),
-                     "pos": torch.zeros(batch_size, M, device=device, dtype=torch.long)}
-            if self.shared is not None:  # sees every token: the plain log-linear state
-                state["shared_levels"] = torch.zeros(batch_size, H, 0, K, V, **f32)
-                state["shared_pos"] = 0
-        else:
-            state = {"memory": torch.zeros(batch_size, M, H, K, V, device=device, dtype=torch.float32)}
-            if self.shared is not None:
-                state["shared"] = torch.zeros(batch_size, H, K, V, device=device, dtype=torch.float32)
+        state = self.hier.init_rows(mem, batch_size, M, device)
+        if self.shared is not None:  # sees every token: the state of a plain memory
+            state.update(self.hier.init_state(mem, batch_size, device, prefix="shared"))
         if self.use_conv:
             c1 = mem.short_conv - 1
             state["conv_q"] = torch.zeros(batch_size, H * K, c1, device=device, dtype=dtype)
@@ -340,101 +236,30 @@ class MoMMixer(nn.Module):
         self.aux_loss_raw = float(raw.detach())
         self.aux_loss = raw * self.cfg.aux_loss_weight if self.cfg.aux_loss_weight > 0 else None
 
-    def _query(self, x: torch.Tensor, conv_state: Optional[torch.Tensor], step: bool):
-        """Shared query path on [B, T, D] or (step) [B, D] -> q [..., H, K], new conv state."""
-        mem = self.cfg.memory
-        q = self.q_proj(x)
-        new = None
-        if self.use_conv:
-            q, new = (self.q_conv.step if step else self.q_conv)(q, conv_state)
-        q = feature_map(q.view(*x.shape[:-1], mem.heads, mem.key_dim), mem.feature_map)
-        if mem.key_norm == "l2":
-            q = F.normalize(q, p=2.0, dim=-1, eps=1e-6)
-        return q, new
-
-    def _log_linear_lists(self, q, k, v, g, beta, lam, state: Optional[dict], n: torch.Tensor, final: bool):
-        """The chunked log-linear kernel over R = B*M padded token lists [R, L, ...] whose memories
-        sit at different positions. A Fenwick level depends on the absolute position in the memory's
-        own time, so lists are grouped by their starting position (one group when there is no state)
-        and, when the final states are wanted, by their length as well (trailing padding would move
-        old tokens up a level); one kernel call per group. Returns o [R, L, H, V] and, when ``final``,
-        levels [R, H, levels, K, V] (every slot) and positions [R]."""
-        mem = self.cfg.memory
-        R, L = q.shape[:2]
-        H, K, V, Lv = mem.heads, mem.key_dim, mem.value_dim, mem.levels
-        if state is None:
-            pos0, levels0 = torch.zeros(R, dtype=torch.long, device=q.device), None
-        else:
-            pos0, levels0 = state["pos"].reshape(R), state["levels"].reshape(R, H, Lv, K, V)
-        key = pos0 * (L + 1) + (n if final else 0)
-        rows_all, outs, levels = [], [], []
-        for u in torch.unique(key).tolist():
-            rows = (key == u).nonzero().flatten()
-            p0 = int(pos0[rows[0]])
-            length = int(n[rows[0]]) if final else int(n[rows].max())
-            init = None
-            if levels0 is not None:
-                init = {"levels": levels0[rows][:, :, :levels_in_use(p0, Lv)], "pos": p0}
-
-            def sel(t):
-                return None if t is None else t[rows, :length]
-
-            o, st = chunk_log_linear(sel(q), sel(k), sel(v), sel(g), sel(lam), sel(beta), initial_state=init,
-                                     output_final_state=final, chunk_size=mem.chunk_size)
-            rows_all.append(rows)
-            outs.append(F.pad(o, (0, 0, 0, 0, 0, L - length)))
-            if final:
-                levels.append(F.pad(st["levels"], (0, 0, 0, 0, 0, Lv - st["levels"].shape[2])))
-        order = torch.cat(rows_all)
-        inv = torch.empty_like(order)
-        inv[order] = torch.arange(R, device=order.device)
-        o = torch.cat(outs)[inv]
-        if not final:
-            return o, None, None
-        return o, torch.cat(levels)[inv], pos0 + n
-
-    def _kernel(self, q, k, v, g, beta, init, final: bool):
-        mem = self.cfg.memory
-        if mem.bias == "dot":
-            return chunk_gla(q, k, v, g, initial_state=init, output_final_state=final, chunk_size=mem.chunk_size)
-        return chunk_delta_rule(q, k, v, beta, g, initial_state=init, output_final_state=final,
-                                chunk_size=mem.chunk_size)
-
-    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Mixed read o [..., H, V] -> [..., D]: shared per-head norm, output gate, o_proj."""
-        mem = self.cfg.memory
-        o = o.to(x.dtype)
-        if mem.norm == "rmsnorm":
-            o = self.o_norm(o)
-        o = o.reshape(*o.shape[:-2], mem.heads * mem.value_dim)
-        if mem.output_gate:
-            o = o * F.silu(self.g_proj(x))
-        return self.o_proj(o)
-
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False):
         """x [B, T, D] -> y [B, T, D] (or (y, state) when return_state); ``state`` continues a sequence."""
         probs, w, routed = self._route(x)
         self._set_aux_loss(probs, routed)
-        if self.cfg.memory.path == "chunk":
-            y, new_state = self._forward_chunk(x, w, routed, state, return_state)
-        else:
+        if self.cfg.memory.path == "reference":
             y, new_state = self._forward_reference(x, w, routed, state)
+        else:
+            y, new_state = self._forward_lists(x, w, routed, state, return_state)
         return (y, new_state) if return_state else y
 
-    def _forward_chunk(self, x, w, routed, state, return_state: bool):
+    def _forward_lists(self, x, w, routed, state, return_state: bool):
         cfg, mem = self.cfg, self.cfg.memory
-        B, T, D = x.shape
-        M, H, K, V = cfg.memories, mem.heads, mem.key_dim, mem.value_dim
+        B, T, _ = x.shape
+        M, H, V = cfg.memories, mem.heads, mem.value_dim
         dev = x.device
         if state is None and (return_state or self.use_conv):
             state = self.init_state(B, dev)
         new_state = {}
 
-        q, conv_q = self._query(x, None if state is None else state.get("conv_q"), step=False)  # [B, T, H, K]
+        q, conv_q = query(self, mem, x, None if state is None else state.get("conv_q"), step=False)  # [B, T, H, K]
         if self.use_conv:
             new_state["conv_q"] = conv_q
-        lam = level_weights(self, mem, x) if self.log_linear else None  # [B, T, H, levels]
+        read = self.hier.read_inputs(self, mem, x)  # the query's level weights (log-linear) [B, T, H, levels]
 
         # 1. keep mask after capacity (first come, first served), weights of dropped tokens -> 0
         keep = routed
@@ -452,78 +277,69 @@ class MoMMixer(nn.Module):
             valid = torch.arange(L, device=dev) < n[..., None]  # [B, M, L]
             # 3. write inputs of each memory on its own token list
             if cfg.share_kv:  # pointwise projections once on the full sequence, then gathered
-                full = self.writers[0].project(x, self.log_gamma)
-            ks, vs, gs, bs, ck, cv = [], [], [], [], [], []
+                full = self.writers[0].project(x)
+            ks, vs, gates, ck, cv = [], [], {}, [], []
             for m in range(M):
                 idx = order[:, m]  # [B, L]
                 if cfg.share_kv:
-                    k, v, g, beta = (None if t is None else _gather_time(t, idx) for t in full)
+                    k, v = _gather_time(full[0], idx), _gather_time(full[1], idx)
+                    g_m = {name: None if t is None else _gather_time(t, idx) for name, t in full[2].items()}
                 else:
-                    k, v, g, beta = self.writers[m].project(_gather_time(x, idx), self.log_gamma)
+                    k, v, g_m = self.writers[m].project(_gather_time(x, idx))
                 writer = self._writer(m)
                 if self.use_conv:
                     k, s_k = _conv_packed(writer.k_conv, k, state["conv_k"][:, m], n[:, m])
                     v, s_v = _conv_packed(writer.v_conv, v, state["conv_v"][:, m], n[:, m])
                     ck.append(s_k)
                     cv.append(s_v)
-                k, v = writer.finish(k, v)
-                mask = valid[:, m]  # [B, L]; padding: k = v = 0, beta = 0, g = 0 leaves S unchanged
+                k, v = write_finish(mem, k, v)
+                mask = valid[:, m]  # [B, L]; padding: k = v = 0 and every gate 0 leave S unchanged
                 ks.append(k * mask[..., None, None])
                 vs.append(v * mask[..., None, None])
-                if g is not None:
-                    gs.append(torch.where(mask.view(B, L, *([1] * (g.dim() - 2))), g, 0.0))
-                if beta is not None:
-                    bs.append(beta * mask[..., None])
+                for name, t in g_m.items():
+                    gates.setdefault(name, []).append(None if t is None else _pad_gate(name, t, mask))
             if self.use_conv:
                 new_state["conv_k"] = torch.stack(ck, 1)
                 new_state["conv_v"] = torch.stack(cv, 1)
 
             def stack(ts):  # M tensors [B, L, ...] -> [B*M, L, ...]
-                return torch.stack(ts, 1).flatten(0, 1) if ts else None
+                return torch.stack(ts, 1).flatten(0, 1)
 
-            qm = q[:, None].expand(B, M, T, H, K).gather(2, order[..., None, None].expand(B, M, L, H, K))
-            if self.log_linear:  # the query's level weights travel with it into each memory's list
-                Lv = mem.levels
-                lamm = lam[:, None].expand(B, M, T, H, Lv).gather(2, order[..., None, None].expand(B, M, L, H, Lv))
-                om, S, pos = self._log_linear_lists(qm.flatten(0, 1), stack(ks), stack(vs), stack(gs), stack(bs),
-                                                    lamm.flatten(0, 1), state, n.flatten(), return_state)
-                if return_state:
-                    new_state["levels"], new_state["pos"] = S.view(B, M, H, Lv, K, V), pos.view(B, M)
-            else:
-                init = None if state is None else state["memory"].reshape(B * M, H, K, V)
-                om, S = self._kernel(qm.flatten(0, 1), stack(ks), stack(vs), stack(gs), stack(bs), init,
-                                     return_state)
-                if return_state:
-                    new_state["memory"] = S.view(B, M, H, K, V)
+            def lists(t):  # a query-side tensor [B, T, ...] -> each memory's list [B*M, L, ...]
+                rest = t.shape[2:]
+                gathered = t[:, None].expand(B, M, T, *rest).gather(2, order.view(B, M, L, *([1] * len(rest)))
+                                                                    .expand(B, M, L, *rest))
+                return gathered.flatten(0, 1)
+
+            gates = {name: None if ts[0] is None else stack(ts) for name, ts in gates.items()}
+            gates.update({name: lists(t) for name, t in read.items()})  # the query's level weights travel with it
+            om, rows = self.hier.run_rows(self.ops, mem, lists(q), stack(ks), stack(vs), gates, state, n.flatten(),
+                                          return_state)
+            new_state.update({key: t.view(B, M, *t.shape[1:]) for key, t in rows.items()})
             # 4. reads back to their tokens: position of token t in m's list (L = a zero row)
             om = torch.cat([om.view(B, M, L, H, V), om.new_zeros(B, M, 1, H, V)], dim=2)
             pos = torch.where(keep_m, keep_m.cumsum(-1) - 1, L)  # [B, M, T]
             reads = om.gather(2, pos[..., None, None].expand(B, M, T, H, V))  # [B, M, T, H, V]
             o = torch.einsum("bmthv,btm->bthv", reads, w.to(reads.dtype))
         elif return_state:
-            for key in ("levels", "pos") if self.log_linear else ("memory",):
+            for key in self.hier.row_keys:
                 new_state[key] = state[key]
             if self.use_conv:
                 new_state["conv_k"], new_state["conv_v"] = state["conv_k"], state["conv_v"]
 
         if self.shared is not None:  # always-on memory: a plain recurrence over the full sequence
-            k, v, g, beta = self.shared.project(x, self.log_gamma)
+            k, v, g_s = self.shared.project(x)
             if self.use_conv:
                 k, new_state["shared_conv_k"] = self.shared.k_conv(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv(v, state["shared_conv_v"])
-            k, v = self.shared.finish(k, v)
-            if self.log_linear:
-                init = None if state is None else {"levels": state["shared_levels"], "pos": state["shared_pos"]}
-                os_, S = chunk_log_linear(q, k, v, g, lam, beta, initial_state=init, output_final_state=return_state,
-                                          chunk_size=mem.chunk_size)
-                if return_state:
-                    new_state["shared_levels"], new_state["shared_pos"] = S["levels"], S["pos"]
-            else:
-                os_, S = self._kernel(q, k, v, g, beta, None if state is None else state["shared"], return_state)
-                if return_state:
-                    new_state["shared"] = S
+            k, v = write_finish(mem, k, v)
+            init = None if state is None else self.hier.kernel_state(state, "shared")
+            os_, S = self.ops.forward(mem.path, q, k, v, {**g_s, **read}, initial_state=init,
+                                      output_final_state=return_state, chunk_size=mem.chunk_size)
+            if return_state:
+                new_state.update(self.hier.state_entries(S, "shared"))
             o = o + os_
-        return self._output(o, x), (new_state if return_state else None)
+        return output(self, mem, o, x), (new_state if return_state else None)
 
     def _forward_reference(self, x, w, routed, state):
         """Token loop: capacity by a running counter, then ``_token`` at every t."""
@@ -547,59 +363,40 @@ class MoMMixer(nn.Module):
         """x [B, D], w [B, M] (0 where not kept), keep [B, M] bool -> (y [B, D], new state).
         Every memory's update is computed and kept only where the token is routed to it."""
         mem = self.cfg.memory
-        q, conv_q = self._query(x, state.get("conv_q"), step=True)  # [B, H, K]
+        q, conv_q = query(self, mem, x, state.get("conv_q"), step=True)  # [B, H, K]
         new_state = {}
         if self.use_conv:
             new_state["conv_q"] = conv_q
-        proj = [wr.project(x, self.log_gamma) for wr in self.writers]
-        lam = level_weights(self, mem, x) if self.log_linear else None  # [B, H, levels]
+        proj = [wr.project(x) for wr in self.writers]
+        read = self.hier.read_inputs(self, mem, x)  # [B, H, levels] (log-linear)
         S_all, ck, cv = [], [], []
         o = 0.0
         for m in range(self.cfg.memories):
             writer = self._writer(m)
-            k, v, g, beta = proj[0 if self.cfg.share_kv else m]
+            k, v, g_m = proj[0 if self.cfg.share_kv else m]
             sel = keep[:, m]
             if self.use_conv:
                 k, s_k = writer.k_conv.step(k, state["conv_k"][:, m])
                 v, s_v = writer.v_conv.step(v, state["conv_v"][:, m])
                 ck.append(torch.where(sel[:, None, None], s_k, state["conv_k"][:, m]))
                 cv.append(torch.where(sel[:, None, None], s_v, state["conv_v"][:, m]))
-            k, v = writer.finish(k, v)
-            if self.log_linear:  # memory m at its own position state["pos"][:, m]
-                S_old = state["levels"][:, m]
-                o_m, S_new = log_linear_step_slots(q, k, v, g, lam, beta, S_old, state["pos"][:, m])
-                sel_s = sel[:, None, None, None, None]
-            else:
-                S_old = state["memory"][:, m]
-                if mem.bias == "dot":
-                    o_m, S_new = gla_step(q, k, v, g, S_old)
-                else:
-                    o_m, S_new = delta_rule_step(q, k, v, beta, g, S_old)
-                sel_s = sel[:, None, None, None]
-            S_all.append(torch.where(sel_s, S_new, S_old))  # no decay when not routed
+            k, v = write_finish(mem, k, v)
+            o_m, S_new, S_old = self.hier.step_row(self.ops, q, k, v, {**g_m, **read}, state, m)
+            S_all.append(torch.where(sel.view(-1, *([1] * (S_new.dim() - 1))), S_new, S_old))  # no decay if not routed
             o = o + w[:, m, None, None].to(o_m.dtype) * o_m
-        if self.log_linear:
-            new_state["levels"], new_state["pos"] = torch.stack(S_all, 1), state["pos"] + keep.long()
-        else:
-            new_state["memory"] = torch.stack(S_all, 1)
+        new_state.update(self.hier.finish_rows(S_all, state, keep))
         if self.use_conv:
             new_state["conv_k"], new_state["conv_v"] = torch.stack(ck, 1), torch.stack(cv, 1)
         if self.shared is not None:
-            k, v, g, beta = self.shared.project(x, self.log_gamma)
+            k, v, g_s = self.shared.project(x)
             if self.use_conv:
                 k, new_state["shared_conv_k"] = self.shared.k_conv.step(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv.step(v, state["shared_conv_v"])
-            k, v = self.shared.finish(k, v)
-            if self.log_linear:
-                o_s, st = log_linear_step(q, k, v, g, lam, beta, {"levels": state["shared_levels"],
-                                                                  "pos": state["shared_pos"]})
-                new_state["shared_levels"], new_state["shared_pos"] = st["levels"], st["pos"]
-            elif mem.bias == "dot":
-                o_s, new_state["shared"] = gla_step(q, k, v, g, state["shared"])
-            else:
-                o_s, new_state["shared"] = delta_rule_step(q, k, v, beta, g, state["shared"])
+            k, v = write_finish(mem, k, v)
+            o_s, S = self.ops.step(q, k, v, **g_s, **read, state=self.hier.kernel_state(state, "shared"))
+            new_state.update(self.hier.state_entries(S, "shared"))
             o = o + o_s
-        return self._output(o, x), new_state
+        return output(self, mem, o, x), new_state
 
     def step(self, x: torch.Tensor, state: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
         """One decoding step: x [B, D], state (or None = fresh) -> (y [B, D], new state).
@@ -612,8 +409,17 @@ class MoMMixer(nn.Module):
     def extra_repr(self) -> str:
         c, m = self.cfg, self.cfg.memory
         return (f"memories={c.memories}, top_k={c.top_k}, shared_memory={c.shared_memory}, share_kv={c.share_kv}, "
-                f"capacity={c.capacity}, bias={m.bias}, retention={m.retention}, path={m.path}"
-                + (f", hierarchy={m.hierarchy}, levels={m.levels}" if m.hierarchy != "none" else ""))
+                f"capacity={c.capacity}, bias={m.bias}, retention={m.retention}, path={m.path}, "
+                f"kernels={self.ops.family}" + (f", hierarchy={m.hierarchy}, levels={m.levels}"
+                                                if m.hierarchy != "none" else ""))
+
+
+def _pad_gate(name: str, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A write gate [B, L, H(, K)] with its padding positions (mask False) set to 0: beta = 0 (no write, no
+    transition) and log-decay g = 0 (decay 1) leave the state unchanged."""
+    if name == "beta":
+        return t * mask[..., None]
+    return torch.where(mask.view(*mask.shape, *([1] * (t.dim() - 2))), t, 0.0)
 
 
 def _gather_time(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

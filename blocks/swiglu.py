@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .axis import INIT_STD
 from .config import Cost, SwiGLUConfig
 
 __all__ = ["SwiGLU"]
-
-_INIT_STD = 0.02
 
 
 class SwiGLU(nn.Module):
@@ -25,7 +24,7 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(cfg.d_model, cfg.hidden, bias=False)
         self.w2 = nn.Linear(cfg.hidden, cfg.d_model, bias=False)
         for lin in (self.w1, self.w3, self.w2):
-            nn.init.normal_(lin.weight, 0.0, _INIT_STD)
+            nn.init.normal_(lin.weight, 0.0, INIT_STD)
 
     @staticmethod
     def cost(cfg: SwiGLUConfig, seq_len: int) -> Cost:

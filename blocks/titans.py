@@ -65,28 +65,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention, apply_rope, average_context, rope_cos_sin
-from .config import TITANS_VARIANTS, Cost, TitansConfig
-from .memory import MemoryMixer, feature_map
+from .axis import INIT_STD
+from .config import Cost, TitansConfig
+from .memory import MemoryMixer, output, output_cost, query, query_cost
 from .norm import RMSNorm
 from .short_conv import ShortConv
 
 __all__ = ["TitansMixer"]
-
-_INIT_STD = 0.02
-
-
-def _validate(cfg: TitansConfig) -> None:
-    if cfg.variant not in TITANS_VARIANTS:
-        raise ValueError(f"unknown titans variant {cfg.variant!r}; valid: {', '.join(TITANS_VARIANTS)}")
-    if cfg.attention.d_model != cfg.memory.d_model:
-        raise ValueError(f"attention d_model {cfg.attention.d_model} != memory d_model {cfg.memory.d_model}")
-    if cfg.persistent_tokens < 0:
-        raise ValueError(f"persistent_tokens must be >= 0, got {cfg.persistent_tokens}")
-    if cfg.segment < 1:
-        raise ValueError(f"segment must be >= 1, got {cfg.segment}")
-    if cfg.variant == "mac" and getattr(cfg.memory, "hierarchy", "none") != "none":
-        # mac reads the memory against a fixed S = state["memory"] [B,H,K,V]; a hierarchical state has no such read.
-        raise ValueError("titans 'mac' supports memories with hierarchy 'none' only")
 
 
 class TitansMixer(nn.Module):
@@ -94,12 +79,11 @@ class TitansMixer(nn.Module):
 
     def __init__(self, cfg: TitansConfig):
         super().__init__()
-        _validate(cfg)
         self.cfg = cfg
         D = cfg.d_model
         self.memory = MemoryMixer(cfg.memory)
         self.attn = Attention(cfg.attention)
-        self.persistent = nn.Parameter(torch.randn(cfg.persistent_tokens, D) * _INIT_STD)  # P [Np, D]
+        self.persistent = nn.Parameter(torch.randn(cfg.persistent_tokens, D) * INIT_STD)  # P [Np, D]
         if cfg.variant in ("mag", "mac"):
             self.norm_y = RMSNorm(D)
             self.norm_m = RMSNorm(D)
@@ -108,7 +92,6 @@ class TitansMixer(nn.Module):
     @staticmethod
     def cost(cfg: TitansConfig, seq_len: int) -> Cost:
         """Analytic Cost at sequence length ``seq_len`` (see the module docstring)."""
-        _validate(cfg)
         m, a = cfg.memory, cfg.attention
         D, Np, T = cfg.d_model, cfg.persistent_tokens, seq_len
         H, hd, w = a.heads, a.head_dim, a.window
@@ -124,14 +107,11 @@ class TitansMixer(nn.Module):
             flops += Np * (mem.flops_per_token + 2 * proj) * per_seq  # Memory(P) and K/V of the prefix
         else:
             s = cfg.segment
-            H_m, K, V = m.heads, m.key_dim, m.value_dim
-            read_conv = ShortConv.state_size(H_m * K, m.short_conv) if m.short_conv > 0 else 0
-            state = mem.state + H_m * K * V + read_conv + kv * (Np + 2 * (T % s))
-            read = 2 * D * H_m * K + 2 * H_m * K * V + 2 * H_m * V * D
-            if m.short_conv > 0:
-                read += 2 * m.short_conv * H_m * K
-            if m.output_gate:
-                read += 2 * D * H_m * V
+            structure = m.axes.structure
+            read_conv = ShortConv.state_size(m.heads * m.key_dim, m.short_conv) if m.short_conv > 0 else 0
+            state = mem.state + structure.state_numel(m) + read_conv + kv * (Np + 2 * (T % s))
+            # the read path: the memory's query path, one read of S per head, its output path
+            read = query_cost(m).flops + m.heads * structure.read_flops(m) + output_cost(m).flops
             full, r = divmod(T, s)
             sum_j = full * s * (s + 1) / 2 + r * (r + 1) / 2  # sum over positions of the in-segment index j
             ctx = Np + 2 * sum_j * per_seq
@@ -243,20 +223,6 @@ class TitansMixer(nn.Module):
             k_all, v_all = k_all[:, :, keep], v_all[:, :, keep]
         return o, {"memory": mem, "k": k_all, "v": v_all, "pos": pos + T}
 
-    def _read_query(self, x: torch.Tensor, conv_state: Optional[torch.Tensor]):
-        """The memory's query path (q_proj, short conv, feature map, key norm) on the x stream.
-
-        Mirrors MemoryMixer._inputs for q only (the test checks it against _inputs)."""
-        mem, m = self.memory, self.cfg.memory
-        B, L, _ = x.shape
-        q = mem.q_proj(x)
-        if mem.use_conv:
-            q, conv_state = mem.q_conv(q, conv_state)
-        q = feature_map(q.view(B, L, m.heads, m.key_dim), m.feature_map)
-        if m.key_norm == "l2":
-            q = F.normalize(q, p=2.0, dim=-1, eps=1e-6)
-        return q, conv_state
-
     def _mac_piece(self, x: torch.Tensor, state: dict):
         """mac on x [B, L, D], L <= s - n tokens that stay inside the current segment."""
         cfg = self.cfg
@@ -264,11 +230,12 @@ class TitansMixer(nn.Module):
         B, L, _ = x.shape
         n = state["k_x"].shape[2]
         dev = x.device
-        # 1. read the memory S of the segment start with the queries of x (no write)
-        S = state["segment_memory"]  # [B, H, K, V] fp32
-        qm, read_conv = self._read_query(x, state.get("read_conv"))  # [B, L, H, K]
-        r = cfg.memory.key_dim ** -0.5 * torch.einsum("bhkv,blhk->blhv", S, qm.float())
-        h = self.memory._output(r, x)  # [B, L, D]
+        # 1. read the memory S of the segment start with the queries of x (the memory's query path on the x
+        #    stream, no write) through its output path
+        m_cfg = cfg.memory
+        qm, read_conv = query(self.memory, m_cfg, x, state.get("read_conv"), step=False)  # [B, L, H, K]
+        r = m_cfg.axes.structure.read(m_cfg, state["segment_memory"], qm)  # [B, L, H, V]
+        h = output(self.memory, m_cfg, r, x)  # [B, L, D]
         # 2. attention over [P ; h_1..h_{n+L} ; x_1..x_{n+L}] at slot positions
         j = torch.arange(n, n + L, device=dev)  # in-segment indices of the new tokens
         q = self._rope(self._heads(self.attn.q_proj(x)), Np + s + j)

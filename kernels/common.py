@@ -1,6 +1,21 @@
-"""Helpers shared by the chunked kernels (gla, delta_rule): decay factors, chunking, state init.
+"""What the sequence kernels share: their contract, their shape legend, and the chunking helpers.
 
-Shape legend: B batch, T length, H heads, K key dim, V value dim, N chunks, C chunk length.
+Shape legend (every kernel file)
+--------------------------------
+    B  batch size            T  sequence length       H  heads
+    K  key / query head dim  V  value head dim
+    N  number of chunks (ceil(T / C))                 C  chunk length (``chunk_size``)
+
+The op contract (the fla convention, fla-org/flash-linear-attention ``fla/ops``): q, k ``[B, T, H, K]`` and
+v ``[B, T, H, V]`` are positional; everything else is keyword-only, so two gates of the same shape
+(a log-decay ``g`` and a step size ``beta``, both ``[B, T, H]``) cannot be swapped silently:
+
+    op(q, k, v, *, <gates and step sizes>, scale=None, initial_state=None, output_final_state=False
+       [, chunk_size=64]) -> (o [B, T, H, V] in v.dtype, final state or None)
+    step(q, k, v, *, <gates>, state=None, scale=None) -> (o [B, H, V], new state)   (one token, [B, H, D])
+
+Gates are in LOG space (g <= 0), ``scale`` defaults to K**-0.5, recurrent states are fp32. Each op has a
+token-by-token reference (``naive_*``, straight from its paper's recurrence) beside its chunked form.
 """
 from __future__ import annotations
 
@@ -47,6 +62,33 @@ def _init_state(initial_state: Optional[Tensor], B: int, H: int, K: int, V: int,
     if initial_state is None:
         return torch.zeros(B, H, K, V, dtype=torch.float32, device=device)
     return initial_state.float()
+
+
+def unit_lower_inverse(L: Tensor) -> Tensor:
+    """(I + L)^{-1} for strictly lower-triangular L [..., C, C]: the UT transform of the WY representation
+    (DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2406.06484, Sec. 3.2), one batched triangular
+    solve for every chunk at once (used by kernels/delta_rule.py and kernels/log_linear.py)."""
+    C = L.shape[-1]
+    eye = torch.eye(C, dtype=torch.float32, device=L.device)
+    return torch.linalg.solve_triangular(eye + L, eye.expand_as(L), upper=False, unitriangular=True)
+
+
+def chunk_operands(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float], chunk_size: int):
+    """The operands of a chunked kernel: q * scale, k, v as [B, H, N, C, D] fp32 chunks (zero-padded along T)
+    and the causal mask tril [C, C] (scale None: K**-0.5)."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    C = int(chunk_size)
+    qc = _to_chunks(q, C) * scale  # [B, H, N, C, K]
+    tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    return qc, _to_chunks(k, C), _to_chunks(v, C), tril
+
+
+def oracle_start(q: Tensor, v: Tensor, scale: Optional[float], initial_state: Optional[Tensor]):
+    """(scale, S_0) of a token-by-token oracle over q [B, T, H, K], v [B, T, H, V]: scale None -> K**-0.5,
+    initial_state None -> zeros [B, H, K, V] fp32."""
+    B, _, H, K = q.shape
+    return (K ** -0.5 if scale is None else scale), _init_state(initial_state, B, H, K, v.shape[-1], q.device)
 
 
 def _to_chunks(x: Tensor, C: int) -> Tensor:

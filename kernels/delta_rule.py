@@ -1,16 +1,6 @@
 """(Gated) delta rule: DeltaNet and Gated DeltaNet.
 
-Shape legend
-------------
-    B  batch size
-    T  sequence length
-    H  number of heads
-    K  key / query head dim
-    V  value head dim
-    N  number of chunks  (ceil(T / C))
-    C  chunk length      (``chunk_size``)
-
-Inputs follow the fla layout ``[B, T, H, D]``; the gate is given in LOG space (g <= 0).
+Shapes and the op contract: kernels/common.py.
 
 Recurrence (per batch and head, state S in R^{K x V}, float32):
 
@@ -36,7 +26,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .common import _bmm_add, _decay, _init_state, _needs_flush, _to_chunks
+from .common import (_bmm_add, _decay, _init_state, _needs_flush, _to_chunks, chunk_operands, oracle_start,
+                     unit_lower_inverse)
 
 Tensor = torch.Tensor
 
@@ -46,28 +37,17 @@ __all__ = ["naive_recurrent_delta_rule", "chunk_delta_rule", "delta_rule_step"]
 # --------------------------------------------------------------------------------------
 # reference: token-by-token recurrence
 # --------------------------------------------------------------------------------------
-def naive_recurrent_delta_rule(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    g: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    initial_state: Optional[Tensor] = None,
-    output_final_state: bool = False,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def naive_recurrent_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Optional[Tensor] = None,
+                               scale: Optional[float] = None, initial_state: Optional[Tensor] = None,
+                               output_final_state: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     """Oracle: S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, o_t = scale S_t^T q_t.
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]; g: None | [B, T, H]
     returns o [B, T, H, V] (v.dtype) and final state [B, H, K, V] float32 (or None).
     """
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    if scale is None:
-        scale = K ** -0.5
-    S = _init_state(initial_state, B, H, K, V, q.device)  # [B, H, K, V]
+    scale, S = oracle_start(q, v, scale, initial_state)  # S: [B, H, K, V]
     outs = []
-    for t in range(T):
+    for t in range(q.shape[1]):
         q_t, k_t, v_t = q[:, t].float(), k[:, t].float(), v[:, t].float()  # [B, H, K|V]
         b_t = beta[:, t].float()[:, :, None, None]  # [B, H, 1, 1]
         # (I - b k k^T) S = S - b k (k^T S): the rank-one product, without forming a K x K matrix
@@ -84,15 +64,8 @@ def naive_recurrent_delta_rule(
 # --------------------------------------------------------------------------------------
 # one decoding step
 # --------------------------------------------------------------------------------------
-def delta_rule_step(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    g: Optional[Tensor],
-    state: Optional[Tensor],
-    scale: Optional[float] = None,
-) -> Tuple[Tensor, Tensor]:
+def delta_rule_step(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Optional[Tensor] = None,
+                    state: Optional[Tensor] = None, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """One token. q, k: [B, H, K]; v: [B, H, V]; beta: [B, H]; g: None | [B, H];
     state: [B, H, K, V] float32 or None (zeros). Returns o [B, H, V] (v.dtype), new state fp32."""
     B, H, K = q.shape
@@ -114,17 +87,9 @@ def delta_rule_step(
 # --------------------------------------------------------------------------------------
 # chunkwise WY / UT form
 # --------------------------------------------------------------------------------------
-def chunk_delta_rule(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    g: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    initial_state: Optional[Tensor] = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Optional[Tensor] = None,
+                     scale: Optional[float] = None, initial_state: Optional[Tensor] = None,
+                     output_final_state: bool = False, chunk_size: int = 64) -> Tuple[Tensor, Optional[Tensor]]:
     """Chunkwise-parallel (gated) delta rule (same contract as ``naive_recurrent_delta_rule``).
 
     Derivation (DeltaNet, Yang et al. 2024, Sec. 3.2 "chunkwise parallel form" with the
@@ -147,17 +112,11 @@ def chunk_delta_rule(
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    if scale is None:
-        scale = K ** -0.5
     C = int(chunk_size)
     dev = q.device
-
-    qc = _to_chunks(q, C) * scale  # [B, H, N, C, K]
-    kc = _to_chunks(k, C)  # [B, H, N, C, K]
-    vc = _to_chunks(v, C)  # [B, H, N, C, V]
+    qc, kc, vc, tril = chunk_operands(q, k, v, scale, C)  # [B, H, N, C, K|V]
     bc = _to_chunks(beta, C)  # [B, H, N, C]
     N = qc.shape[2]
-    tril = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
 
     kk = kc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
     qk = qc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
@@ -179,10 +138,8 @@ def chunk_delta_rule(
         k_st = kc * _decay(G_last - G)[..., None]
         decay_last = _decay(G_last)[..., None]  # [B, H, N, 1, 1]
 
-    # UT transform: T = (I + L)^{-1} by one batched unit-lower-triangular solve, then
-    # U = T diag(b) V and W = T diag(b gamma) K as plain batched matmuls.
-    eye = torch.eye(C, dtype=torch.float32, device=dev)
-    Tinv = torch.linalg.solve_triangular(eye + L, eye.expand_as(L), upper=False, unitriangular=True)
+    # UT transform: T = (I + L)^{-1}, then U = T diag(b) V and W = T diag(b gamma) K as batched matmuls.
+    Tinv = unit_lower_inverse(L)
     U = Tinv @ (vc * bc[..., None])  # [B, H, N, C, V]
     W = Tinv @ kb  # [B, H, N, C, K]
     k_st_T = k_st.transpose(-1, -2).contiguous()  # [B, H, N, K, C]

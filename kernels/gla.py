@@ -1,17 +1,7 @@
 """Gated linear attention family: plain linear attention, scalar decay, vector (GLA) decay.
 
-Shape legend
-------------
-    B  batch size
-    T  sequence length
-    H  number of heads
-    K  key / query head dim
-    V  value head dim
-    N  number of chunks  (ceil(T / C))
-    C  chunk length      (``chunk_size``)
-    m  sub-chunks per chunk, c = C / m sub-chunk length (vector gates only)
-
-Inputs follow the fla layout ``[B, T, H, D]``; gates are given in LOG space (g <= 0).
+Shapes and the op contract: kernels/common.py; here also m sub-chunks per chunk, c = C / m sub-chunk
+length (vector gates only).
 
 Recurrence (per batch and head, state S in R^{K x V}, float32):
 
@@ -38,7 +28,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .common import _bmm_add, _decay, _init_state, _needs_flush, _to_chunks
+from .common import _bmm_add, _decay, _init_state, _needs_flush, _to_chunks, chunk_operands, oracle_start
 
 Tensor = torch.Tensor
 
@@ -58,28 +48,18 @@ def _gate_kind(g: Optional[Tensor], q: Tensor) -> str:
 # --------------------------------------------------------------------------------------
 # reference: token-by-token recurrence
 # --------------------------------------------------------------------------------------
-def naive_recurrent_gla(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    initial_state: Optional[Tensor] = None,
-    output_final_state: bool = False,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def naive_recurrent_gla(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, scale: Optional[float] = None,
+                        initial_state: Optional[Tensor] = None,
+                        output_final_state: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     """Oracle: loops over t and applies S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t.
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: None | [B, T, H] | [B, T, H, K]
     returns o [B, T, H, V] (v.dtype) and final state [B, H, K, V] float32 (or None).
     """
-    B, T, H, K = q.shape
-    V = v.shape[-1]
     kind = _gate_kind(g, q)
-    if scale is None:
-        scale = K ** -0.5
-    S = _init_state(initial_state, B, H, K, V, q.device)  # [B, H, K, V]
+    scale, S = oracle_start(q, v, scale, initial_state)  # S: [B, H, K, V]
     outs = []
-    for t in range(T):
+    for t in range(q.shape[1]):
         q_t, k_t, v_t = q[:, t].float(), k[:, t].float(), v[:, t].float()  # [B, H, K|V]
         if kind == "scalar":
             S = torch.exp(g[:, t].float())[:, :, None, None] * S  # decay every row by one scalar
@@ -94,14 +74,8 @@ def naive_recurrent_gla(
 # --------------------------------------------------------------------------------------
 # one decoding step
 # --------------------------------------------------------------------------------------
-def gla_step(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Optional[Tensor],
-    state: Optional[Tensor],
-    scale: Optional[float] = None,
-) -> Tuple[Tensor, Tensor]:
+def gla_step(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, state: Optional[Tensor] = None,
+             scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """One token. q, k: [B, H, K]; v: [B, H, V]; g: None | [B, H] | [B, H, K];
     state: [B, H, K, V] float32 or None (zeros). Returns o [B, H, V] (v.dtype), new state fp32."""
     B, H, K = q.shape
@@ -167,16 +141,9 @@ def _intra_vector(q: Tensor, k: Tensor, G: Tensor, c: int) -> Tensor:
     return A_blocks.permute(0, 1, 2, 3, 5, 4, 6).reshape(B, H, N, C, C)
 
 
-def chunk_gla(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    initial_state: Optional[Tensor] = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def chunk_gla(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, scale: Optional[float] = None,
+              initial_state: Optional[Tensor] = None, output_final_state: bool = False,
+              chunk_size: int = 64) -> Tuple[Tensor, Optional[Tensor]]:
     """Chunkwise-parallel gated linear attention (same contract as ``naive_recurrent_gla``).
 
     Chunkwise form (linear attention: Katharopoulos et al. 2020; with decay: RetNet
@@ -193,16 +160,10 @@ def chunk_gla(
     B, T, H, K = q.shape
     V = v.shape[-1]
     kind = _gate_kind(g, q)
-    if scale is None:
-        scale = K ** -0.5
     C = int(chunk_size)
     dev = q.device
-
-    qc = _to_chunks(q, C) * scale  # [B, H, N, C, K]
-    kc = _to_chunks(k, C)  # [B, H, N, C, K]
-    vc = _to_chunks(v, C)  # [B, H, N, C, V]
+    qc, kc, vc, tril = chunk_operands(q, k, v, scale, C)  # [B, H, N, C, K|V]
     N = qc.shape[2]
-    tril = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
 
     if kind == "none":
         A = (qc @ kc.transpose(-1, -2)).tril()  # [B, H, N, C, C]

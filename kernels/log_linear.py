@@ -4,18 +4,8 @@
 the prefix [0, t] of a query is split Fenwick-style into O(log t) buckets of power-of-two sizes,
 each bucket gets its own state, and the query reads them with data-dependent weights lambda_t.
 
-Shape legend
-------------
-    B  batch size
-    T  sequence length
-    H  number of heads
-    K  key / query head dim
-    V  value head dim
-    L  number of levels (``lam.shape[-1]``; MemoryConfig.levels)
-    N  number of chunks, C chunk length (a power of two, C = 2**c)
-    S  state slots carried by the chunked scan
-
-Inputs follow the fla layout ``[B, T, H, D]``; the gate is given in LOG space (g <= 0).
+Shapes and the op contract: kernels/common.py; here also L levels (``lam.shape[-1]``; MemoryConfig.levels),
+C = 2**c (a power of two) and S the state slots carried by the chunked scan.
 
 Level rule (0-based absolute positions, s <= t):
 
@@ -63,7 +53,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .common import _decay, _needs_flush, _to_chunks
+from .common import _decay, _needs_flush, _to_chunks, unit_lower_inverse
 
 Tensor = torch.Tensor
 
@@ -140,15 +130,8 @@ def _check(q: Tensor, g: Optional[Tensor], lam: Tensor, beta: Optional[Tensor]) 
 # --------------------------------------------------------------------------------------
 # reference 1: the quadratic masked form
 # --------------------------------------------------------------------------------------
-def naive_quadratic_log_linear(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Optional[Tensor],
-    lam: Tensor,
-    beta: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-) -> Tensor:
+def naive_quadratic_log_linear(q: Tensor, k: Tensor, v: Tensor, *, lam: Tensor, g: Optional[Tensor] = None,
+                               beta: Optional[Tensor] = None, scale: Optional[float] = None) -> Tensor:
     """Oracle from the masked form O = ((scale * C) o M) V, positions 0..T-1, no state.
 
     C[t, s] = exp(G_t - G_s) q_t . k_s (dot) or b_s q_t^T (A_t ... A_{s+1}) k_s (delta, the K x K
@@ -194,16 +177,9 @@ def naive_quadratic_log_linear(
 # --------------------------------------------------------------------------------------
 # reference 2: token-by-token recurrence over the level states, and one decoding step
 # --------------------------------------------------------------------------------------
-def log_linear_step(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Optional[Tensor],
-    lam: Tensor,
-    beta: Optional[Tensor] = None,
-    state: Optional[dict] = None,
-    scale: Optional[float] = None,
-) -> Tuple[Tensor, dict]:
+def log_linear_step(q: Tensor, k: Tensor, v: Tensor, *, lam: Tensor, g: Optional[Tensor] = None,
+                    beta: Optional[Tensor] = None, state: Optional[dict] = None,
+                    scale: Optional[float] = None) -> Tuple[Tensor, dict]:
     """One token at absolute position p = state["pos"].
 
     q, k: [B, H, K]; v: [B, H, V]; g: None | [B, H]; lam: [B, H, L]; beta: None | [B, H] (delta rule);
@@ -252,17 +228,9 @@ def _transition_write_read(S: Tensor, q: Tensor, k: Tensor, v: Tensor, g: Option
     return o.to(v.dtype), S
 
 
-def log_linear_step_slots(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Optional[Tensor],
-    lam: Tensor,
-    beta: Optional[Tensor],
-    levels: Tensor,
-    pos: Tensor,
-    scale: Optional[float] = None,
-) -> Tuple[Tensor, Tensor]:
+def log_linear_step_slots(q: Tensor, k: Tensor, v: Tensor, *, lam: Tensor, levels: Tensor, pos: Tensor,
+                          g: Optional[Tensor] = None, beta: Optional[Tensor] = None,
+                          scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """``log_linear_step`` for rows that sit at different positions (a Mixture-of-Memories keeps one
     log-linear memory per (sequence, memory), each in its own time).
 
@@ -294,17 +262,10 @@ def log_linear_step_slots(
     return _transition_write_read(S, q, k, v, g, lam, beta, scale)
 
 
-def naive_recurrent_log_linear(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Optional[Tensor],
-    lam: Tensor,
-    beta: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    initial_state: Optional[dict] = None,
-    output_final_state: bool = False,
-) -> Tuple[Tensor, Optional[dict]]:
+def naive_recurrent_log_linear(q: Tensor, k: Tensor, v: Tensor, *, lam: Tensor, g: Optional[Tensor] = None,
+                               beta: Optional[Tensor] = None, scale: Optional[float] = None,
+                               initial_state: Optional[dict] = None,
+                               output_final_state: bool = False) -> Tuple[Tensor, Optional[dict]]:
     """Oracle: loops ``log_linear_step`` over t. Shapes as ``chunk_log_linear``; returns
     o [B, T, H, V] (v.dtype) and the final state dict (or None)."""
     _check(q, g, lam, beta)
@@ -312,8 +273,8 @@ def naive_recurrent_log_linear(
     state = initial_state
     outs = []
     for t in range(T):
-        o_t, state = log_linear_step(q[:, t], k[:, t], v[:, t], None if g is None else g[:, t], lam[:, t],
-                                     None if beta is None else beta[:, t], state, scale)
+        o_t, state = log_linear_step(q[:, t], k[:, t], v[:, t], lam=lam[:, t], g=None if g is None else g[:, t],
+                                     beta=None if beta is None else beta[:, t], state=state, scale=scale)
         outs.append(o_t)
     B, _, H, K = q.shape
     o = torch.stack(outs, dim=1) if outs else v.new_zeros(B, 0, H, v.shape[-1])
@@ -334,18 +295,10 @@ def _chunks(x: Tensor, front: int, C: int) -> Tensor:
     return _to_chunks(x, C)
 
 
-def chunk_log_linear(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Optional[Tensor],
-    lam: Tensor,
-    beta: Optional[Tensor] = None,
-    initial_state: Optional[dict] = None,
-    output_final_state: bool = False,
-    chunk_size: int = 64,
-    scale: Optional[float] = None,
-) -> Tuple[Tensor, Optional[dict]]:
+def chunk_log_linear(q: Tensor, k: Tensor, v: Tensor, *, lam: Tensor, g: Optional[Tensor] = None,
+                     beta: Optional[Tensor] = None, scale: Optional[float] = None,
+                     initial_state: Optional[dict] = None, output_final_state: bool = False,
+                     chunk_size: int = 64) -> Tuple[Tensor, Optional[dict]]:
     """Chunked log-linear gated linear attention (beta None) or Gated DeltaNet (beta given).
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: None | [B, T, H] (log decay); lam: [B, T, H, L] level
@@ -416,8 +369,7 @@ def chunk_log_linear(
     if delta:
         bc = _chunks(beta, r, C)  # [B, H, N, C]
         Lm = ((kc @ kc.transpose(-1, -2)) * Gamma * bc[..., :, None]).tril(-1)
-        eye_c = torch.eye(C, dtype=torch.float32, device=dev)
-        Tinv = torch.linalg.solve_triangular(eye_c + Lm, eye_c.expand_as(Lm), upper=False, unitriangular=True)
+        Tinv = unit_lower_inverse(Lm)
         Tb = Tinv * bc[..., None, :]  # (I + L)^{-1} diag(b)
         P = Aqk @ Tb  # o_intra = P V (zero entering state)
         Wm = Tb @ kc if gamma is None else Tb @ (kc * gamma[..., None])  # W = (I + L)^{-1} diag(b gamma) K

@@ -61,14 +61,18 @@ def _cases() -> dict[str, dict]:
                                  "chunk_size": 8})
         add(f"mom-log_linear/{p}", {"preset": p, "heads": 2, "hierarchy": "log_linear", "levels": 4,
                                      "chunk_size": 8, "mom": {"memories": 2, "top_k": 1}})
-    for bias in ("dot", "l2"):
-        for ret in ("none", "constant", "scalar", "vector"):
-            if bias == "l2" and ret == "vector":
-                continue
-            for fm in ("identity", "elu1", "silu", "relu"):
-                add(f"axes/{bias}-{ret}-{fm}", {"type": "memory", "heads": 2, "bias": bias, "retention": ret,
-                                                "feature_map": fm, "key_norm": "l2" if bias == "l2" else "none",
-                                                "short_conv": 3, "output_gate": True, "chunk_size": 8})
+    # every value of the bias x retention x feature-map tables (a new value shows up as a new case)
+    from archspace.blocks.config import MEMORY_AXES
+    from archspace.blocks.compat import violations
+
+    for bias in MEMORY_AXES["bias"]:
+        for ret in MEMORY_AXES["retention"]:
+            for fm in MEMORY_AXES["feature_map"]:
+                mixer = {"type": "memory", "heads": 2, "bias": bias, "retention": ret, "feature_map": fm,
+                         "key_norm": "l2" if bias == "l2" else "none", "short_conv": 3, "output_gate": True,
+                         "chunk_size": 8}
+                if not violations(mixer):
+                    add(f"axes/{bias}-{ret}-{fm}", mixer)
     add("attention", {"preset": "attention", "heads": 2}, hybrid={"ratio": "0:1"})
     add("swa-conv", {"preset": "swa", "heads": 2, "window": 8, "short_conv": 4}, hybrid={"ratio": "0:1"})
     add("moe", {"preset": "gated_deltanet", "heads": 2}, mlp={"kind": "moe", "experts": 4, "top_k": 2})

@@ -13,9 +13,14 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from .analysis_report import ratio_markdown, replicates_summary, seeds_markdown
+from .seeds import base_seed, replicate_of
 from .tracking import ended_state, failure_reason, is_number, trial_state
 
 STATE_ORDER = {"completed": 0, "pruned": 1, "failed": 2, "running": 3, "pending": 4}
+# Besides test/ and val/ metrics, the final numbers a row keeps for the analyses (archspace.analysis).
+FINAL_ROW_KEYS = ("params", "active_params", "state_size", "flops_per_token", "params_non_embedding",
+                  "train_flops_per_token", "tokens", "train_flops", "steps", "train_wall_s", "throughput_tok_s")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,6 +57,10 @@ def trial_row(trial, space, study_dir: str, state: Optional[str] = None) -> dict
         "attention_layers": attention_layers,
         "slices": {k: float(v) for k, v in result.items() if k.startswith("test/acc/") and is_number(v)},
         "reason": failure_reason(trial, study_dir) if state == "failed" else None,
+        "final": {k: float(v) for k, v in result.items()
+                  if is_number(v) and (k.startswith(("test/", "val/", "mad")) or k in FINAL_ROW_KEYS)},
+        "replicate": replicate_of(trial.config or {}),
+        "seed": base_seed(space) + replicate_of(trial.config or {}),
     }
 
 
@@ -108,6 +117,7 @@ def summarize(rows: list[dict], space) -> dict:
         "pareto": pareto_front(rows, space.objectives) if len(space.objectives) > 1 else [],
         "failures": dict(Counter(r["reason"] for r in rows if r["status"] == "failed")),
         "trials": ranked,
+        **replicates_summary(ranked, space),
     }
 
 
@@ -170,7 +180,9 @@ def report_markdown(summary: dict, space, *, study_dir: str, tracking_uri: str, 
     c = summary["counts"]
     out = [f"# Study `{summary['study']}`", "",
            f"- space file: `{space.file}`  (hash `{space.space_hash}`)",
-           f"- sampler: {space.sampler}, seed {space.seed}, {space.trials} trials; pruner: {space.pruner.get('kind')}",
+           f"- sampler: {space.sampler}, seed {space.seed}, {space.trials} trials"
+           + (f" x {space.seeds} seeds (train.seed {base_seed(space)}..{base_seed(space) + space.seeds - 1})"
+              if space.seeds > 1 else "") + f"; pruner: {space.pruner.get('kind')}",
            "- objectives: " + ", ".join(f"{o.mode} `{o.metric}`" for o in space.objectives),
            f"- trials: {summary['total']} (completed {c['completed']}, pruned {c['pruned']}, failed {c['failed']}"
            + (f", unfinished {c['running'] + c['pending']}" if c['running'] + c['pending'] else "") + ")",
@@ -186,6 +198,7 @@ def report_markdown(summary: dict, space, *, study_dir: str, tracking_uri: str, 
         out += [markdown_table(rank_rows(summary["pareto"], space.objectives), space) if summary["pareto"]
                 else "(no completed trial)", ""]
     out += effects_markdown(summary["trials"], space)
+    out += seeds_markdown(summary, space) + ratio_markdown(summary, space)
     if summary["failures"]:
         out += ["## Failures", ""] + [f"- {n} x {reason}" for reason, n in summary["failures"].items()] + [""]
     return "\n".join(out)
@@ -249,6 +262,8 @@ def effects_markdown(rows: list[dict], space) -> list[str]:
             n_a, n = sorted(shares)[best_i]
             out += ["", f"Mean `{obj.metric}` does not {'rise' if obj.mode == 'max' else 'fall'} monotonically with the "
                         f"share of attention layers; it is best at {n_a}/{n} attention layers: {trend}."]
+        if getattr(space, "seeds", 1) <= 1:  # a trend from single runs: say so (see "Attention share per memory mixer")
+            out[-1] += " These means pool designs trained with one seed each: no interval."
         out.append("")
     return out
 
@@ -322,7 +337,7 @@ class StudyView:
 
         c = self.counts()
         head = Text.assemble(
-            (f"{self.space.name}", "bold"), f"  {len(self.states)}/{self.space.trials} trials  ",
+            (f"{self.space.name}", "bold"), f"  {len(self.states)}/{self.space.trials * self.space.seeds} trials  ",
             (f"done {c['completed']}", "green"), "  ", (f"running {c['running']}", "cyan"), "  ",
             (f"pruned {c['pruned']}", "yellow"), "  ", (f"failed {c['failed']}", "red"),
             f"  elapsed {time.time() - self.t0:.0f}s")

@@ -124,6 +124,7 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
 
     from ray import tune
 
+    from .seeds import replicate_values
     from .space import resolve_values, values_from_config
     from .tracking import ATTEMPT_KEY, FINAL_KEY, START_KEY, TRAIN_ROWS_KEY
 
@@ -145,7 +146,7 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
     try:
         held = _hold_trial_dir(run_dir)
         values = values_from_config(space, config)
-        resolved = resolve_values(space, {**values, **execution})
+        resolved = resolve_values(space, {**values, **execution, **replicate_values(space, config)})
         done = run_dir / "metrics.json"
         final = None
         if done.exists():
@@ -217,8 +218,10 @@ def _mad_trial(space, resolved, run_dir: Path, t0: float, attempt: dict) -> dict
 
     cfg = space.mad
     cost = SequenceModel.cost_of(resolved.model, 128)
+    from ..training import budget_static
+
     static = {"params": cost.params, "active_params": cost.active, "state_size": cost.state,
-              "flops_per_token": cost.flops_per_token}
+              "flops_per_token": cost.flops_per_token, **budget_static(cost, resolved.model)}
     done: list = []
 
     def on_task(task: str, scores: dict) -> None:
@@ -526,6 +529,9 @@ def start_ray(address: Optional[str]) -> float:
 def _max_reports(space) -> int:
     """Upper bound of a trial's reports (validations + the final one): max_t of the schedulers."""
     train = space.base.get("train") or {}
+    if train.get("tokens") is not None or train.get("flops") is not None or any(
+            tuple(a.path) in (("train", "tokens"), ("train", "flops")) for a in space.axes):
+        return 10 ** 6  # each design's steps follow its budget (archspace.budget): no cap from here
     steps = [train.get("max_steps", 2000)]
     every = [train.get("eval_every", 250)]
     for a in space.axes:
@@ -564,8 +570,13 @@ def make_searcher(space):
     modes = [o.mode for o in space.objectives]
     if len(metrics) == 1:
         metrics, modes = metrics[0], modes[0]
-    return OptunaSearch(partial(define_by_run, space), metric=metrics, mode=modes, sampler=make_sampler(space),
-                        seed=space.seed)
+    searcher = OptunaSearch(partial(define_by_run, space), metric=metrics, mode=modes, sampler=make_sampler(space),
+                            seed=space.seed)
+    if space.seeds > 1:
+        from .seeds import Replicates
+
+        return Replicates(searcher, space.seeds)
+    return searcher
 
 
 def execution_values(space) -> dict:
@@ -633,6 +644,7 @@ def _run_locked(space, study_dir: Path, *, root: Path, results_dir, ray_address,
     from ray import tune
 
     from .progress import ProgressCallback, StudyView, rich_table, report_markdown, summarize, trial_row
+    from .ray_adapter import experiment_trials, swap_callbacks
     from .tracking import MlflowCallback, StudyTracker, trial_state
 
     for name in ("mlflow", "optuna", "alembic", "ray", "ray.tune"):
@@ -682,35 +694,35 @@ def _run_locked(space, study_dir: Path, *, root: Path, results_dir, ray_address,
         resumed = tune.Tuner.can_restore(str(exp_path))
         if resumed:
             tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False)
-            run_config = tuner._local_tuner.get_run_config()  # pickled with the first run: swap in live callbacks
-            run_config.callbacks = callbacks
+            swap_callbacks(tuner, callbacks)  # those pickled with the first run belong to a dead driver
             console.print(f"resuming study {study_id} from {study_dir}")
         else:
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=make_searcher(space), scheduler=make_scheduler(space),
-                                            num_samples=space.trials, max_concurrent_trials=concurrency,
+                                            num_samples=space.trials * space.seeds, max_concurrent_trials=concurrency,
                                             reuse_actors=True, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(study_dir), verbose=0,
                                           callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0)),
             )
-        console.print(f"study {study_id}: {space.trials} trials, sampler {space.sampler}, pruner "
+        console.print(f"study {study_id}: {space.trials} trials" + (f" x {space.seeds} seeds" if space.seeds > 1 else "")
+                      + f", sampler {space.sampler}, pruner "
                       f"{space.pruner.get('kind')}, up to {concurrency} at a time x {space.cpus_per_trial:g} CPU"
                       + (f" + {space.gpus_per_trial:g} GPU" if space.gpus_per_trial else "")
                       + f"; Ray {'at ' + ray_address if ray_address else 'embedded'} ({ray_start_s:.1f} s); "
                         f"MLflow {uri}")
         view.start()
         try:
-            grid = tuner.fit()
+            tuner.fit()
         finally:
             view.stop()
         _dbg(t_start, "fit returned")
-        trials = _trials_of(tuner, grid)
+        trials = experiment_trials(tuner)
         rows = [trial_row(t, space, str(study_dir)) for t in trials]
         summary = summarize(rows, space)
         summary["study"] = study_id
         unfinished = [t for t in trials if trial_state(t) in ("running", "pending")]
-        interrupted = bool(unfinished) or len(trials) < space.trials
+        interrupted = bool(unfinished) or len(trials) < space.trials * space.seeds
         wall = time.perf_counter() - t_start
         report = report_markdown(summary, space, study_dir=str(study_dir), tracking_uri=uri, wall_s=wall)
         (study_dir / "report.md").write_text(report)
@@ -767,11 +779,3 @@ def default_tracking_uri_for(study_dir: Path) -> str:
 
     return default_tracking_uri(study_dir)
 
-
-def _trials_of(tuner, grid) -> list:
-    """Every trial of the experiment, in creation order (Trial objects carry status and last result)."""
-    try:
-        trials = list(tuner._local_tuner._experiment_analysis.trials)
-    except AttributeError:
-        trials = []
-    return sorted(trials, key=lambda t: t.trial_id)

@@ -37,14 +37,9 @@ from typing import Any, Optional
 from .. import yamlio
 from ..errors import ConfigError, closest, keypath
 from ..grammar import Design, _unwrap, set_path, validate_data
+from .spec import MadSpec, axis_spec, is_mad, load_spec, metric_ok
 
 SECTIONS = ("model", "task", "train")
-SAMPLERS = ("grid", "random", "tpe", "nsga2")
-PRUNERS = ("none", "asha", "median", "hyperband")
-STATIC_METRICS = ("params", "active_params", "state_size", "flops_per_token", "throughput_tok_s", "train_wall_s")
-TOP_KEYS = ("schema_version", "name", "description", "base", "axes", "objectives", "search", "pruner", "resources",
-            "results_dir", "mad")
-MAD_KEYS = ("tasks", "settings", "budget", "steps", "batch_size", "test_examples", "lrs", "weight_decays")
 GRID_INDEX = "grid_index"
 
 
@@ -99,14 +94,18 @@ class Space:
     max_concurrent: Optional[int]
     results_dir: Optional[str]
     description: str = ""
-    mad: Optional[dict] = None  # the MAD-score evaluation of each trial (objective mad_score), else None
+    mad: Optional[dict] = None  # the MAD-score evaluation of each trial (objective val/mad_score), else None
     grid: tuple = field(default=(), compare=False)  # the enumerated grid (grid sampler only)
+    seeds: int = 1  # every design trained this many times, train.seed = base seed + 0 .. seeds-1 (study/seeds.py)
+    scaling: Optional[dict] = field(default=None, compare=False)  # how the dashboard fits it (study/scaling_spec.py)
 
     @property
     def space_hash(self) -> str:
         """Identity of what is searched (base, axes, objectives, sampler, seed, trials)."""
         payload = {"base": self.base, "axes": [a.__dict__ for a in self.axes], "objectives": [o.__dict__ for o in self.objectives],
                    "sampler": self.sampler, "seed": self.seed, "trials": self.trials}
+        if self.seeds > 1:  # only then: the hashes (and resumability) of one-seed studies are unchanged
+            payload["seeds"] = self.seeds
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -158,42 +157,15 @@ def expand_path(text: str, marks: yamlio.Marks, where: tuple) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------
-# loading
+# loading (the file's schema: archspace/study/spec.py)
 # ----------------------------------------------------------------------------------------------
-def _mapping(value, marks, path, what) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise marks.error(f"{what} must be a mapping", path)
-    return value
-
-
-def _check_keys(d: dict, allowed, marks, path):
-    for key in d:
-        if key not in allowed:
-            guess = closest(str(key), allowed)
-            raise marks.error(f"unknown key '{key}'", path + (key,), at_key=True,
-                              hint=(f"Did you mean '{guess}'? " if guess else "") + f"Valid keys here: {', '.join(allowed)}.")
-
-
-def _number(v, marks, path, integer=False):
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok:
-        raise marks.error(f"expected {'an integer' if integer else 'a number'}, got {v!r}", path)
-    return v
-
-
-def _parse_bundle(name: str, spec: dict, marks: yamlio.Marks) -> tuple:
+def _parse_bundle(name: str, bundle: dict, marks: yamlio.Marks) -> tuple:
     """`bundle: {label: {key.path: value, ...}, ...}` -> ((label, ((path, value), ...)), ...)."""
     where = ("axes", name, "bundle")
-    options = _mapping(spec["bundle"], marks, where, "bundle")
-    if not options:
-        raise marks.error("a bundle needs at least one labelled choice", where)
     out = []
-    for label, settings in options.items():
-        if not isinstance(label, str) or not label:
+    for label, settings in bundle.items():
+        if not label:
             raise marks.error("bundle labels must be text", where + (label,), at_key=True)
-        settings = _mapping(settings, marks, where + (label,), "a bundle choice")
         if not settings:
             raise marks.error("a bundle choice sets at least one key", where + (label,))
         out.append((label, tuple((expand_path(k, marks, where + (label, k)), copy.deepcopy(v))
@@ -201,146 +173,79 @@ def _parse_bundle(name: str, spec: dict, marks: yamlio.Marks) -> tuple:
     return tuple(out)
 
 
-def _parse_axis(name: str, spec: Any, marks: yamlio.Marks) -> Axis:
+def _parse_axis(name: str, raw: Any, marks: yamlio.Marks) -> Axis:
     where = ("axes", name)
+    spec = axis_spec(name, raw, marks)
     when: tuple = ()
-    if isinstance(spec, list):
-        spec = {"choices": spec}
-    if not isinstance(spec, dict):
-        raise marks.error("an axis is a list of choices or a mapping with choices / int / float / bundle", where)
-    _check_keys(spec, ("choices", "int", "float", "bundle", "log", "step", "when"), marks, where)
-    kinds = [k for k in ("choices", "int", "float", "bundle") if k in spec]
-    if len(kinds) != 1:
-        raise marks.error("an axis needs exactly one of choices, int, float or bundle", where)
-    if kinds[0] == "bundle":
+    if spec.bundle is not None:
         if "." in str(name) or not str(name).replace("_", "").replace("-", "").isalnum():
             raise marks.error(f"a bundle axis has a free name without dots (letters, digits, '_', '-'), got {name!r}",
                               where, at_key=True)
         path = (str(name),)
     else:
         path = expand_path(name, marks, where)
-    if "when" in spec:
-        cond = _mapping(spec["when"], marks, where + ("when",), "when")
-        items = []
-        for ck, cv in cond.items():
-            cpath = expand_path(ck, marks, where + ("when", ck))
-            items.append((cpath, tuple(cv) if isinstance(cv, list) else (cv,)))
-        when = tuple(items)
-    kind = kinds[0]
-    if kind == "bundle":
-        bundle = _parse_bundle(name, spec, marks)
+    if spec.when is not None:
+        when = tuple((expand_path(ck, marks, where + ("when", ck)), tuple(cv) if isinstance(cv, list) else (cv,))
+                     for ck, cv in spec.when.items())
+    if spec.bundle is not None:
+        bundle = _parse_bundle(name, spec.bundle, marks)
         return Axis(path, "bundle", choices=tuple(label for label, _ in bundle), bundle=bundle, when=when)
-    if kind == "choices":
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise marks.error("choices must be a non-empty list", where + ("choices",))
-        if len({json.dumps(c, sort_keys=True, default=str) for c in choices}) != len(choices):
-            raise marks.error("choices repeat a value", where + ("choices",))
-        return Axis(path, "choice", choices=tuple(choices), when=when)
-    rng = spec[kind]
-    if not isinstance(rng, list) or len(rng) != 2:
-        raise marks.error(f"{kind} takes a range [low, high]", where + (kind,))
-    low = _number(rng[0], marks, where + (kind, 0), integer=kind == "int")
-    high = _number(rng[1], marks, where + (kind, 1), integer=kind == "int")
+    if spec.choices is not None:
+        if len({json.dumps(c, sort_keys=True, default=str) for c in spec.choices}) != len(spec.choices):
+            raise marks.error("choices repeat a value", where + (("choices",) if isinstance(raw, dict) else ()))
+        return Axis(path, "choice", choices=tuple(spec.choices), when=when)
+    kind = "int" if spec.int is not None else "float"
+    low, high = getattr(spec, kind)
     if not low < high:
         raise marks.error(f"range [{low}, {high}] is empty: low must be below high", where + (kind,))
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise marks.error("log must be true or false", where + ("log",))
-    if log and low <= 0:
+    if spec.log and low <= 0:
         raise marks.error("a log-scaled range must be positive", where + (kind,))
-    step = spec.get("step")
-    if step is not None:
-        _number(step, marks, where + ("step",), integer=kind == "int")
-        if log:
+    if spec.step is not None:
+        if kind == "int" and not isinstance(spec.step, int):
+            raise marks.error(f"expected an integer, got {spec.step!r}", where + ("step",))
+        if spec.log:
             raise marks.error("step and log cannot be combined", where + ("step",))
-    return Axis(path, kind, low=low, high=high, log=log, step=step, when=when)
+    return Axis(path, kind, low=low, high=high, log=spec.log, step=spec.step, when=when)
 
 
-def _metric_ok(metric: str) -> bool:
-    if metric in STATIC_METRICS or _is_mad(metric):
-        return True
-    head, _, rest = metric.partition("/")
-    if head not in ("val", "test"):
-        return False
-    return rest in ("acc", "loss", "ppl", "bpb") or rest.startswith("acc/")
-
-
-def _is_mad(metric: str) -> bool:
-    return metric == "val/mad_score" or metric.startswith("val/mad/")
-
-
-def _measured_on_test(metric: str) -> Optional[str]:
-    """The validation twin of a metric measured on test data (which a study must never select on), else None."""
-    if metric.startswith("test/"):
-        return "val/" + metric[5:]
-    if metric == "mad_score" or metric.startswith("mad/"):
-        return "val/" + metric
-    return None
-
-
-def _parse_mad(raw: Any, marks: yamlio.Marks) -> dict:
+def _parse_mad(mad: Optional[MadSpec], marks: yamlio.Marks) -> dict:
     """The `mad:` section: how each trial's MAD score is measured (archspace.tasks.mad_score)."""
     from ..tasks.mad_params import SWEEP_LR, SWEEP_WD, TASKS
     from ..tasks.mad_score import BUDGETS
 
-    raw = _mapping(raw, marks, ("mad",), "mad")
-    _check_keys(raw, MAD_KEYS, marks, ("mad",))
-    tasks = raw.get("tasks", list(TASKS.values()))
-    if not isinstance(tasks, list) or not tasks:
-        raise marks.error("mad.tasks must be a non-empty list", ("mad", "tasks"))
+    mad = mad or MadSpec()
+    tasks = mad.tasks or list(TASKS.values())
     short = {v: k for k, v in TASKS.items()}
     for i, t in enumerate(tasks):
         if t not in short and t not in TASKS:
             guess = closest(str(t), list(short))
             raise marks.error(f"unknown MAD task {t!r}", ("mad", "tasks", i),
                               hint=(f"Did you mean '{guess}'? " if guess else "") + f"Tasks: {', '.join(short)}.")
-    settings = raw.get("settings", "baseline")
-    if settings not in ("baseline", "grid"):
-        raise marks.error("mad.settings must be baseline or grid", ("mad", "settings"))
-    budget = raw.get("budget", "cpu")
-    if budget not in BUDGETS:
-        raise marks.error(f"mad.budget must be one of {', '.join(BUDGETS)}", ("mad", "budget"))
-    b = dict(BUDGETS[budget])
+    b = dict(BUDGETS[mad.budget])
     for key, target in (("steps", "max_steps"), ("batch_size", "batch_size"), ("test_examples", "num_test_examples")):
-        if key in raw:
-            v = _number(raw[key], marks, ("mad", key), integer=True)
-            if v < 1:
-                raise marks.error(f"mad.{key} must be at least 1", ("mad", key))
-            b[target] = v
-    sweeps = {}
-    for key, default in (("lrs", SWEEP_LR), ("weight_decays", SWEEP_WD)):
-        vals = raw.get(key, list(default))
-        if not isinstance(vals, list) or not vals:
-            raise marks.error(f"mad.{key} must be a non-empty list of numbers", ("mad", key))
-        for i, v in enumerate(vals):
-            _number(v, marks, ("mad", key, i))
-        sweeps[key] = [float(v) for v in vals]
-    return {"tasks": [short.get(t, t) for t in tasks], "settings": settings, "budget": b, **sweeps}
+        if getattr(mad, key) is not None:
+            b[target] = getattr(mad, key)
+    return {"tasks": [short.get(t, t) for t in tasks], "settings": mad.settings, "budget": b,
+            "lrs": list(mad.lrs or SWEEP_LR), "weight_decays": list(mad.weight_decays or SWEEP_WD)}
 
 
-def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = None) -> Space:
+def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = None,
+               seeds: Optional[int] = None) -> Space:
     """Load and validate a space file: every problem is a ConfigError (file:line:col, key path).
 
     `overrides`: {key path: value} applied to the base design (the CLI's --set; short forms such as
-    `lr` or `hybrid.ratio` expand as axis names do). `trials`: cap on the number of trials (--trials).
+    `lr` or `hybrid.ratio` expand as axis names do). `trials`: cap on the number of designs (--trials).
+    `seeds`: replaces the space's `seeds` (--seeds).
     """
     file = str(Path(path).absolute())
     trials_cap = trials
     data, marks = yamlio.load(path)
     marks.file = str(path)
-    if not isinstance(data, dict):
-        raise marks.error("a space file must be a mapping with base, axes, objectives, search", ())
-    _check_keys(data, TOP_KEYS, marks, ())
-    if data.get("schema_version", 1) != 1:
-        raise marks.error(f"schema_version {data['schema_version']!r} is not supported; this archspace reads 1",
-                          ("schema_version",))
-    name = data.get("name", Path(path).stem)
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise marks.error("name must be letters, digits, '-', '_' or '.'", ("name",))
+    spec = load_spec(data, marks)  # every key's type, bounds and choices (archspace/study/spec.py)
+    name = spec.name or Path(path).stem
 
     # base design: inline, or a path relative to the space file
-    base = data.get("base")
+    base = spec.base
     base_marks = marks.child(("base",))
     if isinstance(base, str):
         bpath = (Path(path).parent / base)
@@ -348,7 +253,7 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
     if not isinstance(base, dict):
         raise marks.error("base must be a design mapping (model, task, train) or a path to a design file", ("base",))
     base = copy.deepcopy(base)
-    if not isinstance(data.get("base"), str):
+    if not isinstance(spec.base, str):
         base_marks.file = str(path)
     cli = yamlio.Marks("<command line>")
     for key, value in (overrides or {}).items():
@@ -360,9 +265,7 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
 
         base["task"] = load_task_ref(base["task"], base_marks)
 
-    axes_raw = _mapping(data.get("axes"), marks, ("axes",), "axes")
-    if not axes_raw:
-        raise marks.error("a space needs at least one axis", ("axes",), at_key=True)
+    axes_raw = data["axes"]
     axes = tuple(_parse_axis(k, v, marks) for k, v in axes_raw.items())
     names = [a.name for a in axes]
     for a in axes:
@@ -375,84 +278,41 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
         dup = [n for n in names if names.count(n) > 1][0]
         raise marks.error(f"axis {dup} is given twice (under two spellings)", ("axes",))
 
-    objectives_raw = data.get("objectives", [{"metric": "val/acc", "mode": "max"}])
-    if isinstance(objectives_raw, dict):
-        objectives_raw = [objectives_raw]
-    if not isinstance(objectives_raw, list) or not objectives_raw:
-        raise marks.error("objectives must be a list of {metric, mode}", ("objectives",))
-    objectives = []
-    for i, o in enumerate(objectives_raw):
-        o = _mapping(o, marks, ("objectives", i), "an objective")
-        _check_keys(o, ("metric", "mode"), marks, ("objectives", i))
-        metric, mode = o.get("metric"), o.get("mode", "max")
-        twin = _measured_on_test(metric) if isinstance(metric, str) else None
-        if twin is not None:
-            raise marks.error(f"{metric} is measured on the test data, which a study must not select designs on "
-                              "(the best trial would be chosen by its test score); every trial reports its test "
-                              "metrics at its end", ("objectives", i, "metric"), hint=f"Use {twin}.")
-        if not isinstance(metric, str) or not _metric_ok(metric):
-            raise marks.error(f"unknown metric {metric!r}", ("objectives", i, "metric"),
-                              hint="Use val/acc, val/loss, val/ppl, val/bpb, val/acc/<slice>, val/mad_score, "
-                                   "val/mad/<task>, " + ", ".join(STATIC_METRICS) + ".")
-        if mode not in ("max", "min"):
-            raise marks.error(f"mode must be max or min, got {mode!r}", ("objectives", i, "mode"))
-        objectives.append(Objective(metric, mode))
+    objectives = [Objective(o.metric, o.mode) for o in spec.objectives]
 
-    search = _mapping(data.get("search"), marks, ("search",), "search")
-    _check_keys(search, ("sampler", "trials", "seed"), marks, ("search",))
     default_sampler = "nsga2" if len(objectives) > 1 else ("grid" if all(a.discrete for a in axes) else "tpe")
-    sampler = search.get("sampler", default_sampler)
-    if sampler not in SAMPLERS:
-        guess = closest(str(sampler), SAMPLERS)
-        raise marks.error(f"unknown sampler {sampler!r}", ("search", "sampler"),
-                          hint=(f"Did you mean '{guess}'? " if guess else "") + f"Samplers: {', '.join(SAMPLERS)}.")
-    seed = _number(search.get("seed", 0), marks, ("search", "seed"), integer=True)
+    sampler = spec.search.sampler or default_sampler
+    seed = spec.search.seed
     grid: tuple = ()
     if sampler == "grid":
         cont = [a.name for a in axes if not a.discrete]
         if cont:
             raise marks.error(f"the grid sampler needs discrete axes; {', '.join(cont)} is continuous", ("search", "sampler"),
                               hint="Give it choices, or use random / tpe.")
-    trials = search.get("trials")
-    if trials is not None:
-        _number(trials, marks, ("search", "trials"), integer=True)
-        if trials < 1:
-            raise marks.error("trials must be at least 1", ("search", "trials"))
+    trials = spec.search.trials
 
-    pruner = _mapping(data.get("pruner"), marks, ("pruner",), "pruner")
-    _check_keys(pruner, ("kind", "metric", "mode", "grace_period", "reduction_factor"), marks, ("pruner",))
-    pr = {"kind": pruner.get("kind", "asha"), "metric": pruner.get("metric", "val/acc"), "mode": pruner.get("mode", "max"),
-          "grace_period": pruner.get("grace_period", 1), "reduction_factor": pruner.get("reduction_factor", 2)}
-    if pr["kind"] not in PRUNERS:
-        raise marks.error(f"unknown pruner {pr['kind']!r}", ("pruner", "kind"), hint=f"Pruners: {', '.join(PRUNERS)}.")
-    uses_mad = any(_is_mad(o.metric) for o in objectives)
-    if uses_mad and "metric" not in pruner:
-        pr["metric"] = "val/mad_score"
-    intermediate = isinstance(pr["metric"], str) and pr["metric"].startswith("val/")
-    if not intermediate or not _metric_ok(pr["metric"]) or (_is_mad(pr["metric"]) and not uses_mad):
+    pr = spec.pruner.model_dump()
+    uses_mad = any(is_mad(o.metric) for o in objectives)
+    if pr["metric"] is None:
+        pr["metric"] = "val/mad_score" if uses_mad else "val/acc"
+    intermediate = pr["metric"].startswith("val/")
+    if not intermediate or not metric_ok(pr["metric"]) or (is_mad(pr["metric"]) and not uses_mad):
         raise marks.error(f"the pruner needs an intermediate validation metric (val/acc, val/loss, val/ppl, val/bpb, "
                           f"val/acc/<slice>; val/mad_score in a MAD study), got {pr['metric']!r}", ("pruner", "metric"))
     if uses_mad and pr["metric"] != "val/mad_score":
         raise marks.error("a MAD-score study reports val/mad_score (the running mean over finished tasks) as it goes, "
                           "not per-step val/ metrics: set pruner.metric: val/mad_score or pruner.kind: none",
                           ("pruner", "metric"))
-    if "mad" in data and not uses_mad:
+    spent = [i for i, o in enumerate(objectives) if o.metric in ("train_flops", "tokens")]
+    if uses_mad and spent:
+        raise marks.error(f"{objectives[spent[0]].metric} is what one training run spends; a MAD-score trial is a sweep of "
+                          "many runs and does not report it", ("objectives", spent[0], "metric"))
+    if spec.mad is not None and not uses_mad:
         raise marks.error("a `mad:` section needs the objective val/mad_score (or val/mad/<task>)", ("mad",),
                           at_key=True)
-    mad = _parse_mad(data.get("mad"), marks) if uses_mad else None
-    if pr["mode"] not in ("max", "min"):
-        raise marks.error("mode must be max or min", ("pruner", "mode"))
-    _number(pr["grace_period"], marks, ("pruner", "grace_period"), integer=True)
-    _number(pr["reduction_factor"], marks, ("pruner", "reduction_factor"), integer=True)
-    if pr["grace_period"] < 1 or pr["reduction_factor"] < 2:
-        raise marks.error("grace_period must be >= 1 and reduction_factor >= 2", ("pruner",))
+    mad = _parse_mad(spec.mad, marks) if uses_mad else None
 
-    res = _mapping(data.get("resources"), marks, ("resources",), "resources")
-    _check_keys(res, ("cpus_per_trial", "gpus_per_trial", "max_concurrent"), marks, ("resources",))
-    cpus = _number(res.get("cpus_per_trial", 1), marks, ("resources", "cpus_per_trial"))
-    gpus = _number(res.get("gpus_per_trial", 0), marks, ("resources", "gpus_per_trial"))
-    if cpus <= 0 or gpus < 0:
-        raise marks.error("cpus_per_trial must be > 0 and gpus_per_trial >= 0", ("resources",))
+    cpus, gpus = spec.resources.cpus_per_trial, spec.resources.gpus_per_trial
     if gpus >= 2:  # trials then train on int(gpus) devices (execution_values): the base must allow it
         trial_base = copy.deepcopy(base)
         set_path(trial_base, ("train", "devices"), int(gpus))
@@ -462,18 +322,20 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
             raise marks.error(f"gpus_per_trial {gpus:g} trains every trial on {int(gpus)} devices, which the base "
                               f"design does not allow: {e.message}", ("resources", "gpus_per_trial"),
                               hint=e.hint) from None
-    maxc = res.get("max_concurrent")
-    if maxc is not None and (_number(maxc, marks, ("resources", "max_concurrent"), integer=True) < 1):
-        raise marks.error("max_concurrent must be at least 1", ("resources", "max_concurrent"))
-    results_dir = data.get("results_dir")
-    if results_dir is not None and not isinstance(results_dir, str):
-        raise marks.error("results_dir must be a path", ("results_dir",))
+    maxc = spec.resources.max_concurrent
+    results_dir = spec.results_dir
     if results_dir is not None and not Path(results_dir).is_absolute():
         results_dir = str((Path(path).parent / results_dir).absolute())
 
+    n_seeds = _parse_seeds(data, marks, seeds, axes, uses_mad)
+    from .scaling_spec import parse_scaling
+
+    scaling = parse_scaling(data.get("scaling"), marks, [a.name for a in axes],
+                            lambda text, where: expand_path(text, marks, where))
     space = Space(name=name, file=file, base=base, axes=axes, objectives=tuple(objectives), sampler=sampler, seed=seed,
                   trials=trials or 0, pruner=pr, cpus_per_trial=float(cpus), gpus_per_trial=float(gpus),
-                  max_concurrent=maxc, results_dir=results_dir, description=str(data.get("description", "")), mad=mad)
+                  max_concurrent=maxc, results_dir=results_dir, description=spec.description, mad=mad,
+                  seeds=n_seeds, scaling=scaling)
     # Check every value of every axis against the grammar (incompatible combinations are fine here:
     # the sampler skips them), so a typo fails now, not in a worker.
     # Each value is probed with every other axis at its first value, so an axis may rely on another
@@ -507,6 +369,25 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
     elif not trials:
         raise marks.error("search.trials is required for the random, tpe and nsga2 samplers", ("search",), at_key=True)
     return space
+
+
+def _parse_seeds(data: dict, marks: yamlio.Marks, cli: Optional[int], axes: tuple, uses_mad: bool) -> int:
+    """`seeds: N` (or --seeds N): replicates of every design (archspace.study.seeds)."""
+    if cli is not None:
+        if isinstance(cli, bool) or not isinstance(cli, int) or cli < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {cli!r}", file="<command line>")
+        n = cli
+    else:
+        n = data.get("seeds", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise marks.error(f"seeds must be a whole number of at least 1, got {n!r}", ("seeds",))
+    if n > 1 and any(tuple(a.path) == ("train", "seed") for a in axes):
+        raise marks.error("seeds replicates every design over train.seed, which is also an axis here: drop one",
+                          ("seeds",) if "seeds" in data else ("axes",), at_key=True)
+    if n > 1 and uses_mad:
+        raise marks.error("a MAD-score study sweeps its own runs; seeds is for studies that train once per trial",
+                          ("seeds",) if "seeds" in data else ("objectives",), at_key=True)
+    return n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -653,7 +534,8 @@ def grid_size(space: Space) -> Optional[int]:
 
 
 def describe(space: Space) -> str:
-    lines = [f"space {space.name}: {len(space.axes)} axes, sampler {space.sampler}, {space.trials} trials"]
+    lines = [f"space {space.name}: {len(space.axes)} axes, sampler {space.sampler}, {space.trials} trials"
+             + (f" x {space.seeds} seeds" if space.seeds > 1 else "")]
     for a in space.axes:
         dom = (", ".join(map(str, a.choices)) if a.kind in ("choice", "bundle")
                else f"{a.kind} [{a.low}, {a.high}]{' log' if a.log else ''}")

@@ -37,9 +37,10 @@ START_KEY = "archspace/start_step"  # the step that execution started from (0: f
 TRAIN_ROWS_KEY = "archspace/train_rows"  # JSON list of the training-curve rows since the previous report
 STEP_METRIC_PREFIXES = ("val/", "train/", "test/")
 MAD_PREFIXES = ("mad_score", "mad/")  # a MAD-score study reports these as each task finishes
-STEP_METRICS = ("throughput_tok_s",)
-STATIC_KEYS = ("params", "active_params", "state_size", "flops_per_token")
-FINAL_EXTRA = ("steps", "train_wall_s", "throughput_tok_s")
+STEP_METRICS = ("throughput_tok_s", "tokens", "train_flops")
+STATIC_KEYS = ("params", "active_params", "state_size", "flops_per_token", "params_non_embedding",
+               "train_flops_per_token")
+FINAL_EXTRA = ("steps", "train_wall_s", "throughput_tok_s", "tokens", "train_flops")
 
 _BAD = re.compile(r"[^/\w.\- :]")
 
@@ -187,7 +188,8 @@ class StudyTracker:
                                  "space.yaml")
             self.client.log_batch(run_id, params=[_param("sampler", self.space.sampler), _param("seed", self.space.seed),
                                                   _param("trials", self.space.trials),
-                                                  _param("pruner", self.space.pruner.get("kind"))])
+                                                  _param("pruner", self.space.pruner.get("kind"))]
+                                 + ([_param("seeds", self.space.seeds)] if self.space.seeds > 1 else []))
         else:
             self.client.update_run(run_id, status="RUNNING")
         return run_id
@@ -245,8 +247,10 @@ class StudyTracker:
         run_id = self.run_of(trial.trial_id)
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, "archspace.status", "running")
+        from .seeds import replicate_values
+
         values = values_from_config(self.space, trial.config)
-        self._log_params(trial.trial_id, values)
+        self._log_params(trial.trial_id, {**values, **replicate_values(self.space, trial.config)})
         try:
             resolved = resolve_values(self.space, values)
         except Exception as exc:  # noqa: BLE001 - the trial itself will fail with this reason

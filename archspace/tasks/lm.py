@@ -35,12 +35,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import lightning
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .mqar import _Indices
+from .data import TaskData, index_loader
 
 __all__ = ["GENERATOR_VERSION", "EOS", "PAD", "stdlib_files", "corpus_files", "read_documents", "cache_root",
            "build_shards", "LMDataModule"]
@@ -76,7 +75,7 @@ def stdlib_files(max_bytes: int) -> list[tuple[str, Path]]:
 def corpus_files(task: dict[str, Any]) -> list[tuple[str, Path]]:
     if task["corpus"] == "stdlib":
         return stdlib_files(task["max_bytes"])
-    from ..grammar import lm_file_matches
+    from .specs import lm_file_matches
 
     out: list[tuple[str, Path]] = []
     for pattern in task["files"]:
@@ -240,12 +239,10 @@ class _Windows:
                 "n_bytes": self.token_bytes[labels].sum(dim=1)}
 
 
-class LMDataModule(lightning.LightningDataModule):
+class LMDataModule(TaskData):
     def __init__(self, task: dict[str, Any], batch_size: int = 32, num_workers: int = 0):
-        super().__init__()
+        super().__init__(batch_size, task["seed"], num_workers)
         self.task = dict(task)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
         self.dir: Path | None = None
         self.meta: dict | None = None
         self._train = self._val = self._test = None
@@ -279,14 +276,12 @@ class LMDataModule(lightning.LightningDataModule):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(int(self.task["seed"]))
-        return DataLoader(_Indices(len(self._train)), batch_size=self.batch_size, shuffle=True, generator=g,
-                          collate_fn=self._train, num_workers=self.num_workers)
+        return index_loader(len(self._train), self._train, batch_size=self.batch_size, shuffle=True,
+                            seed=self.seed, num_workers=self.num_workers)
 
     def _scored(self, windows: _Windows) -> DataLoader:
         n = min(len(windows), int(self.task["max_val_sequences"]))
-        return DataLoader(_Indices(n), batch_size=self.batch_size, shuffle=False, collate_fn=windows,
-                          num_workers=self.num_workers)
+        return index_loader(n, windows, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._scored(self._val)

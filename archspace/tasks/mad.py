@@ -34,17 +34,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from typing import Any
 
-import lightning
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
+from .data import IGNORE_INDEX, GeneratedSplits, TokenSplit
 from .mad_params import TASKS, check_params
-from .mqar import IGNORE_INDEX, _Gather, _Indices, MQARSplit, held_out, overlap
 
 __all__ = ["GENERATOR_VERSION", "GENERATORS", "generate", "split_seed", "memorization_map",
            "fuzzy_unrecoverable", "MADDataModule", "CompressionReadout"]
@@ -287,7 +284,7 @@ def generate(task: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 # data module
 # ----------------------------------------------------------------------------------------------
-class MADDataModule(lightning.LightningDataModule):
+class MADDataModule(GeneratedSplits):
     """Train, validation and test split of one MAD task setting; one slice named after the task.
 
     Batches are dicts {"input_ids", "labels", "slice"} like MQAR's; validation and test are in the test
@@ -296,17 +293,11 @@ class MADDataModule(lightning.LightningDataModule):
     """
 
     def __init__(self, task: dict[str, Any], batch_size: int = 64, num_workers: int = 0):
-        super().__init__()
         if task.get("name") not in GENERATORS:
             raise ValueError(f"not a MAD task: {task.get('name')!r}")
+        super().__init__(batch_size, task["seed"], num_workers)
         self.task = dict(task)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.train_data: MQARSplit | None = None
-        self.val_data: MQARSplit | None = None
-        self.test_data: MQARSplit | None = None
-        self.train_test_overlap: int | None = None
-        self.val_dropped: int | None = None
+        self.label = self.task["name"]
 
     def slice_names(self, split: str) -> list[str]:
         return [TASKS[self.task["name"]]]
@@ -317,46 +308,10 @@ class MADDataModule(lightning.LightningDataModule):
         blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def _make(self, split: str) -> MQARSplit:
+    def make(self, split: str) -> TokenSplit:
         x, y = generate(self.task, split)
-        return MQARSplit(torch.from_numpy(x).to(torch.int32), torch.from_numpy(y).to(torch.int32),
-                         torch.zeros(x.shape[0], dtype=torch.int64))
-
-    def prepare_data(self) -> None:
-        pass
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit", "validate") and self.train_data is None:
-            self.train_data = self._make("train")
-        if self.test_data is None:
-            self.test_data = self._make("test")
-        if self.train_data is not None and self.train_test_overlap is None:
-            self.train_test_overlap = overlap(self.train_data.inputs.numpy(), self.test_data.inputs.numpy())
-            if self.train_test_overlap:
-                warnings.warn(f"{self.task['name']}: {self.train_test_overlap} test examples also occur in the "
-                              "training split", stacklevel=2)
-        if stage in (None, "fit", "validate") and self.val_data is None:
-            self.val_data, self.val_dropped = held_out(self._make("val"), self.train_data, self.test_data)
-            if self.val_dropped:
-                warnings.warn(f"{self.task['name']}: {self.val_dropped} validation examples also occur in the "
-                              "training or test split and were left out", stacklevel=2)
-
-    def _loader(self, data: MQARSplit | None, shuffle: bool) -> DataLoader:
-        if data is None:
-            raise RuntimeError("MADDataModule: call setup() first")
-        generator = torch.Generator().manual_seed(int(self.task["seed"])) if shuffle else None
-        return DataLoader(_Indices(len(data)), batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=_Gather(data), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_data, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_data, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_data, shuffle=False)
+        return TokenSplit(torch.from_numpy(x).to(torch.int32), torch.from_numpy(y).to(torch.int32),
+                          torch.zeros(x.shape[0], dtype=torch.int64))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,20 +40,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import lightning
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+
+from .data import IGNORE_INDEX, Gather, GeneratedSplits, TokenSplit, overlap
 
 __all__ = [
     "GENERATOR_VERSION",
     "IGNORE_INDEX",
     "MQARSlice",
-    "MQARSplit",
     "MQARDataModule",
     "DEFAULT_TRAIN",
     "DEFAULT_TEST",
@@ -61,15 +60,11 @@ __all__ = [
     "validate_mqar",
     "slice_seed",
     "overlap",
-    "shared_rows",
-    "held_out",
     "mqar_accuracy",
 ]
 
 #: Bump whenever generation changes in a way that alters the produced tokens.
 GENERATOR_VERSION = 1
-#: Label of positions that carry no loss.
-IGNORE_INDEX = -100
 
 # Rough bound on the number of float sort keys held at once (rows * population).
 _CHUNK_ELEMS = 1 << 22
@@ -94,20 +89,10 @@ class MQARSlice:
 
 # Zoology's standard MQAR mixtures (vocab 8192): train on lengths up to 256,
 # test on the same lengths with more pairs per length.
-DEFAULT_TRAIN: tuple[MQARSlice, ...] = (
-    MQARSlice(64, 4, 100_000),
-    MQARSlice(128, 8, 20_000),
-    MQARSlice(256, 16, 20_000),
-    MQARSlice(256, 32, 20_000),
-    MQARSlice(256, 64, 20_000),
-)
-DEFAULT_TEST: tuple[MQARSlice, ...] = (
-    MQARSlice(64, 4, 1_000),
-    MQARSlice(64, 8, 1_000),
-    MQARSlice(64, 16, 1_000),
-    MQARSlice(128, 32, 1_000),
-    MQARSlice(256, 64, 1_000),
-)
+DEFAULT_TRAIN: tuple[MQARSlice, ...] = tuple(MQARSlice(*s) for s in (
+    (64, 4, 100_000), (128, 8, 20_000), (256, 16, 20_000), (256, 32, 20_000), (256, 64, 20_000)))
+DEFAULT_TEST: tuple[MQARSlice, ...] = tuple(MQARSlice(*s) for s in (
+    (64, 4, 1_000), (64, 8, 1_000), (64, 16, 1_000), (128, 32, 1_000), (256, 64, 1_000)))
 
 _SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
 
@@ -246,47 +231,6 @@ def slice_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=(_SPLIT_IDS[split], int(index)))
 
 
-def _row_hashes(x: np.ndarray) -> np.ndarray:
-    """64-bit polynomial hash of each row (wrap-around arithmetic)."""
-    x = x.astype(np.uint64, copy=False)
-    h = np.zeros(x.shape[0], dtype=np.uint64)
-    mult = np.uint64(0x100000001B3)
-    with np.errstate(over="ignore"):
-        for j in range(x.shape[1]):
-            h = (h * mult) ^ (x[:, j] + np.uint64(0x9E3779B97F4A7C15))
-    return h
-
-
-def shared_rows(reference: torch.Tensor | np.ndarray, rows: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Boolean mask over ``rows``: True where the row is identical to some row of ``reference``
-    (after right-padding both with 0s to a common width). Exact: hash matches are verified element-wise."""
-    a = np.asarray(reference)
-    b = np.asarray(rows)
-    if a.ndim != 2 or b.ndim != 2:
-        raise ValueError("overlap expects 2-D [N, T] arrays")
-    width = max(a.shape[1], b.shape[1])
-    a = np.pad(a, ((0, 0), (0, width - a.shape[1])))
-    b = np.pad(b, ((0, 0), (0, width - b.shape[1])))
-    mask = np.zeros(b.shape[0], dtype=bool)
-    if a.shape[0] == 0 or b.shape[0] == 0:
-        return mask
-    ha, hb = _row_hashes(a), _row_hashes(b)
-    candidates = np.nonzero(np.isin(hb, ha))[0]
-    if candidates.size == 0:
-        return mask
-    order = np.argsort(ha, kind="stable")
-    ha_sorted = ha[order]
-    for j in candidates:  # only hash matches: normally none
-        lo, hi = np.searchsorted(ha_sorted, hb[j], "left"), np.searchsorted(ha_sorted, hb[j], "right")
-        mask[j] = any(np.array_equal(a[order[r]], b[j]) for r in range(lo, hi))
-    return mask
-
-
-def overlap(train_inputs: torch.Tensor | np.ndarray, test_inputs: torch.Tensor | np.ndarray) -> int:
-    """Number of test rows identical to some train row (see :func:`shared_rows`)."""
-    return int(shared_rows(train_inputs, test_inputs).sum())
-
-
 def mqar_accuracy(logits_or_preds: torch.Tensor, labels: torch.Tensor, slices: torch.Tensor,
                   n_slices: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact-match counts over labelled positions (label != -100).
@@ -318,61 +262,6 @@ def mqar_accuracy(logits_or_preds: torch.Tensor, labels: torch.Tensor, slices: t
     return correct.sum(), count.sum(), per_correct, per_count
 
 
-@dataclass
-class MQARSplit:
-    """A generated mixture: rows right-padded to the longest slice (token 0, label -100).
-
-    Stored as int32 to halve memory; batches are cast to int64.
-    """
-
-    inputs: torch.Tensor     # [N, T_max] int32
-    labels: torch.Tensor     # [N, T_max] int32
-    slice_ids: torch.Tensor  # [N] int64
-
-    def __len__(self) -> int:
-        return int(self.inputs.shape[0])
-
-
-def held_out(split: MQARSplit, *others: MQARSplit) -> tuple[MQARSplit, int]:
-    """``split`` without the rows identical to a row of any of ``others``, and how many were dropped: a
-    validation split never scores an example that training saw or that the test will score."""
-    keep = np.ones(len(split), dtype=bool)
-    for other in others:
-        keep &= ~shared_rows(other.inputs.numpy(), split.inputs.numpy())
-    if keep.all():
-        return split, 0
-    idx = torch.from_numpy(np.nonzero(keep)[0])
-    return MQARSplit(split.inputs[idx], split.labels[idx], split.slice_ids[idx]), int((~keep).sum())
-
-
-class _Indices(torch.utils.data.Dataset):
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
-class _Gather:
-    """collate_fn: gathers a whole batch of rows with one index op. With ``widths`` (tokens per
-    row of each slice) the batch is cropped to its longest row: the columns cut are padding."""
-
-    def __init__(self, split: MQARSplit, widths: Sequence[int] | None = None):
-        self.split = split
-        self.widths = None if widths is None else torch.as_tensor(list(widths), dtype=torch.int64)
-
-    def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        i = torch.as_tensor(idx, dtype=torch.int64)
-        slice_ids = self.split.slice_ids[i]
-        width = self.split.inputs.shape[1] if self.widths is None else int(self.widths[slice_ids].max())
-        return {"input_ids": self.split.inputs[i, :width].long(),
-                "labels": self.split.labels[i, :width].long(),
-                "slice": slice_ids}
-
-
 class CurriculumBatches(torch.utils.data.Sampler):
     """Batch sampler of the ``curriculum`` order: the slices' row ranges in listed order, rows
     shuffled within a slice, batches of ``batch_size`` that never cross a slice boundary (a slice's
@@ -395,7 +284,7 @@ class CurriculumBatches(torch.utils.data.Sampler):
             start += n
 
 
-class MQARDataModule(lightning.LightningDataModule):
+class MQARDataModule(GeneratedSplits):
     """Train, validation and test MQAR mixtures.
 
     Every slice is generated with its own seed (:func:`slice_seed`), padded on the right
@@ -406,11 +295,12 @@ class MQARDataModule(lightning.LightningDataModule):
     pruners and samplers select on it, and ``test_dataloader`` serves the test mixture.
     """
 
+    label = "MQAR"
+
     def __init__(self, vocab_size: int = 8192, train: Sequence[MQARSlice] = DEFAULT_TRAIN,
                  test: Sequence[MQARSlice] = DEFAULT_TEST, batch_size: int = 64,
                  power_a: float = 0.01, random_non_queries: bool = True, seed: int = 0,
                  num_workers: int = 0, repeat: int = 1, order: str = "mixed"):
-        super().__init__()
         if order not in ("mixed", "curriculum"):
             raise ValueError(f"MQAR: order must be 'mixed' or 'curriculum', got {order!r}")
         self.order = order
@@ -425,21 +315,12 @@ class MQARDataModule(lightning.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.batch_size = int(batch_size)
+        super().__init__(batch_size, seed, num_workers)
         self.power_a = float(power_a)
         self.random_non_queries = bool(random_non_queries)
         if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
             raise ValueError(f"MQAR: repeat must be an int >= 1, got {repeat!r}")
         self.repeat = int(repeat)
-        self.seed = int(seed)
-        self.num_workers = int(num_workers)
-        self.train_data: MQARSplit | None = None
-        self.val_data: MQARSplit | None = None
-        self.test_data: MQARSplit | None = None
-        #: test rows identical to a train row; set once both splits exist (expected 0).
-        self.train_test_overlap: int | None = None
-        #: validation rows left out because the train or test mixture holds them too (expected 0).
-        self.val_dropped: int | None = None
 
     # ------------------------------------------------------------------ metadata
     def _slices(self, split: str) -> tuple[MQARSlice, ...]:
@@ -476,8 +357,8 @@ class MQARDataModule(lightning.LightningDataModule):
         return hashlib.sha256(blob).hexdigest()[:16]
 
     # ------------------------------------------------------------------ data
-    def _generate(self, split: str) -> MQARSplit:
-        slices = self._slices(split)  # "val" uses the test settings with the validation seeds
+    def make(self, split: str) -> TokenSplit:
+        slices = self._slices(split)
         width = max(s.length(self.repeat) for s in slices)
         total = sum(s.num_examples for s in slices)
         inputs = torch.zeros((total, width), dtype=torch.int32)
@@ -493,50 +374,13 @@ class MQARDataModule(lightning.LightningDataModule):
             labels[row:row + s.num_examples, :length] = y
             slice_ids[row:row + s.num_examples] = i
             row += s.num_examples
-        return MQARSplit(inputs, labels, slice_ids)
-
-    def prepare_data(self) -> None:  # nothing to download
-        pass
-
-    def setup(self, stage: str | None = None) -> None:
-        """Generate the splits ``stage`` needs, once: fit/validate/None all three (validation is held out
-        from the other two), test the test mixture."""
-        if stage in (None, "fit", "validate") and self.train_data is None:
-            self.train_data = self._generate("train")
-        if self.test_data is None:
-            self.test_data = self._generate("test")
-        if self.train_data is not None and self.train_test_overlap is None:
-            self.train_test_overlap = overlap(self.train_data.inputs.numpy(),
-                                              self.test_data.inputs.numpy())
-            if self.train_test_overlap:
-                warnings.warn(f"MQAR: {self.train_test_overlap} test examples also occur in "
-                              "the train mixture (tiny vocab/sequence settings?)", stacklevel=2)
-        if stage in (None, "fit", "validate") and self.val_data is None:
-            self.val_data, self.val_dropped = held_out(self._generate("val"), self.train_data, self.test_data)
-            if self.val_dropped:
-                warnings.warn(f"MQAR: {self.val_dropped} validation examples also occur in the train or test "
-                              "mixture and were left out (tiny vocab/sequence settings?)", stacklevel=2)
-
-    def _loader(self, data: MQARSplit | None, shuffle: bool, curriculum: bool = False) -> DataLoader:
-        if data is None:
-            raise RuntimeError("MQARDataModule: call setup() first")
-        if curriculum:
-            sizes = [s.num_examples for s in self.train_slices]
-            widths = [s.length(self.repeat) for s in self.train_slices]
-            batching = dict(batch_sampler=CurriculumBatches(sizes, self.batch_size, self.seed),
-                            collate_fn=_Gather(data, widths))
-        else:
-            generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-            batching = dict(batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                            collate_fn=_Gather(data))
-        return DataLoader(_Indices(len(data)), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, **batching)
+        return TokenSplit(inputs, labels, slice_ids)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_data, shuffle=True, curriculum=self.order == "curriculum")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_data, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_data, shuffle=False)
+        if self.order != "curriculum":
+            return self.loader(self.train_data, shuffle=True)
+        sizes = [s.num_examples for s in self.train_slices]
+        widths = [s.length(self.repeat) for s in self.train_slices]
+        batches = CurriculumBatches(sizes, self.batch_size, self.seed)
+        return self.loader(self.train_data, shuffle=True, batch_sampler=batches,
+                           collate=None if self.train_data is None else Gather(self.train_data, widths))

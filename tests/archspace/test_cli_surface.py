@@ -10,7 +10,7 @@ from archspace.cli import build_parser, main
 from archspace.grammar import json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ["validate", "show", "train", "study", "export", "schema"]
+COMMANDS = ["validate", "show", "train", "study", "export", "schema", "dashboard", "compare"]
 
 
 def test_commands_are_the_documented_ones():

@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from archspace.errors import ConfigError
-from archspace.grammar import violations
+from archspace.blocks.compat import violations
 from archspace.study.space import (define_by_run, enumerate_grid, load_space, make_sampler, resolve_values,
                                    values_from_config)
 
@@ -86,7 +86,14 @@ BAD = [
     ("invalid axis value", SPACE.replace("[none, scalar, vector]", "[none, scaler]"), 12,
      ["value 'scaler'", "Did you mean 'scalar'"]),
     ("unknown top-level key", SPACE.replace("search:", "serch:"), 14, ["unknown key 'serch'", "Did you mean 'search'"]),
-    ("unknown sampler", SPACE.replace("sampler: grid", "sampler: tpee"), 14, ["unknown sampler", "'tpe'"]),
+    ("unknown sampler", SPACE.replace("sampler: grid", "sampler: tpee"), 14, ["'tpee' is not one of", "'tpe'"]),
+    ("unknown nested key", SPACE + "pruner: {kind: asha, metrc: val/acc}\n", 15,
+     ["pruner.metrc: unknown key 'metrc'", "Did you mean 'metric'"]),
+    ("wrong type", SPACE + "resources: {cpus_per_trial: two}\n", 15, ["resources.cpus_per_trial", "'two'"]),
+    ("out of bounds", SPACE + "pruner: {reduction_factor: 1}\n", 15,
+     ["pruner.reduction_factor", "greater than or equal to 2"]),
+    ("axis with two kinds", SPACE.replace("mixer.key_norm: [none, l2]", "lr: {int: [1, 2], float: [0.1, 0.2]}"), 13,
+     ["axes.lr", "exactly one of choices, int, float or bundle"]),
     ("continuous axis in a grid", SPACE.replace("mixer.key_norm: [none, l2]", "lr: {float: [1e-4, 1e-2], log: true}"), 14,
      ["grid sampler needs discrete axes", "train.lr"]),
     ("bad base design", SPACE.replace("d_model: 32", "d_model: -1"), 4, ["model.d_model", "greater than or equal to 4"]),

@@ -137,6 +137,6 @@ def test_zoo_trains_and_exports(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "archspace.cli", "export", str(run), "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    src = (out / "modeling_archspace.py").read_text()
-    for cls in ("class MoMMixer", "class TitansMixer", "class MoEMLP", "def chunk_log_linear"):
-        assert cls in src
+    for file, cls in (("mom.py", "class MoMMixer"), ("titans.py", "class TitansMixer"), ("moe.py", "class MoEMLP"),
+                      ("log_linear.py", "def chunk_log_linear")):
+        assert cls in (out / file).read_text()

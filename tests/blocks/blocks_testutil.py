@@ -3,20 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from archspace.blocks.config import MemoryConfig
+from archspace.blocks.presets import PRESETS, memory_preset
 
 D, H, K, V = 32, 2, 8, 12
 
-# name -> MemoryConfig mirroring the grammar presets (paths/chunk set per test).
-MEMORY_PRESETS = {
-    "linear_attention": MemoryConfig(D, H, K, V, bias="dot", retention="none", feature_map="elu1"),
-    "retnet": MemoryConfig(D, H, K, V, bias="dot", retention="constant"),
-    "mamba2": MemoryConfig(D, H, K, V, bias="dot", retention="scalar", short_conv=4, feature_map="silu"),
-    "gla": MemoryConfig(D, H, K, V, bias="dot", retention="vector", gate_rank=4, output_gate=True),
-    "deltanet": MemoryConfig(D, H, K, V, bias="l2", retention="none", key_norm="l2", feature_map="silu"),
-    "gated_deltanet": MemoryConfig(D, H, K, V, bias="l2", retention="scalar", key_norm="l2", short_conv=4,
-                                   output_gate=True, feature_map="silu"),
-}
+# name -> MemoryConfig of each memory preset of the grammar at the dims above (paths/chunk set per test).
+MEMORY_PRESETS = {name: memory_preset(name, D, H, K, V) for name, keys in PRESETS.items() if keys["type"] == "memory"}
 
 
 def rounding_tol(n_terms: int, dtype: torch.dtype = torch.float32) -> float:

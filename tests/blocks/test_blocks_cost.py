@@ -7,10 +7,13 @@ import itertools
 import pytest
 
 from archspace.blocks.attention import Attention
+from archspace.blocks.bias import BIAS
+from archspace.blocks.compat import violations
 from archspace.blocks.config import AttentionConfig, Cost, LayerConfig, MemoryConfig, ModelConfig, SwiGLUConfig
 from archspace.blocks.memory import MemoryMixer
 from archspace.blocks.model import Layer, SequenceModel
 from archspace.blocks.registry import block_cost
+from archspace.blocks.retention import RETENTION
 from archspace.blocks.swiglu import SwiGLU
 
 from blocks_testutil import MEMORY_PRESETS
@@ -21,13 +24,14 @@ def numel(mod) -> int:
 
 
 def _all_memory_variants():
+    """Every bias x retention of the axis tables (the incompatibility table's pairs left out) with the options."""
     for bias, ret, conv, gate, norm, kn in itertools.product(
-        ("dot", "l2"), ("none", "constant", "scalar", "vector"), (0, 3), (False, True), ("rmsnorm", "none"), ("none", "l2")
+        BIAS, RETENTION, (0, 3), (False, True), ("rmsnorm", "none"), ("none", "l2")
     ):
-        if bias == "l2" and ret == "vector":
+        keys = dict(bias=bias, retention=ret, short_conv=conv, output_gate=gate, norm=norm, key_norm=kn)
+        if violations({"type": "memory", **keys}):
             continue
-        yield MemoryConfig(24, 3, 4, 6, bias=bias, retention=ret, short_conv=conv, output_gate=gate, norm=norm,
-                           key_norm=kn, gate_rank=5)
+        yield MemoryConfig(24, 3, 4, 6, gate_rank=5, **keys)
 
 
 @pytest.mark.parametrize("cfg", list(_all_memory_variants()), ids=str)
@@ -50,7 +54,8 @@ def test_attention_and_mlp_params_match_module(window):
 
 
 def test_tiny_gated_deltanet_by_hand():
-    cfg = MemoryConfig(4, 2, 3, 2, bias="l2", retention="scalar", short_conv=2, output_gate=True, norm="rmsnorm")
+    cfg = MemoryConfig(4, 2, 3, 2, bias="l2", retention="scalar", short_conv=2, output_gate=True, norm="rmsnorm",
+                       key_norm="l2")
     # D=4, H=2, K=3, V=2 -> H*K = 6, H*V = 4, convolved channels 6 + 6 + 4 = 16
     # params: q 4*6=24, k 24, v 4*4=16 (=64); conv 2*16=32; dt_proj 4*2=8 + A_log 2 + dt_bias 2 (=12);
     #         beta 4*2=8; per-head norm 2*2=4; output gate 4*4=16; o_proj 4*4=16
@@ -101,7 +106,7 @@ def test_tiny_swiglu_by_hand():
 
 
 def _tiny_model(tie: bool) -> ModelConfig:
-    mem = MemoryConfig(4, 2, 3, 2, bias="l2", retention="scalar", short_conv=2, output_gate=True)
+    mem = MemoryConfig(4, 2, 3, 2, bias="l2", retention="scalar", short_conv=2, output_gate=True, key_norm="l2")
     return ModelConfig(
         vocab_size=10,
         d_model=4,

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from archspace.blocks.config import MemoryConfig
-from archspace.blocks.memory import MemoryMixer, _mean_levels_in_use
+from archspace.blocks.hierarchy import mean_levels_in_use
+from archspace.blocks.memory import MemoryMixer
 from archspace.kernels.log_linear import levels_in_use
 
 from blocks_testutil import MEMORY_PRESETS, rel_err
@@ -107,7 +108,7 @@ def test_lambda_starts_near_one_and_then_equals_plain_mixer(name):
     x = torch.randn(2, T_ODD, cfg.d_model)
     with torch.no_grad():
         # at init (weights std 0.02, pre-activation std ~0.02 sqrt(D) ~ 0.11) lambda stays near 1
-        lam_x = mod._inputs(x, None, step=False)[5]
+        lam_x = mod._inputs(x, None, step=False)[3]["lam"]
         assert lam_x.shape == (2, T_ODD, cfg.heads, cfg.levels)
         assert (lam_x - 1).abs().mean() < 0.1 and (lam_x > 0).all()
         mod.level_proj.weight.zero_()  # lambda == 1 exactly: the plain mixer
@@ -138,7 +139,7 @@ def test_cost_matches_module(name, levels):
     # flops: the plain count plus the projection and the per-level work, averaged over positions
     T = 1000
     n = sum(levels_in_use(t, levels) for t in range(1, T + 1)) / T
-    assert _mean_levels_in_use(T, levels) == pytest.approx(n, rel=1e-12)
+    assert mean_levels_in_use(T, levels) == pytest.approx(n, rel=1e-12)
     trans = 4 * K * V if cfg.bias == "l2" else 0
     decay = K * V if cfg.retention != "none" else 0
     plain = MemoryMixer.cost(dataclasses.replace(cfg, hierarchy="none"), T)

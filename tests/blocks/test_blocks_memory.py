@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from archspace.blocks.config import MemoryConfig
-from archspace.blocks.memory import MemoryMixer, retnet_log_decay
+from archspace.blocks.memory import MemoryMixer
+from archspace.blocks.retention import retnet_log_decay
 
 from blocks_testutil import MEMORY_PRESETS, rel_err
 
@@ -113,8 +114,9 @@ def test_vector_gate_shape_and_sign():
     cfg = MEMORY_PRESETS["gla"]
     mod = MemoryMixer(cfg)
     x = torch.randn(2, 5, cfg.d_model)
-    _, _, _, g, beta, _ = mod._inputs(x, None, step=False)
-    assert g.shape == (2, 5, cfg.heads, cfg.key_dim) and beta is None
+    _, _, _, gates, _ = mod._inputs(x, None, step=False)
+    g = gates["g"]
+    assert g.shape == (2, 5, cfg.heads, cfg.key_dim) and "beta" not in gates
     assert (g < 0).all() and (g >= torch.nn.functional.logsigmoid(torch.tensor(-1e4)) / cfg.gate_temperature).all()
 
 

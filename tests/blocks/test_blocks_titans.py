@@ -10,7 +10,7 @@ import torch
 
 from archspace.blocks.attention import average_context
 from archspace.blocks.config import AttentionConfig, MemoryConfig, TitansConfig
-from archspace.blocks.memory import MemoryMixer
+from archspace.blocks.memory import MemoryMixer, output, query
 from archspace.blocks.titans import TitansMixer
 
 from blocks_testutil import K, MEMORY_PRESETS, V, rel_err, rounding_tol
@@ -112,7 +112,7 @@ def _reference(blk: TitansMixer, x: torch.Tensor) -> torch.Tensor:
     for s0 in range(0, Tx, s):
         xs = x[:, s0:s0 + s]
         L = xs.shape[1]
-        h = mem._output(mc.key_dim ** -0.5 * torch.einsum("bhkv,blhk->blhv", S, q_all[:, s0:s0 + L]), xs)
+        h = output(mem, mc, mc.key_dim ** -0.5 * torch.einsum("bhkv,blhk->blhv", S, q_all[:, s0:s0 + L]), xs)
         ctx = torch.cat([P, h, xs], dim=1)
         pos = torch.cat([torch.arange(Np), Np + torch.arange(L), Np + s + torch.arange(L)])
         allowed = torch.zeros(L, Np + 2 * L, dtype=torch.bool)
@@ -205,15 +205,15 @@ def test_prefill_steps_and_continuation_match_forward(mem, setup):
             assert st[key] == val == T
 
 
-def test_read_query_matches_memory_inputs():
-    """mac's read path mirrors MemoryMixer._inputs for q (kept in sync with memory.py)."""
+def test_read_query_is_the_memory_query_path():
+    """mac reads with the memory's own query path on the x stream, split across segments (its conv state carried)."""
     for mem in MEMORIES.values():
         blk = TitansMixer(_cfg(mem, "mac", None, 8, 2))
         _perturb(blk)
         x = torch.randn(B, 13, D)
         with torch.no_grad():
-            q, _ = blk._read_query(x[:, :5], None)
-            q2, _ = blk._read_query(x[:, 5:], blk._read_query(x[:, :5], None)[1] if blk.memory.use_conv else None)
+            q, conv = query(blk.memory, mem, x[:, :5], None, step=False)
+            q2, _ = query(blk.memory, mem, x[:, 5:], conv, step=False)
             ref = blk.memory._inputs(x, None, step=False)[0]
         assert rel_err(torch.cat([q, q2], 1), ref) <= 1e-6
 

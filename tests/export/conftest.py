@@ -41,8 +41,10 @@ def reference_model(trained):
 
 @pytest.fixture(scope="session")
 def torch_only_python() -> Path:
+    # probes read the installed versions instead of importing (seconds each); the tests import them for real
     venv = ensure_venv("torch-only", [TORCH_PIN],
-                       NO_ARCHSPACE + "import torch; assert torch.__version__.startswith('2.13.0'); "
+                       NO_ARCHSPACE + "import importlib.metadata as md; "
+                       "assert md.version('torch').startswith('2.13.0'); "
                        "assert u.find_spec('transformers') is None and u.find_spec('safetensors') is None")
     return venv / "bin" / "python"
 
@@ -50,5 +52,7 @@ def torch_only_python() -> Path:
 @pytest.fixture(scope="session")
 def hf_python() -> Path:
     venv = ensure_venv("torch-hf", [TORCH_PIN, "transformers"],
-                       NO_ARCHSPACE + "import torch, transformers; assert torch.__version__.startswith('2.13.0')")
+                       NO_ARCHSPACE + "import importlib.metadata as md; "
+                       "assert md.version('torch').startswith('2.13.0'); "
+                       "assert md.version('transformers') and u.find_spec('transformers') is not None")
     return venv / "bin" / "python"

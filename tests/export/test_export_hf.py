@@ -44,7 +44,7 @@ for key, path in {exports!r}.items():
         saved[key + "/hf"] = model(input_ids=ids).logits
         out = model(input_ids=ids, labels=ids)
     res[key]["loss_finite"] = bool(torch.isfinite(out.loss))
-    mod = sys.modules[type(model).__module__]
+    mod = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".modeling_archspace"]  # the export's entry
     saved[key + "/hf_generate"] = mod.generate(model, ids[:1, :5], 24)
     plain = mod.load(path)  # the same file without going through transformers
     saved[key + "/generate"] = mod.generate(plain, ids[:1, :5], 24)

@@ -185,23 +185,41 @@ def test_generate_script(exported, torch_only_python, reference_model, tmp_path)
 
 
 def test_export_directory_contents(exported, trained):
-    names = sorted(p.name for p in exported.iterdir() if p.name != "__pycache__")  # the venv runs wrote it
-    assert names == sorted(["config.json", "model.safetensors", "modeling_archspace.py", "generate.py", "README.md"])
+    """The export is archspace's own block and kernel files, flat, with only their relative imports rewritten."""
+    import sys
+
+    from archspace.export import _module_file, modeling_sources
+
+    files = sorted(p.name for p in exported.iterdir() if p.name != "__pycache__")  # the venv runs wrote it
+    modeling = modeling_sources()
+    assert files == sorted(["config.json", "model.safetensors", "generate.py", "README.md", *modeling])
+    assert {"modeling_archspace.py", "memory.py", "delta_rule.py", "weights.py", "hf.py"} <= set(modeling)
     cfg = json.loads((exported / "config.json").read_text())
     assert cfg["archspace"]["design_hash"] == trained[1].design_hash
     assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_archspace.ArchspaceForCausalLM"
-    src = (exported / "modeling_archspace.py").read_text()
-    imported = set()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"relative import left: line {node.lineno}"
-            imported.add(node.module.split(".")[0])
-        elif isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-    # stdlib, torch, and transformers (optional, inside try/except ImportError)
-    assert imported <= {"__future__", "math", "typing", "dataclasses", "argparse", "json", "os", "struct", "sys",
-                        "torch", "transformers"}, imported
-    # the design uses the delta rule, not the GLA kernel: that file is left out
-    assert "kernels/delta_rule.py" in src and "def chunk_gla(" not in src
+    assert cfg["archspace_export"]["modeling_files"] == sorted(modeling)
+    for name in modeling:
+        src = (exported / name).read_text()
+        tree = ast.parse(src)
+        optional = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for n in ast.walk(t)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and f"{node.module}.py" in modeling, (name, node.module)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                roots = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) else {
+                    node.module.split(".")[0]}
+                allowed = {"torch", *sys.stdlib_module_names} | ({"transformers"} if id(node) in optional else set())
+                assert roots <= allowed, (name, roots)
+        # the same code as archspace's file: equal syntax trees once the relative imports are set to level 1
+        origin = _module_file("archspace.blocks." + name[:-3]) or _module_file("archspace.kernels." + name[:-3])
+        assert _flat_dump(ast.parse(origin.read_text())) == _flat_dump(tree), name
     card = (exported / "README.md").read_text()
     assert "no tokenizer" in card and "trust_remote_code=True" in card and "| 0 | gated_deltanet |" in card
+
+
+def _flat_dump(tree: ast.Module) -> str:
+    """ast.dump with every relative import made `from .<last module part> import ...`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            node.level, node.module = 1, node.module.rsplit(".", 1)[-1]
+    return ast.dump(tree)

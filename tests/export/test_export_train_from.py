@@ -12,10 +12,17 @@ from archspace.cli import main
 
 
 def exported_module(exported):
-    """The export's own modelling file (loaded here through importlib)."""
-    from archspace.export import MODELING_FILE, _load_module_from
+    """The export's own entry module, loaded here as a top-level module (it imports its directory as a package)."""
+    import importlib.util
+    import sys
 
-    return _load_module_from(exported / MODELING_FILE, "_test_train_from_modeling")
+    from archspace.export import MODELING_FILE
+
+    spec = importlib.util.spec_from_file_location("_test_train_from_modeling", exported / MODELING_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def max_weight_diff(a_file, b_file) -> float:

@@ -52,7 +52,7 @@ def leaves(x):
 def run_with_grads(fn, x, do, dS, **kw):
     xs = leaves(x)
     args = {n: xs.get(n) for n in x}
-    o, S = fn(args["q"], args["k"], args["v"], args["beta"], args["g"],
+    o, S = fn(args["q"], args["k"], args["v"], beta=args["beta"], g=args["g"],
               initial_state=args["initial_state"], output_final_state=True, **kw)
     ((o * do).sum() + (S * dS).sum()).backward()
     return o, S, {n: t.grad for n, t in xs.items()}
@@ -100,12 +100,12 @@ def test_unnormalised_keys(gate):
 @pytest.mark.parametrize("gate", GATES)
 def test_no_final_state_and_scale(gate):
     x = make_inputs(20, gate, False)
-    args = (x["q"], x["k"], x["v"], x["beta"], x["g"])
-    o, S = chunk_delta_rule(*args, chunk_size=16)
+    args, gates = (x["q"], x["k"], x["v"]), {"beta": x["beta"], "g": x["g"]}
+    o, S = chunk_delta_rule(*args, **gates, chunk_size=16)
     assert S is None
-    o2, _ = chunk_delta_rule(*args, scale=K ** -0.5, chunk_size=16)
-    o3, S3 = naive_recurrent_delta_rule(*args, scale=0.3)
-    o4, _ = chunk_delta_rule(*args, scale=0.3, chunk_size=16)
+    o2, _ = chunk_delta_rule(*args, **gates, scale=K ** -0.5, chunk_size=16)
+    o3, S3 = naive_recurrent_delta_rule(*args, **gates, scale=0.3)
+    o4, _ = chunk_delta_rule(*args, **gates, scale=0.3, chunk_size=16)
     assert S3 is None
     assert torch.equal(o, o2)
     assert rel(o4, o3) <= TOL
@@ -121,7 +121,7 @@ def test_step_matches_naive(gate, init):
     outs = []
     for t in range(T):
         g_t = None if x["g"] is None else x["g"][:, t]
-        o_t, S = delta_rule_step(x["q"][:, t], x["k"][:, t], x["v"][:, t], x["beta"][:, t], g_t, S)
+        o_t, S = delta_rule_step(x["q"][:, t], x["k"][:, t], x["v"][:, t], beta=x["beta"][:, t], g=g_t, state=S)
         assert o_t.shape == (B, H, V) and S.dtype == torch.float32
         outs.append(o_t)
     assert rel(torch.stack(outs, 1), o_ref) <= TOL
@@ -137,7 +137,7 @@ def test_split_sequence_equals_whole(gate, split):
 
     def part(sl, h0):
         g = None if x["g"] is None else x["g"][:, sl]
-        return chunk_delta_rule(x["q"][:, sl], x["k"][:, sl], x["v"][:, sl], x["beta"][:, sl], g,
+        return chunk_delta_rule(x["q"][:, sl], x["k"][:, sl], x["v"][:, sl], beta=x["beta"][:, sl], g=g,
                                 initial_state=h0, output_final_state=True, chunk_size=16)
 
     o1, S1 = part(slice(0, split), x["initial_state"])

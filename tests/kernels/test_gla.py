@@ -44,7 +44,7 @@ def leaves(x):
 def run_with_grads(fn, x, do, dS, **kw):
     xs = leaves(x)
     args = {n: xs.get(n) for n in x}
-    o, S = fn(args["q"], args["k"], args["v"], args["g"], initial_state=args["initial_state"],
+    o, S = fn(args["q"], args["k"], args["v"], g=args["g"], initial_state=args["initial_state"],
               output_final_state=True, **kw)
     ((o * do).sum() + (S * dS).sum()).backward()
     return o, S, {n: t.grad for n, t in xs.items()}
@@ -72,11 +72,11 @@ def test_chunk_matches_naive_fwd_bwd(gate, T, C, init):
 @pytest.mark.parametrize("gate", GATES)
 def test_no_final_state_and_default_scale(gate):
     x = make_inputs(20, gate, False)
-    o, S = chunk_gla(x["q"], x["k"], x["v"], x["g"], chunk_size=16)
+    o, S = chunk_gla(x["q"], x["k"], x["v"], g=x["g"], chunk_size=16)
     assert S is None
-    o2, _ = chunk_gla(x["q"], x["k"], x["v"], x["g"], scale=K ** -0.5, chunk_size=16)
-    o3, S3 = naive_recurrent_gla(x["q"], x["k"], x["v"], x["g"], scale=0.3)
-    o4, _ = chunk_gla(x["q"], x["k"], x["v"], x["g"], scale=0.3, chunk_size=16)
+    o2, _ = chunk_gla(x["q"], x["k"], x["v"], g=x["g"], scale=K ** -0.5, chunk_size=16)
+    o3, S3 = naive_recurrent_gla(x["q"], x["k"], x["v"], g=x["g"], scale=0.3)
+    o4, _ = chunk_gla(x["q"], x["k"], x["v"], g=x["g"], scale=0.3, chunk_size=16)
     assert S3 is None
     assert torch.equal(o, o2)
     assert rel(o4, o3) <= TOL
@@ -92,7 +92,7 @@ def test_step_matches_naive(gate, init):
     outs = []
     for t in range(T):
         g_t = None if x["g"] is None else x["g"][:, t]
-        o_t, S = gla_step(x["q"][:, t], x["k"][:, t], x["v"][:, t], g_t, S)
+        o_t, S = gla_step(x["q"][:, t], x["k"][:, t], x["v"][:, t], g=g_t, state=S)
         assert o_t.shape == (B, H, V) and S.dtype == torch.float32
         outs.append(o_t)
     assert rel(torch.stack(outs, 1), o_ref) <= TOL
@@ -108,7 +108,7 @@ def test_split_sequence_equals_whole(gate, split):
 
     def part(sl, h0):
         g = None if x["g"] is None else x["g"][:, sl]
-        return chunk_gla(x["q"][:, sl], x["k"][:, sl], x["v"][:, sl], g, initial_state=h0,
+        return chunk_gla(x["q"][:, sl], x["k"][:, sl], x["v"][:, sl], g=g, initial_state=h0,
                          output_final_state=True, chunk_size=16)
 
     o1, S1 = part(slice(0, split), x["initial_state"])

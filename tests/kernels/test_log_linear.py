@@ -49,7 +49,18 @@ def leaves(x, dtype=None):
 
 
 def args(xs, x):
-    return [xs.get(n) if x[n] is not None else None for n in NAMES]
+    """((q, k, v), {g, lam, beta}) from the leaves xs of the inputs x (None where x has none)."""
+    vals = {n: xs.get(n) if x[n] is not None else None for n in NAMES}
+    return (vals["q"], vals["k"], vals["v"]), {n: vals[n] for n in ("g", "lam", "beta")}
+
+
+def _dbl(a):
+    return tuple(t.double() for t in a[0]), {n: None if t is None else t.double() for n, t in a[1].items()}
+
+
+def call(fn, a, **extra):
+    """fn(q, k, v, *, gates..., extra...): tensors positionally, gates as keywords (the kernels' contract)."""
+    return fn(*a[0], **a[1], **extra)
 
 
 def sl(x, a, b):
@@ -69,7 +80,7 @@ def test_three_forms_agree_outputs_states_grads(bias, gate, T, C, L):
 
     # chunk (fp32) vs the quadratic masked form (fp64): outputs and every input gradient
     xc = leaves(x)
-    o, S = chunk_log_linear(*args(xc, x), output_final_state=True, chunk_size=C)
+    o, S = call(chunk_log_linear, args(xc, x), output_final_state=True, chunk_size=C)
     dS = torch.randn(S["levels"].shape, generator=gen)
     ((o * do).sum() + (S["levels"] * dS).sum()).backward()
     assert o.shape == (B, T, H, V) and o.dtype == torch.float32
@@ -77,19 +88,19 @@ def test_three_forms_agree_outputs_states_grads(bias, gate, T, C, L):
     assert S["levels"].dtype == torch.float32
 
     xq = leaves(x, torch.float64)
-    o_q = naive_quadratic_log_linear(*args(xq, x))
+    o_q = call(naive_quadratic_log_linear, args(xq, x))
     (o_q * do.double()).sum().backward()
     assert rel(o, o_q) <= TOL
 
     # recurrent (fp64) with the same loss on outputs and final level states
     xr = leaves(x, torch.float64)
-    o_r, S_r = naive_recurrent_log_linear(*args(xr, x), output_final_state=True)
+    o_r, S_r = call(naive_recurrent_log_linear, args(xr, x), output_final_state=True)
     ((o_r * do.double()).sum() + (S_r["levels"] * dS.double()).sum()).backward()
     assert rel(o_r, o_q) <= 1e-10
     assert rel(S["levels"], S_r["levels"]) <= TOL
 
     xc2 = leaves(x)
-    o2, _ = chunk_log_linear(*args(xc2, x), chunk_size=C)
+    o2, _ = call(chunk_log_linear, args(xc2, x), chunk_size=C)
     (o2 * do).sum().backward()
     for n in xq:
         assert torch.isfinite(xc[n].grad).all(), n
@@ -101,8 +112,8 @@ def test_three_forms_agree_outputs_states_grads(bias, gate, T, C, L):
 def test_strong_decay(bias):
     T, C, L = 45, 16, 16
     x = make_inputs(T, bias, "scalar_strong", L, seed=3)
-    o = chunk_log_linear(*args(x, x), chunk_size=C)[0]
-    o_q = naive_quadratic_log_linear(*[None if t is None else t.double() for t in args(x, x)])
+    o = call(chunk_log_linear, args(x, x), chunk_size=C)[0]
+    o_q = call(naive_quadratic_log_linear, _dbl(args(x, x)))
     assert torch.isfinite(o).all() and rel(o, o_q) <= TOL
 
 
@@ -111,28 +122,28 @@ def test_lambda_one_is_the_ordinary_kernel(bias, gate):
     T, C, L = 45, 8, 16
     x = make_inputs(T, bias, gate, L)
     x["lam"] = torch.ones_like(x["lam"])
-    o, S = chunk_log_linear(*args(x, x), output_final_state=True, chunk_size=C)
+    o, S = call(chunk_log_linear, args(x, x), output_final_state=True, chunk_size=C)
     if bias == "dot":
-        o_ref, S_ref = chunk_gla(x["q"], x["k"], x["v"], x["g"], output_final_state=True, chunk_size=C)
+        o_ref, S_ref = chunk_gla(x["q"], x["k"], x["v"], g=x["g"], output_final_state=True, chunk_size=C)
     else:
-        o_ref, S_ref = chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], output_final_state=True,
+        o_ref, S_ref = chunk_delta_rule(x["q"], x["k"], x["v"], beta=x["beta"], g=x["g"], output_final_state=True,
                                         chunk_size=C)
     assert rel(o, o_ref) <= TOL
     assert rel(S["levels"].sum(2), S_ref) <= TOL  # the sum of the level states is the ordinary state
     # and the hierarchy matters once lambda is not constant (guards against a vacuous mask)
     x2 = make_inputs(T, bias, gate, L)
-    assert rel(chunk_log_linear(*args(x2, x2), chunk_size=C)[0], o_ref) > 1e-2
+    assert rel(call(chunk_log_linear, args(x2, x2), chunk_size=C)[0], o_ref) > 1e-2
 
 
 @pytest.mark.parametrize("bias,gate", CASES)
 def test_step_decode_equals_forward(bias, gate):
     T, C, L = 37, 8, 5  # L = 5 saturates: the clamped top level absorbs old tokens
     x = make_inputs(T, bias, gate, L)
-    o_ref, S_ref = chunk_log_linear(*args(x, x), output_final_state=True, chunk_size=C)
+    o_ref, S_ref = call(chunk_log_linear, args(x, x), output_final_state=True, chunk_size=C)
     state, outs = None, []
     for t in range(T):
         xt = {n: (None if v is None else v[:, t]) for n, v in x.items()}
-        o_t, state = log_linear_step(*args(xt, xt), state=state)
+        o_t, state = call(log_linear_step, args(xt, xt), state=state)
         assert state["pos"] == t + 1 and state["levels"].shape[2] == levels_in_use(t + 1, L)
         assert o_t.shape == (B, H, V) and state["levels"].dtype == torch.float32
         outs.append(o_t)
@@ -146,16 +157,16 @@ def test_prefill_continue_and_step(bias, gate, C):
     """Split points off the chunk grid: chunk + chunk(initial_state) + steps == one forward."""
     T, L = 60, 16
     x = make_inputs(T, bias, gate, L, seed=4)
-    o_ref, S_ref = naive_recurrent_log_linear(*args(x, x), output_final_state=True)
+    o_ref, S_ref = call(naive_recurrent_log_linear, args(x, x), output_final_state=True)
     for p1, p2 in [(1, 2), (13, 31), (16, 50), (27, 28)]:
         a = sl(x, 0, p1)
-        o1, s = chunk_log_linear(*args(a, a), output_final_state=True, chunk_size=C)
+        o1, s = call(chunk_log_linear, args(a, a), output_final_state=True, chunk_size=C)
         b = sl(x, p1, p2)
-        o2, s = chunk_log_linear(*args(b, b), initial_state=s, output_final_state=True, chunk_size=C)
+        o2, s = call(chunk_log_linear, args(b, b), initial_state=s, output_final_state=True, chunk_size=C)
         outs = [o1, o2]
         for t in range(p2, T):
             xt = {n: (None if v is None else v[:, t]) for n, v in x.items()}
-            o_t, s = log_linear_step(*args(xt, xt), state=s)
+            o_t, s = call(log_linear_step, args(xt, xt), state=s)
             outs.append(o_t[:, None])
         assert rel(torch.cat(outs, 1), o_ref) <= TOL, (p1, p2)
         assert s["pos"] == T and rel(s["levels"], S_ref["levels"]) <= TOL, (p1, p2)
@@ -175,7 +186,7 @@ def test_slot_step_rows_at_different_positions(bias, gate):
     per_row = [None] * R
     for t in range(T):
         xt = {n: (None if v is None else v[:, t]) for n, v in x.items()}
-        o, new = log_linear_step_slots(*args(xt, xt), levels=levels, pos=pos)
+        o, new = call(log_linear_step_slots, args(xt, xt), levels=levels, pos=pos)
         sel = active[:, t]
         levels = torch.where(sel[:, None, None, None, None], new, levels)
         pos = pos + sel.long()
@@ -183,7 +194,7 @@ def test_slot_step_rows_at_different_positions(bias, gate):
             if not sel[r]:
                 continue
             xr = {n: (None if v is None else v[r: r + 1]) for n, v in xt.items()}
-            o_r, per_row[r] = log_linear_step(*args(xr, xr), state=per_row[r])
+            o_r, per_row[r] = call(log_linear_step, args(xr, xr), state=per_row[r])
             assert rel(o[r: r + 1], o_r) <= TOL, (t, r)
     for r in range(R):
         n = levels_in_use(int(pos[r]), L)
@@ -197,13 +208,13 @@ def test_initial_state_gradients():
     T, C, L = 29, 8, 16
     x = make_inputs(40, "delta", "scalar", L, seed=5)
     pre = sl(x, 0, 11)
-    _, s0 = naive_recurrent_log_linear(*args(pre, pre), output_final_state=True)
+    _, s0 = call(naive_recurrent_log_linear, args(pre, pre), output_final_state=True)
     post = sl(x, 11, 11 + T)
     do = torch.randn(B, T, H, V)
     grads = []
     for fn, kw in ((chunk_log_linear, {"chunk_size": C}), (naive_recurrent_log_linear, {})):
         lev = s0["levels"].clone().requires_grad_(True)
-        o, _ = fn(*args(post, post), initial_state={"levels": lev, "pos": 11}, **kw)
+        o, _ = call(fn, args(post, post), initial_state={"levels": lev, "pos": 11}, **kw)
         (o * do).sum().backward()
         grads.append(lev.grad)
     assert grads[1].abs().max() > 0
@@ -241,7 +252,7 @@ def test_levels_in_use_grows_as_log2():
     for t in range(130):
         q, k = torch.randn(Bs, Hs, K, generator=gen), torch.randn(Bs, Hs, K, generator=gen)
         v = torch.randn(Bs, Hs, V, generator=gen)
-        _, state = log_linear_step(q, k, v, None, torch.ones(Bs, Hs, L), state=state)
+        _, state = log_linear_step(q, k, v, lam=torch.ones(Bs, Hs, L), state=state)
         n_tok = t + 1
         levels = state["levels"]
         assert levels.shape[2] == levels_in_use(n_tok, L) == (n_tok - 1).bit_length() + 1
@@ -250,20 +261,20 @@ def test_levels_in_use_grows_as_log2():
     # with few levels the state stops growing
     state = None
     for t in range(40):
-        _, state = log_linear_step(q, k, v, None, torch.ones(Bs, Hs, 3), state=state)
+        _, state = log_linear_step(q, k, v, lam=torch.ones(Bs, Hs, 3), state=state)
     assert state["levels"].shape[2] == 3
 
 
 def test_chunk_scale_and_errors():
     T, L = 20, 8
     x = make_inputs(T, "dot", "scalar", L)
-    o1 = chunk_log_linear(*args(x, x), chunk_size=8, scale=0.3)[0]
-    o2 = naive_quadratic_log_linear(*args(x, x), scale=0.3)
+    o1 = call(chunk_log_linear, args(x, x), chunk_size=8, scale=0.3)[0]
+    o2 = call(naive_quadratic_log_linear, args(x, x), scale=0.3)
     assert rel(o1, o2) <= TOL
     with pytest.raises(ValueError):
-        chunk_log_linear(*args(x, x), chunk_size=12)
+        call(chunk_log_linear, args(x, x), chunk_size=12)
     with pytest.raises(ValueError):  # vector gates are not log-linear Mamba2
-        chunk_log_linear(x["q"], x["k"], x["v"], torch.zeros(B, T, H, K), x["lam"])
+        chunk_log_linear(x["q"], x["k"], x["v"], g=torch.zeros(B, T, H, K), lam=x["lam"])
     with pytest.raises(ValueError):  # a state that does not fit its position
         bad = {"levels": torch.zeros(B, H, 2, K, V), "pos": 9}
-        chunk_log_linear(*args(x, x), initial_state=bad, chunk_size=8)
+        call(chunk_log_linear, args(x, x), initial_state=bad, chunk_size=8)

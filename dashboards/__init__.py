@@ -1,0 +1,1 @@
+"""Comparison views and the study report (installed as archspace.dashboards)."""

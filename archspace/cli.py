@@ -194,11 +194,14 @@ def _resolved_from_export(args):
     if not cfg_path.is_file() or not (src / "model.safetensors").is_file():
         raise ConfigError(f"--from {src}: not an archspace export (needs config.json and model.safetensors)",
                           file="<command line>", hint="Make one with `archspace export STUDY_OR_RUN --out DIR`")
+    from .export import exported_design, read_weights
+
     try:
-        exported = json.loads(cfg_path.read_text())["archspace"]
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{cfg_path} has no resolved archspace design (key \"archspace\")",
-                          file=str(cfg_path)) from None
+        config = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{cfg_path} is not JSON: {exc}", file=str(cfg_path)) from None
+    exported = exported_design(config, cfg_path)
+    read_weights(src / "model.safetensors", f"--from {src}")  # a truncated file: exit 2 now, not a traceback later
     from .compiler import Resolved
 
     exported_resolved = Resolved.from_dict(exported)

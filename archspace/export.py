@@ -544,12 +544,14 @@ def model_card(resolved: dict, model_cfg, metrics: dict, sel: Selection, out: Pa
               "With transformers:", "", "```python", "from transformers import AutoModelForCausalLM", "",
               f"model = AutoModelForCausalLM.from_pretrained(\"{out.name}\", trust_remote_code=True)",
               "logits = model(input_ids=ids).logits",
+              "out = model.generate(ids, max_new_tokens=16, do_sample=False)  # the decoding state is the cache",
               f"sys.path.insert(0, \"{out.name}\")  # the export directory, for its modelling file",
               "from modeling_archspace import generate  # or model-agnostic loops",
               "```", "",
               "`forward` returns next-token logits for every position (and a shifted cross-entropy `loss` when "
-              "`labels` are given). It keeps no transformers cache: decode with `generate()` from the modelling "
-              "file, which keeps each memory layer's fixed-size state and each attention layer's KV cache.", "",
+              "`labels` are given). `model.generate()` uses the model's decoding state as its cache (each memory "
+              "layer's fixed-size state, each attention layer's KV cache) and gives the tokens of `generate.py`; "
+              "an `attention_mask` with padding is refused (a recurrent state cannot skip pad tokens).", "",
               "Train it further with archspace: `archspace train --from " + out.name + "` (the exported recipe) or "
               "`archspace train FILE --from " + out.name + "` (FILE's task and training, same model).", "",
               "## Files", "",

@@ -104,3 +104,53 @@ def test_model_card_snippets_put_the_export_on_sys_path(exported):
         if "from modeling_archspace import" in code:
             assert code.index("sys.path.insert") < code.index("from modeling_archspace import")
     assert "tie_word_embeddings: false" in card
+
+
+@pytest.fixture(scope="module")
+def random_hybrid_export(tmp_path_factory):
+    """The tiny memory + attention hybrid with random, non-degenerate weights, exported in-process (a 5-step
+    model repeats one token, which would hide a decoding state carried wrongly)."""
+    import torch
+    from export_testutil import TINY, resolve_text
+    from safetensors.torch import save_model
+
+    from archspace.blocks.model import SequenceModel
+    from archspace.export import export, select
+
+    tmp = tmp_path_factory.mktemp("hybrid")
+    _, resolved = resolve_text(TINY, tmp)
+    run = tmp / "run"
+    run.mkdir()
+    (run / "resolved.yaml").write_text(resolved.to_yaml())
+    torch.manual_seed(3)
+    model = SequenceModel(resolved.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    save_model(model, str(run / "model.safetensors"))
+    out = tmp / "export"
+    export(select(str(run)), out)
+    return out
+
+
+def test_transformers_generate_matches_the_exports_generate(random_hybrid_export):
+    """model.generate() of AutoModelForCausalLM (GenerationMixin, the decoding state as its cache) gives the
+    greedy tokens of the export's own generate; an all-ones attention_mask is accepted, a padded one refused."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(random_hybrid_export), trust_remote_code=True).eval()
+    entry = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".modeling_archspace"]
+    ids = torch.tensor([[3, 17, 5, 9, 2], [1, 2, 3, 4, 5]])
+    reference = entry.generate(entry.load(str(random_hybrid_export)), ids, 20)
+    assert len(set(reference[:, 5:].flatten().tolist())) > 2  # the continuation is not one repeated token
+    assert torch.equal(model.generate(ids, max_new_tokens=20, do_sample=False), reference)
+    assert torch.equal(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
+                                      do_sample=False), reference)
+    with pytest.raises(ValueError, match="padding"):
+        model.generate(ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]), max_new_tokens=3)
+    with torch.no_grad():  # forward with a cache continues the sequence: the same logits as one call
+        whole = model(input_ids=ids).logits
+        first = model(input_ids=ids[:, :3], use_cache=True)
+        rest = model(input_ids=ids[:, 3:], cache=first.cache)
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), whole, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 from .errors import EXIT_USAGE, ConfigError
 
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def default_results_dir() -> Path:
@@ -32,6 +33,51 @@ def parse_overrides(items: Sequence[str]) -> dict[tuple, Any]:
         value, _ = yamlio.loads(text or "null", file="<command line>")
         out[tuple(key.strip().split("."))] = value
     return out
+
+
+def writable_dir(path, what: str) -> Path:
+    """Create `path` (a folder) if needed and prove a file can be written there, before any work starts:
+    a results folder under a regular file or on a read-only disk is a ConfigError, not a traceback at the end."""
+    import tempfile
+
+    path = Path(path).expanduser().absolute()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path} cannot be created: {parent} is not a folder (a file is in the way)",
+                                  file="<command line>")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} is not writable: {exc.strerror or exc}", file="<command line>",
+                          hint="Choose another folder (--results-dir, --out or $ARCHSPACE_RESULTS)") from None
+    return path
+
+
+# Numeric options, checked like YAML values before a command does anything: dest -> (flag, rule, smallest).
+_NUMERIC_OPTIONS = {
+    "seq_len": ("--seq-len", "at least", 1), "trials": ("--trials", "at least", 1),
+    "max_concurrent": ("--max-concurrent", "at least", 1), "rank": ("--rank", "at least", 1),
+    "seeds": ("--seeds", "at least", 1),
+    "steps": ("--steps", "at least", 1), "batch_size": ("--batch-size", "at least", 1),
+    "test_examples": ("--test-examples", "at least", 1), "lrs": ("--lrs", "above", 0), "wds": ("--wds", "at least", 0),
+}
+
+
+def check_numeric_options(args) -> None:
+    import math
+
+    for dest, (flag, rule, low) in _NUMERIC_OPTIONS.items():
+        values = getattr(args, dest, None)
+        for v in values if isinstance(values, list) else [values]:
+            if v is None:
+                continue
+            ok = math.isfinite(v) and (v > low if rule == "above" else v >= low)
+            if not ok:
+                raise ConfigError(f"{flag} must be a finite number {rule} {low}, got {v}", file="<command line>")
 
 
 def _load(args):
@@ -54,7 +100,7 @@ def _is_space_file(path: str) -> bool:
 
 
 def cmd_validate(args) -> int:
-    from .grammar import load_design
+    from .grammar import load_design, parse_pattern
 
     for f in args.files:
         if _is_space_file(f):
@@ -67,8 +113,8 @@ def cmd_validate(args) -> int:
                   + (f", each design x {space.seeds} seeds" if space.seeds > 1 else "") + ")")
             continue
         design, _ = load_design(f)
-        print(f"{f}: ok (schema_version {design.schema_version}, model with "
-              f"{design.model.n_layers or len(design.model.hybrid.pattern or '') or 2} layers)")
+        layers = design.model.n_layers or len(parse_pattern(design.model.hybrid.pattern) or ()) or 2
+        print(f"{f}: ok (schema_version {design.schema_version}, model with {layers} layers)")
     return 0
 
 
@@ -148,18 +194,20 @@ def _resolved_from_export(args):
     if not cfg_path.is_file() or not (src / "model.safetensors").is_file():
         raise ConfigError(f"--from {src}: not an archspace export (needs config.json and model.safetensors)",
                           file="<command line>", hint="Make one with `archspace export STUDY_OR_RUN --out DIR`")
-    try:
-        exported = json.loads(cfg_path.read_text())["archspace"]
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{cfg_path} has no resolved archspace design (key \"archspace\")",
-                          file=str(cfg_path)) from None
-    from .blocks.config import ModelConfig
-    from .compiler import Resolved, design_hash
+    from .export import exported_design, read_weights
 
-    model = ModelConfig.from_dict(exported["model"])
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{cfg_path} is not JSON: {exc}", file=str(cfg_path)) from None
+    exported = exported_design(config, cfg_path)
+    read_weights(src / "model.safetensors", f"--from {src}")  # a truncated file: exit 2 now, not a traceback later
+    from .compiler import Resolved
+
+    exported_resolved = Resolved.from_dict(exported)
     if args.file:
         _, resolved = _load(args)
-        if resolved.design_hash != design_hash(model.to_dict()):
+        if resolved.design_hash != exported_resolved.design_hash:
             raise ConfigError(
                 f"{args.file} describes design {resolved.design_hash} but {src} holds design "
                 f"{exported.get('design_hash')} ({exported.get('name')}); --from continues the exported model, so "
@@ -185,37 +233,96 @@ def _resolved_from_export(args):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in (name, *first.get("loc", ())))
             raise ConfigError(f"{where}: {first.get('msg')}", file="<command line>") from None
-    resolved = Resolved(name=exported.get("name", "design"), model=model, layout=exported.get("layout", ""),
-                        labels=tuple(exported.get("labels") or ()), task=task, train=train_cfg,
-                        design_hash=design_hash(model.to_dict()))
+    resolved = Resolved.from_dict({**exported, "task": task, "train": train_cfg})
     return resolved, src / "model.safetensors"
+
+
+def _run_state(run_dir: Path) -> Optional[str]:
+    """finished / interrupted / started (resolved.yaml only: killed before its first files) / None (no run)."""
+    import json
+
+    if not (run_dir / "resolved.yaml").is_file():
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return "started"
+    return metrics.get("status", "finished")  # runs from before `status` existed wrote metrics.json at the end
+
+
+def _resumed_run(args):
+    """`train --resume RUN_DIR`: the run's own resolved design, to be continued where it stopped."""
+    from . import yamlio
+    from .compiler import Resolved
+
+    run_dir = Path(args.resume)
+    if args.file or args.init_from or getattr(args, "set", None) or args.out:
+        raise ConfigError("--resume continues a run exactly as it was recorded; FILE, --from, --set and --out do "
+                          "not apply", file="<command line>")
+    if _run_state(run_dir) is None:
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no resolved.yaml)", file="<command line>",
+                          hint="Give the folder `archspace train` printed as its run directory")
+    data, _ = yamlio.load(run_dir / "resolved.yaml")
+    try:
+        return Resolved.from_dict(data), run_dir
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{run_dir / 'resolved.yaml'} is not a resolved design ({exc})",
+                          file=str(run_dir / "resolved.yaml")) from None
 
 
 def cmd_train(args) -> int:
     import time
 
     init_weights = None
-    if args.init_from:
+    out = None
+    if args.resume:
+        resolved, out = _resumed_run(args)
+    elif args.init_from:
         resolved, init_weights = _resolved_from_export(args)
     elif not args.file:
-        raise ConfigError("archspace train needs a design FILE, or --from DIR to continue an export",
+        raise ConfigError("archspace train needs a design FILE, --from DIR to continue an export, or --resume RUN_DIR",
                           file="<command line>")
     else:
         design, resolved = _load(args)
-    from .training import train
+    if out is None:
+        out = Path(args.out) if args.out else (
+            Path(args.results_dir or default_results_dir()) / "runs"
+            / f"{resolved.name}-{resolved.design_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    state = _run_state(out)
+    if state is not None and not args.resume and (out / "resolved.yaml").read_text() != resolved.to_yaml():
+        raise ConfigError(f"--out {out} holds another run (its resolved.yaml differs from this design and recipe); "
+                          "nothing was changed", file="<command line>",
+                          hint="Give another --out, or --resume it to continue that run")
+    if state == "finished":
+        print(f"{out} already holds this run, finished; nothing to do (see its metrics.json)")
+        return 0
+    out = writable_dir(out, "the run directory")
+    from .training import LAST_CKPT, TrainingInterrupted, checkpoint_step, train
 
-    out = Path(args.out) if args.out else (
-        Path(args.results_dir or default_results_dir()) / "runs"
-        / f"{resolved.name}-{resolved.design_hash[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    ckpt = out / "checkpoints" / LAST_CKPT
+    resume = state is not None and ckpt.is_file()
     print(f"archspace train: {resolved.name} (design {resolved.design_hash}, layout {resolved.layout}) -> {out}",
           flush=True)
+    if resume:
+        print(f"resuming from {ckpt} (from step {checkpoint_step(ckpt)})", flush=True)
+    elif state is not None:
+        print(f"{out} holds an unfinished run with no checkpoint: starting it again from step 0", flush=True)
+
     def report(step: int, m: dict) -> None:
         slices = "  ".join(f"{k[8:]}={v:.3f}" for k, v in sorted(m.items()) if k.startswith("val/acc/"))
         print(f"step {step}: val/acc={m['val/acc']:.4f} val/loss={m['val/loss']:.4f}  {slices}", flush=True)
 
     if init_weights is not None:
         print(f"initial weights: {init_weights}", flush=True)
-    metrics = train(resolved, out, progress=not args.no_progress, report=report, init_weights=init_weights)
+    try:
+        metrics = train(resolved, out, progress=not args.no_progress, report=report, init_weights=init_weights,
+                        resume=resume)
+    except TrainingInterrupted as stop:
+        how = (f"continue it with: archspace train --resume {out}" if stop.resumable
+               else "it has no checkpoint to continue from")
+        print(f"interrupted at step {stop.step}; history.csv and metrics.json hold what was measured; {how}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"\nfinal metrics ({resolved.name}, {metrics['steps']} steps, {metrics['train_wall_s']:.1f} s):")
     for k in sorted(k for k in metrics if k.startswith("test/")):
         print(f"  {k:32s} {metrics[k]:.4f}")
@@ -231,13 +338,11 @@ def cmd_study(args) -> int:
     overrides = {}
     for key, value in parse_overrides(args.set).items():  # base keys; short forms like lr as in axes
         overrides[key] = value
-    if args.trials is not None and args.trials < 1:
-        raise ConfigError(f"--trials must be at least 1, got {args.trials}", file="<command line>")
     space = load_space(args.space, overrides=overrides, trials=args.trials,
                        seeds=args.seeds)  # bad input exits 2 before Ray starts
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be at least 1, got {args.max_concurrent}", file="<command line>")
-    from .study.runner import run_study
+    from .study.runner import results_root, run_study
+
+    writable_dir(results_root(args.results_dir, space), "the results folder")
 
     outcome = run_study(space, results_dir=args.results_dir, ray_address=args.ray_address,
                         tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent, fresh=args.fresh)
@@ -291,6 +396,7 @@ def cmd_mad(args) -> int:
             raise ConfigError(f"--tasks: unknown MAD task {t!r}", file="<command line>",
                               hint=f"Tasks: {', '.join(TASKS.values())}")
     out = Path(args.out) if args.out else Path(args.results_dir or default_results_dir()) / "mad" / resolved.name
+    writable_dir(out, "the output folder")
     result = evaluate(resolved, out, tasks=tasks, which=args.settings, budget=budget,
                       lrs=args.lrs or (1e-4, 5e-4, 1e-3), wds=args.wds if args.wds is not None else (0.0, 0.1))
     print(format_table(result))
@@ -336,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train and evaluate one design", description=
                        "Train one design with Lightning and print its final test metrics. Writes resolved.yaml, "
-                       "history.csv, metrics.json and checkpoints into the run directory.")
+                       "history.csv, metrics.json and checkpoints into the run directory. Ctrl-C stops after the "
+                       "current step, writes what was measured and exits 130; --resume RUN_DIR continues.")
     s.add_argument("file", metavar="FILE", nargs="?", default=None,
                    help="design file (optional with --from: the exported design's own task and train are used)")
     s.add_argument("--from", dest="init_from", default=None, metavar="DIR",
@@ -346,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results-dir", default=None, help="results root (default: $ARCHSPACE_RESULTS or ./results)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. train.lr=3e-3")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from its checkpoints/last.ckpt (the same command with the same "
+                        "--out does too); on one device the result is the uninterrupted run's, bit for bit")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("study", help="search a space of designs: Optuna + Ray Tune + MLflow", description=
@@ -452,13 +562,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        check_numeric_options(args)
         return args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

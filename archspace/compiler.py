@@ -52,6 +52,16 @@ class Resolved:
     def to_yaml(self) -> str:
         return yamlio.dump(self.to_dict())
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Resolved":
+        """The inverse of to_dict (a run's resolved.yaml, an export's config); the hash is recomputed."""
+        from .blocks.config import ModelConfig
+
+        model = ModelConfig.from_dict(d["model"])
+        return cls(name=d.get("name", "design"), model=model, layout=d.get("layout", ""),
+                   labels=tuple(d.get("labels") or ()), task=dict(d["task"]), train=dict(d["train"]),
+                   design_hash=design_hash(model.to_dict()))
+
 
 def expand_layout(hybrid: HybridSpec, n_layers: int | None) -> str:
     """The hybrid notation -> one letter per layer ("M" memory, "A" attention).

@@ -71,6 +71,10 @@ def find_target(target: str, results_dir: Optional[str]) -> Path:
     p = Path(target).expanduser()
     if p.exists():
         return p.absolute()
+    if p.is_absolute() or len(p.parts) > 1:  # a path, not a name: joined to the results root it stays itself
+        raise _err(f"nothing to export at {target!r}: no such file or directory",
+                   hint="Give a study directory, a run directory (with resolved.yaml and model.safetensors), or a "
+                        "study name with --results-dir")
     root = Path(results_dir or os.environ.get("ARCHSPACE_RESULTS") or "results").expanduser().absolute()
     for cand in (root / "studies" / target, root / "runs" / target):
         if cand.exists():
@@ -230,6 +234,32 @@ def _check_run(sel: Selection) -> Selection:
         raise _err(f"{what} has no final weights ({d / 'model.safetensors'}): {why}",
                    hint="Export a completed run; runs trained before weights were saved must be trained again")
     return sel
+
+
+def read_weights(path: Path, what: str) -> dict:
+    """The tensors of a model.safetensors, or a ConfigError naming it (empty, truncated or not safetensors at
+    all: the safetensors reader then raises its own exception type, a traceback for the user)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _err(f"{what}: the weights are not a readable safetensors file ({str(exc).splitlines()[0][:200]})",
+                   hint="It was truncated or overwritten; train the run again (or export it again)",
+                   file=str(path)) from None
+
+
+def exported_design(config: Any, path: Path) -> dict:
+    """The resolved design of an export's config.json (its "archspace" entry), or a ConfigError naming what is
+    missing (a config.json of another model, or edited by hand)."""
+    resolved = config.get("archspace") if isinstance(config, dict) else None
+    missing = [k for k in ("model", "task", "train") if not isinstance((resolved or {}).get(k), dict)]
+    if not isinstance(resolved, dict) or missing:
+        where = "archspace" if not isinstance(resolved, dict) else f"archspace.{missing[0]}"
+        raise _err(f"no resolved archspace design: key {where!r} is missing", file=str(path),
+                   hint="Give a directory written by `archspace export`")
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,7 +497,9 @@ def model_card(resolved: dict, model_cfg, metrics: dict, sel: Selection, out: Pa
              "## Design", "",
              _md_table(["layer", "preset", "mixer", "axes", "heads", "dims", "mlp", "params", f"state (T={seq_len})",
                         "kernel"], _design_rows(resolved, model_cfg)), "",
-             f"Norm eps {model_cfg.norm_eps}, tied embeddings: {model_cfg.tie_embeddings}. The full resolved design "
+             f"Norm eps {model_cfg.norm_eps}, tied embeddings: {model_cfg.tie_embeddings} (the model's own code ties "
+             "its head to the embedding or not, as the design says; config.json's `tie_word_embeddings: false` only "
+             "keeps transformers' own tying out of it). The full resolved design "
              "(model, task, training recipe) is `config.json` → `archspace`.", ""]
     lines += ["## Provenance", ""]
     if sel.study_dir is not None:
@@ -511,11 +543,15 @@ def model_card(resolved: dict, model_cfg, metrics: dict, sel: Selection, out: Pa
               "(same as `python modeling_archspace.py --generate 1,2,3,4`).", "",
               "With transformers:", "", "```python", "from transformers import AutoModelForCausalLM", "",
               f"model = AutoModelForCausalLM.from_pretrained(\"{out.name}\", trust_remote_code=True)",
-              "logits = model(input_ids=ids).logits", "from modeling_archspace import generate  # or model-agnostic loops",
+              "logits = model(input_ids=ids).logits",
+              "out = model.generate(ids, max_new_tokens=16, do_sample=False)  # the decoding state is the cache",
+              f"sys.path.insert(0, \"{out.name}\")  # the export directory, for its modelling file",
+              "from modeling_archspace import generate  # or model-agnostic loops",
               "```", "",
               "`forward` returns next-token logits for every position (and a shifted cross-entropy `loss` when "
-              "`labels` are given). It keeps no transformers cache: decode with `generate()` from the modelling "
-              "file, which keeps each memory layer's fixed-size state and each attention layer's KV cache.", "",
+              "`labels` are given). `model.generate()` uses the model's decoding state as its cache (each memory "
+              "layer's fixed-size state, each attention layer's KV cache) and gives the tokens of `generate.py`; "
+              "an `attention_mask` with padding is refused (a recurrent state cannot skip pad tokens).", "",
               "Train it further with archspace: `archspace train --from " + out.name + "` (the exported recipe) or "
               "`archspace train FILE --from " + out.name + "` (FILE's task and training, same model).", "",
               "## Files", "",
@@ -558,16 +594,30 @@ def export(sel: Selection, out: Path, *, force: bool = False) -> ExportResult:
             metrics = {}
     version = _version()
     task = resolved.get("task") or {}
-    out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import load_file, save_file
+    tensors = read_weights(sel.run_dir / "model.safetensors", f"run {sel.run_dir}")  # before --out is touched
     from safetensors import safe_open
 
     with safe_open(str(sel.run_dir / "model.safetensors"), framework="pt") as f:
         st_meta = dict(f.metadata() or {})
-    tensors = load_file(str(sel.run_dir / "model.safetensors"))
+    created = not out.exists()
+    try:
+        return _write_export(sel, out, resolved, model_cfg, metrics, version, task, tensors, st_meta, t0)
+    except BaseException:
+        if created:  # a failed export leaves no half-written folder behind (an existing --out keeps its files)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_export(sel, out, resolved, model_cfg, metrics, version, task, tensors, st_meta, t0) -> ExportResult:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values() if t.is_floating_point()})
     st_meta.update({"format": "pt", "archspace.design_hash": str(resolved.get("design_hash"))})
     save_file(tensors, str(out / "model.safetensors"), metadata=st_meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / "model.safetensors", 0o666 & ~umask)  # safetensors writes 0600; the export is shared like its .py
 
     modeling = modeling_sources()
     for fname, text in modeling.items():

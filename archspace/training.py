@@ -4,6 +4,15 @@
 It writes `resolved.yaml` into the run directory before anything else; `metrics.json`,
 `history.csv` and the final weights `model.safetensors` at the end; and checkpoints under
 `checkpoints/` when the recipe asks for them.
+
+Interruption and resumption. Ctrl-C (SIGINT, in the main thread) stops training after the current
+step: `checkpoints/last.ckpt` is saved at that step, `history.csv` and `metrics.json` (status
+`interrupted`, the curves and last validation so far) are written, and `TrainingInterrupted` is raised
+(the CLI exits 130). A second Ctrl-C stops at once, writing the same files but keeping the last
+validation's checkpoint. `train(..., resume=True)` continues from `checkpoints/last.ckpt`: the weights,
+optimizer, schedule, loop counters and curves come from the checkpoint, and the training loader first
+draws (and discards) the batches already trained on, so that on one device the continued run is bit for
+bit the run that was never interrupted.
 """
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ import csv
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -31,6 +42,108 @@ IGNORE = -100
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training; what was measured so far is in the run directory (metrics.json, history.csv)."""
+
+    def __init__(self, run_dir: Path, step: int, resumable: bool):
+        super().__init__(f"training interrupted at step {step}")
+        self.run_dir, self.step, self.resumable = run_dir, step, resumable
+
+
+class ResumableLoader:
+    """The training loader as Lightning iterates it (once per epoch), able to continue mid-epoch.
+
+    A run resumed at global step `skip` first draws and discards the `skip` batches that the run before
+    trained on, through the loader itself, so that its shuffling generator advances exactly as it did
+    (whatever the loader and its sampler draw per epoch). It then continues with batch `skip + 1`: the same
+    batches in the same order as a run that was never stopped. Discarded batches cost only their collation,
+    not training."""
+
+    def __init__(self, loader, skip: int = 0):
+        self.loader, self.skip = loader, int(skip)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        # Exactly len(loader) batches are drawn from each of the loader's iterators, never one more: running
+        # an iterator to its end draws once more from the shuffling generator (torch's RandomSampler computes
+        # a last, empty permutation), which Lightning, stopping at the known length, never does.
+        n = len(self.loader)
+        while self.skip >= n:  # whole epochs trained before the interruption
+            batches = iter(self.loader)
+            for _ in range(n):
+                next(batches)
+            self.skip -= n
+        batches = iter(self.loader)
+        for _ in range(self.skip):
+            next(batches)
+        start, self.skip = self.skip, 0
+        for _ in range(start, n):
+            yield next(batches)
+
+
+class _StopAfterStep(Exception):
+    """Raised by Interruption once the checkpoint is saved: leaves `fit` at once. (Setting
+    `trainer.should_stop` instead would make Lightning run one more validation, which an uninterrupted
+    run does not have at that step.)"""
+
+
+class Interruption(L.Callback):
+    """Ctrl-C handling during fit: the first SIGINT asks for a stop after the current step (checkpoint saved
+    there); a second one stops at once (`on_hard_stop`, which writes what was measured, then exit 130)."""
+
+    def __init__(self, ckpt_path: Path, on_hard_stop: Callable[[], None]):
+        self.ckpt_path = ckpt_path
+        self.on_hard_stop = on_hard_stop
+        self.requested = False
+        self.stopped = False  # fit was left early (a Ctrl-C that came after the last step stops nothing)
+        self.saved_step: Optional[int] = None
+        self._previous = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # (study trials run in Ray's threads)
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            self.on_hard_stop()
+            os._exit(130)  # Lightning would turn a KeyboardInterrupt into exit code 1
+        self.requested = True
+        print("\ninterrupt: stopping after this step (Ctrl-C again to stop at once)", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # A step that validates stops after its validation: a checkpoint saved before it would resume past
+        # that validation. (Lightning validates after the steps divisible by val_check_batch.)
+        if self.requested and trainer.global_step % trainer.val_check_batch:
+            self._save(trainer)
+            self._raise()
+
+    def on_validation_end(self, trainer, pl_module):
+        # Saved here, and the stop waits for the next step's start, so that the best/last checkpoints
+        # (ModelCheckpoint runs after every other callback) record this validation first; its last.ckpt
+        # then replaces this one, with the same loop state.
+        if self.requested and not trainer.sanity_checking:
+            self._save(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.saved_step is not None:
+            self._raise()
+
+    def _save(self, trainer) -> None:
+        trainer.save_checkpoint(self.ckpt_path)
+        self.saved_step = trainer.global_step
+
+    def _raise(self) -> None:
+        self.stopped = True
+        raise _StopAfterStep()
 
 
 def build_datamodule(task: dict, batch_size: int):
@@ -192,7 +305,32 @@ class History(L.Callback):
         self.train_time = 0.0
         self._t0 = None
         self._throughput: Optional[float] = None
+        self._restored = False
+        self._reported_step = -1
         self._tokens: Optional[int] = None  # rank 0's count, replayed under spawned DDP
+
+    # The curves so far travel in the checkpoint, so a resumed run's history.csv holds the whole run.
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "train_tokens": self.train_tokens, "train_time": self.train_time}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+        self.train_tokens, self.train_time = state["train_tokens"], state["train_time"]
+        self._restored = True
+
+    def on_train_start(self, trainer, pl_module):
+        """After a resume: report the validations the checkpoint holds again (a study's tracker keeps each
+        step once), so whoever listens sees the whole curve whether or not it heard the first part."""
+        if self._restored and self.report is not None and self.queue is None:
+            for row in self.rows:
+                if any(k.startswith("val/") for k in row):
+                    self._send_report(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+
+    def _send_report(self, step: int, metrics: dict) -> None:
+        """`report(step, metrics)` with `metrics["train_rows"]`: the training-curve rows since the last report."""
+        rows = [r for r in self.rows if "train/loss" in r and self._reported_step < r["step"] <= step]
+        self._reported_step = step
+        self.report(step, {**metrics, "train_rows": rows})
 
     def __getstate__(self):  # sent to spawned DDP workers: the report callable stays in this process
         state = dict(self.__dict__)
@@ -210,7 +348,7 @@ class History(L.Callback):
         if kind == "row":
             self.rows.append(message[1])
         elif kind == "report" and self.report is not None:
-            self.report(message[1], message[2])
+            self._send_report(message[1], message[2])
         elif kind == "throughput":
             self._throughput = message[1]
         elif kind == "tokens":
@@ -254,7 +392,7 @@ class History(L.Callback):
             if trainer.is_global_zero:
                 self.queue.put(("report", trainer.global_step, metrics))
         elif self.report is not None:
-            self.report(trainer.global_step, metrics)
+            self._send_report(trainer.global_step, metrics)
 
     @property
     def throughput(self) -> float:
@@ -275,7 +413,7 @@ class History(L.Callback):
         self._world = trainer.world_size
 
 
-def _fit_relaying(trainer, module, data, history: History, queue) -> None:
+def _fit_relaying(trainer, module, loaders: dict, history: History, queue) -> None:
     """trainer.fit in a thread while this (the caller's) thread replays rank 0's messages: reports to a
     Ray Tune session must come from the trial's own thread."""
     import queue as queue_mod
@@ -285,7 +423,7 @@ def _fit_relaying(trainer, module, data, history: History, queue) -> None:
 
     def fit():
         try:
-            trainer.fit(module, datamodule=data)
+            trainer.fit(module, **loaders)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(exc)
 
@@ -324,6 +462,19 @@ def write_history(rows: list[dict], path: Path) -> None:
             w.writerow(r)
 
 
+LAST_CKPT = "last.ckpt"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a Lightning checkpoint was saved at (our own file: a trusted pickle)."""
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def _write_measured(run_dir: Path, history: History, metrics: dict) -> None:
+    write_history(history.rows, run_dir / "history.csv")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
 def train(
     resolved: Resolved,
     run_dir: Path,
@@ -332,10 +483,14 @@ def train(
     report: Optional[Callable[[int, dict], None]] = None,
     callbacks: tuple = (),
     init_weights: Optional[Path] = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train and test one resolved design; return the final metrics (also written to metrics.json).
 
     `init_weights`: a model.safetensors (e.g. of an `archspace export`) loaded into the model before fitting.
+    `resume`: continue from `run_dir/checkpoints/last.ckpt` when it exists (else start from scratch).
+    `report(step, metrics)` is called after every validation; `metrics["train_rows"]` holds the
+    training-curve rows since the previous call. Ctrl-C raises TrainingInterrupted (see the module notes).
     """
     run_dir = Path(run_dir)
     accel = resolved.train["accelerator"]
@@ -375,11 +530,31 @@ def train(
             os.environ["OMP_NUM_THREADS"] = str(max(1, cfg["threads"] // cfg["devices"]))
     history = History(None if report is None else (lambda step, m: report(step, {**static, **m, **spent(static, m)})),
                       queue=queue)
-    cbs: list = [history, *callbacks]
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / LAST_CKPT
+    resume_from = last if resume and last.is_file() else None
+    start_step = checkpoint_step(resume_from) if resume_from is not None else 0
+    t0 = time.perf_counter()
+
+    def measured(status: str, step: int) -> dict:
+        """What is known without the test: the last values of every curve, sizes, identity, status."""
+        latest: dict[str, Any] = {}
+        for row in history.rows:
+            latest.update({k: v for k, v in row.items() if k != "step"})
+        return {**latest, **static, "status": status, "steps": step, "train_wall_s": time.perf_counter() - t0,
+                "resumed_from_step": start_step, "design_hash": resolved.design_hash, "data_hash": data.data_hash(),
+                "kernel_paths": kernel_paths(resolved.model)}
+
+    def hard_stop() -> None:
+        step = max([start_step] + [int(r["step"]) for r in history.rows])
+        _write_measured(run_dir, history, measured("interrupted", step))
+
+    interruption = Interruption(last, hard_stop)
+    cbs: list = [history, interruption, *callbacks]
     if cfg["checkpoint"]:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        cbs.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max",
                                    save_last=True, save_top_k=1))
     trainer = L.Trainer(
         max_steps=cfg["max_steps"],
@@ -399,22 +574,40 @@ def train(
         callbacks=cbs,
         default_root_dir=str(run_dir),
     )
-    t0 = time.perf_counter()
-    if multi:
-        _fit_relaying(trainer, module, data, history, queue)
-        manager.shutdown()
-    else:
-        trainer.fit(module, datamodule=data)
+    # One device: the training loader can continue mid-epoch. Under DDP Lightning must see the plain
+    # DataLoader to give every rank its shard (a resumed DDP run restarts its epoch's data order).
+    train_loader = data.train_dataloader() if multi else ResumableLoader(data.train_dataloader(), start_step)
+    loaders = dict(train_dataloaders=train_loader, val_dataloaders=data.val_dataloader(),
+                   ckpt_path=str(resume_from) if resume_from is not None else None)
+    interruption.install()
+    try:
+        if multi:
+            _fit_relaying(trainer, module, loaders, history, queue)
+            manager.shutdown()
+        else:
+            trainer.fit(module, **loaders)
+    except _StopAfterStep:
+        pass
+    finally:
+        interruption.uninstall()
+    if interruption.stopped:
+        step = interruption.saved_step
+        _write_measured(run_dir, history, measured("interrupted", step))
+        raise TrainingInterrupted(run_dir, step, resumable=last.is_file())
     wall = time.perf_counter() - t0
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
-    tested = trainer.test(module, datamodule=data, verbose=False)[0]
+    for row in history.rows:  # the last validation, also when it ran before a resume
+        final.update({k: v for k, v in row.items() if k.startswith("val/")})
+    tested = trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)[0]
     metrics: dict[str, Any] = {k: float(v) for k, v in tested.items()}
     metrics.update(final)
     metrics.update(static)
     metrics.update(
         {
+            "status": "finished",
             "steps": max([trainer.global_step] + [int(r["step"]) for r in history.rows]),  # spawned DDP: from rank 0
             "train_wall_s": wall,
+            "resumed_from_step": start_step,
             "throughput_tok_s": history.throughput,
             "tokens": history.tokens,
             "train_flops": static["train_flops_per_token"] * history.tokens,
@@ -426,6 +619,5 @@ def train(
     from safetensors.torch import save_model
 
     save_model(module.model, str(run_dir / "model.safetensors"))  # final weights, for export
-    write_history(history.rows, run_dir / "history.csv")
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_measured(run_dir, history, metrics)
     return metrics

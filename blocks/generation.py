@@ -73,16 +73,27 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description="Generate with an archspace export (torch only).")
     p.add_argument("--dir", default=os.path.dirname(os.path.abspath(__file__)), help="the export directory")
-    p.add_argument("--generate", "--prompt", dest="prompt", required=True, metavar="IDS",
-                   help="prompt token ids, comma or space separated, e.g. 3,17,5")
+    p.add_argument("--generate", "--prompt", dest="prompt", default="0", metavar="IDS",
+                   help="prompt token ids, comma or space separated, e.g. 3,17,5 (default 0: a one-token prompt)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    ids = [int(x) for x in args.prompt.replace(",", " ").split()]
+    try:
+        ids = [int(x) for x in args.prompt.replace(",", " ").split()]
+    except ValueError:
+        p.error(f"--prompt takes token ids (integers), got {args.prompt!r}")
+    if not ids:
+        p.error("--prompt needs at least one token id")
+    if args.max_new_tokens < 0:
+        p.error(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
     model = load(args.dir)
+    vocab = model.embed.num_embeddings
+    outside = [i for i in ids if not 0 <= i < vocab]
+    if outside:  # the embedding lookup would fail with an IndexError traceback
+        p.error(f"--prompt token id {outside[0]} is outside the model's vocabulary (ids 0..{vocab - 1})")
     g = torch.Generator().manual_seed(args.seed)
     out = generate(model, [ids], args.max_new_tokens, greedy=not args.sample, temperature=args.temperature,
                    top_k=args.top_k, generator=g)

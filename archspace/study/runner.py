@@ -66,15 +66,12 @@ def _numbers(metrics: dict) -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _with_proxies(metrics: dict, objectives: list, elapsed: float) -> dict:
-    """Intermediate reports carry every objective (Tune and OptunaSearch require it): test/* objectives
-    are stood in for by their val/* counterpart, train_wall_s by the elapsed time, so a pruned trial
-    reaches Optuna with its partial-budget values."""
+def _with_proxies(metrics: dict, elapsed: float) -> dict:
+    """Intermediate reports carry every objective (Tune and OptunaSearch require it): train_wall_s is stood
+    in for by the elapsed time, so a pruned trial reaches Optuna with its partial-budget values. (Objectives
+    are validation metrics or static sizes; test metrics are reported once, at the trial's end.)"""
     out = dict(metrics)
     out.setdefault("train_wall_s", elapsed)
-    for m in objectives:
-        if m not in out and m.startswith("test/") and "val/" + m[5:] in out:
-            out[m] = out["val/" + m[5:]]
     return out
 
 
@@ -112,25 +109,42 @@ def _reason(exc: BaseException) -> str:
 def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional[dict] = None) -> None:
     """Ray Tune function trainable: sampled values -> resolved design -> train() -> reports.
 
-    Reports after every validation (the scheduler prunes on these) and once more with the final,
-    tested metrics plus `archspace/final = 1`. A trial directory that already holds metrics.json of
-    the same design is not trained again (a resumed study whose driver died just after a trial
-    finished). Failures write error.json with a one-line reason and raise TrialFailed.
+    Reports after every validation (the scheduler prunes on these; each report also carries the training
+    curve since the previous one) and once more with the final, tested metrics plus `archspace/final = 1`.
+    Every report names its attempt (this execution of the trial) and the step the attempt started from:
+    a trial restarted after its driver was killed continues from its last checkpoint (start step > 0) and
+    first reports the validations it already holds again, or starts over (start step 0); the driver's
+    tracker keeps each step of a curve once, and gives a trial that starts over a clean MLflow run.
+    A trial directory that already holds the final metrics.json of the same design is not trained again (a
+    resumed study whose driver died just after a trial finished): only the final report is sent (the
+    tracker takes the curve from history.csv). Failures write error.json with a one-line reason and
+    error.log with the traceback, and raise TrialFailed.
     """
+    import traceback
+
     from ray import tune
 
     from .seeds import replicate_values
     from .space import resolve_values, values_from_config
-    from .tracking import FINAL_KEY
+    from .tracking import ATTEMPT_KEY, FINAL_KEY, START_KEY, TRAIN_ROWS_KEY
 
     execution = dict(execution or {})
     fault = execution.pop("_fault", None)
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(study_dir) / "trials" / trial_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    objectives = [o.metric for o in space.objectives]
     t0 = time.perf_counter()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    attempt = {ATTEMPT_KEY: f"{os.getpid()}-{time.time_ns()}", START_KEY: 0.0}
+
+    def report(step: int, metrics: dict) -> None:
+        rows = metrics.pop("train_rows", [])
+        out = _with_proxies(_numbers(metrics), time.perf_counter() - t0)
+        tune.report({**out, "step": float(step), **attempt, TRAIN_ROWS_KEY: json.dumps(rows)})
+
+    held = None
     try:
+        held = _hold_trial_dir(run_dir)
         values = values_from_config(space, config)
         resolved = resolve_values(space, {**values, **execution, **replicate_values(space, config)})
         done = run_dir / "metrics.json"
@@ -138,38 +152,64 @@ def run_trial(config: dict, space=None, study_dir: str = "", execution: Optional
         if done.exists():
             try:
                 saved = json.loads(done.read_text())
-                if saved.get("design_hash") == resolved.design_hash and "test/acc" in saved:
+                if (saved.get("design_hash") == resolved.design_hash and "test/acc" in saved
+                        and saved.get("status", "finished") == "finished"):
                     final = saved
             except ValueError:
                 final = None
         if final is None:
             (run_dir / "error.json").unlink(missing_ok=True)
+            (run_dir / "error.log").unlink(missing_ok=True)
             _inject_fault(fault, values)
             if space.mad is not None:
-                final = _mad_trial(space, resolved, run_dir, objectives, t0)
+                final = _mad_trial(space, resolved, run_dir, t0, attempt)
             else:
-                from ..training import train
+                from ..training import checkpoint_step, train
 
-                def report(step: int, metrics: dict) -> None:
-                    tune.report(_with_proxies(_numbers(metrics), objectives, time.perf_counter() - t0))
-
-                final = train(resolved, run_dir, progress=False, report=report)
+                attempt[START_KEY] = float(checkpoint_step(last)) if last.is_file() else 0.0
+                final = train(resolved, run_dir, progress=False, report=report, resume=True)
     except Exception as exc:
         reason = _reason(exc)
         (run_dir / "error.json").write_text(json.dumps({"reason": reason, "type": type(exc).__name__}, indent=2))
-        raise TrialFailed(reason) from exc
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        raise TrialFailed(reason) from None  # the traceback is in error.log, not in the study's output
+    finally:
+        if held is not None:
+            os.close(held)
     out = _numbers(final)
     out["step"] = float(final.get("steps", 0))
     out[FINAL_KEY] = 1.0
-    tune.report(out)
+    tune.report({**out, **attempt})
 
 
-def _mad_trial(space, resolved, run_dir: Path, objectives: list, t0: float) -> dict:
+def _hold_trial_dir(run_dir: Path, patience_s: float = 120.0) -> int:
+    """An exclusive flock on trials/<id>/trial.lock for this attempt: a worker of a killed driver that Ray
+    has not stopped yet must not write into the directory of the attempt that replaces it. Waits for it to
+    end (Ray stops the actors of a dead driver, the next driver kills what it recorded) up to patience_s."""
+    import fcntl
+
+    fd = os.open(run_dir / "trial.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(f"another process still runs this trial in {run_dir} after {patience_s:g} s "
+                                   "(a worker of a killed driver?)") from None
+            time.sleep(0.2)
+
+
+
+def _mad_trial(space, resolved, run_dir: Path, t0: float, attempt: dict) -> dict:
     """A MAD-score trial: the lr x weight-decay sweep over every MAD task (archspace.tasks.mad_score).
 
-    After each task it reports `mad_score` as the mean over the tasks finished so far (the pruner's
-    intermediate metric; trials are compared after the same tasks), and at the end the MAD score,
-    one `mad/<task>` per task and the design's size; metrics.json holds them with `test/acc` = MAD score.
+    After each task it reports `val/mad_score`, the validation MAD score over the tasks finished so far (the
+    pruner's intermediate metric; trials are compared after the same tasks), and at the end the validation
+    scores `val/mad_score`, `val/mad/<task>` (what the study selects on), the test scores `mad_score`,
+    `mad/<task>` and the design's size; metrics.json holds them with `val/acc` and `test/acc` = the MAD scores.
     """
     from ray import tune
 
@@ -184,15 +224,17 @@ def _mad_trial(space, resolved, run_dir: Path, objectives: list, t0: float) -> d
               "flops_per_token": cost.flops_per_token, **budget_static(cost, resolved.model)}
     done: list = []
 
-    def on_task(task: str, score: float) -> None:
-        done.append(score)
-        partial = {**static, "mad_score": sum(done) / len(done), f"mad/{task}": score}
-        tune.report(_with_proxies(partial, objectives, time.perf_counter() - t0))
+    def on_task(task: str, scores: dict) -> None:
+        done.append(scores["val"])
+        partial = {**static, "val/mad_score": sum(done) / len(done), f"val/mad/{task}": scores["val"]}
+        tune.report({**_with_proxies(partial, time.perf_counter() - t0), "step": float(len(done)), **attempt})
 
     result = evaluate(resolved, run_dir / "mad", tasks=cfg["tasks"], which=cfg["settings"], budget=cfg["budget"],
                       lrs=cfg["lrs"], wds=cfg["weight_decays"], log=None, on_task=on_task)
     final = {**static, "mad_score": result["mad_score"], "test/acc": result["mad_score"],
+             "val/mad_score": result["val_mad_score"], "val/acc": result["val_mad_score"],
              **{f"mad/{k}": v for k, v in result["tasks"].items()},
+             **{f"val/mad/{k}": v for k, v in result["val_tasks"].items()},
              "steps": len(result["runs"]), "train_wall_s": result["wall_s"], "design_hash": resolved.design_hash,
              "data_hash": result.get("data_hash", "")}
     (run_dir / "resolved.yaml").write_text(resolved.to_yaml())
@@ -248,6 +290,98 @@ def _write_study_meta(study_dir: Path, space) -> None:
             (study_dir / "space.yaml").write_text(Path(space.file).read_text())
         except OSError:
             pass
+
+
+class StudyLock:
+    """One driver per study directory: an exclusive `flock` on <study>/study.lock for the driver's lifetime.
+
+    The kernel drops the lock when the process ends however it ends (kill -9 included), so a lock left by
+    a killed driver is never stale; the file's text (pid, host, start, command) only names the owner in the
+    message a second driver gets. The descriptor is not inherited by the processes the driver starts.
+    """
+
+    def __init__(self, study_dir: Path):
+        self.path = Path(study_dir) / "study.lock"
+        self.fd: Optional[int] = None
+        self.previous: dict = {}  # the owner the file named before us (a driver that was killed)
+
+    def acquire(self, space) -> "StudyLock":
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = _read_json_text(os.pread(fd, 4096, 0))
+            os.close(fd)
+            who = (f"process {owner.get('pid')} on {owner.get('host')} (started {owner.get('started')}: "
+                   f"{owner.get('command')})" if owner else "another process")
+            raise ConfigError(f"the study directory {self.path.parent} is in use by {who}; two drivers of one "
+                              "study would train the same trials twice", file=space.file,
+                              hint="Wait for it to finish (or stop it: Ctrl-C), then run the same command to "
+                                   "resume; or give this one another --results-dir") from None
+        self.previous = _read_json_text(os.pread(fd, 4096, 0))
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "command": " ".join(sys.argv)[:500]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def _read_json_text(raw: bytes) -> dict:
+    try:
+        value = json.loads(raw.decode("utf-8", "replace") or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def check_servers(ray_address: Optional[str], tracking_uri: Optional[str], timeout: float = 5.0) -> None:
+    """Refuse an unreachable --ray-address or --tracking-uri before anything starts (exit 2): left to Ray and
+    MLflow, a closed port meant minutes of silent retries and then a page of chained tracebacks."""
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if ray_address and ray_address != "auto":
+        target = ray_address.split("://", 1)[-1]
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--ray-address {ray_address!r} must look like HOST:PORT (the head's GCS port, e.g. "
+                              "10.0.0.5:6379) or ray://HOST:PORT", file="<command line>")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        except OSError as exc:
+            raise ConfigError(f"cannot reach the Ray cluster at {ray_address} within {timeout:g} s "
+                              f"({exc.strerror or exc})", file="<command line>",
+                              hint="Check the address (`ray status` on the head) and that the port is open "
+                                   "from this machine") from None
+    if not tracking_uri:
+        return
+    scheme = urllib.parse.urlparse(tracking_uri).scheme
+    if scheme in ("http", "https"):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                resp.read(64)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise ConfigError(f"cannot reach the MLflow tracking server at {tracking_uri} within {timeout:g} s "
+                              f"({reason})", file="<command line>",
+                              hint="Start it (`mlflow server --host 0.0.0.0 --port 5000 ...`) or leave "
+                                   "--tracking-uri out to use the study's own mlflow.db") from None
+    elif scheme == "file":
+        raise ConfigError(f"--tracking-uri {tracking_uri}: MLflow 3 does not accept file: stores", file="<command line>",
+                          hint="Use sqlite:///ABSOLUTE/PATH/mlflow.db or a server URL")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,8 +509,17 @@ def start_ray(address: Optional[str]) -> float:
     else:
         # address="local": always a new instance, even when RAY_ADDRESS or a `ray start` of someone else
         # on this machine (/tmp/ray/ray_current_cluster) would make a bare ray.init() join theirs.
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                 object_store_memory=OBJECT_STORE_BYTES, **common)
+        local = dict(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     object_store_memory=OBJECT_STORE_BYTES, **common)
+        try:
+            ray.init(**local)
+        except Exception as exc:  # noqa: BLE001 - only Ray's startup timeout is retried
+            # Ray gives its raylet 30 s to register; on an overloaded machine (seen at load 16 on 2 cores)
+            # that can pass. One more start, from scratch, before giving up.
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            ray.init(**local)
     return time.perf_counter() - t0
 
 
@@ -466,8 +609,21 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
 
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     t_start = time.perf_counter()
+    check_servers(ray_address, tracking_uri)
     root = results_root(results_dir, space)
     study_dir = choose_study_dir(space, root, fresh)
+    lock = StudyLock(study_dir).acquire(space)
+    try:
+        return _run_locked(space, study_dir, root=root, results_dir=results_dir, ray_address=ray_address,
+                           tracking_uri=tracking_uri, max_concurrent=max_concurrent, console=console, live=live,
+                           t_start=t_start)
+    finally:
+        lock.release()
+
+
+def _run_locked(space, study_dir: Path, *, root: Path, results_dir, ray_address, tracking_uri,
+                max_concurrent, console, live, t_start) -> StudyOutcome:
+    """run_study's body, run while this driver holds the study directory's lock."""
     _write_study_meta(study_dir, space)
     study_id = study_dir.name
     uri = tracking_uri or default_tracking_uri_for(study_dir)
@@ -478,6 +634,10 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
 
     prepare_ray_auth(ray_address)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # A tracking server that goes away mid-study costs a few retries per call, not minutes (the defaults);
+    # tracking problems are counted and shown at the end, and the study goes on.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # small window between a trial ending and the state on disk
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
     import ray
@@ -505,7 +665,9 @@ def run_study(space, *, results_dir: Optional[str] = None, ray_address: Optional
     opener = threading.Thread(target=open_tracker, name="archspace-mlflow-open", daemon=True)
     opener.start()
     ray_start_s = start_ray(ray_address)
-    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # failures are shown by the study view instead
+    # A failed trial is one line of the study view; its traceback is in trials/<id>/error.log. Tune would
+    # log it again at ERROR level (about 40 lines per trial) and repeat the ids at the end.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     _dbg(t_start, "ray started")
     opener.join()
     _dbg(t_start, "tracker ready")

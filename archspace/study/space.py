@@ -37,7 +37,7 @@ from typing import Any, Optional
 from .. import yamlio
 from ..errors import ConfigError, closest, keypath
 from ..grammar import Design, _unwrap, set_path, validate_data
-from .spec import MadSpec, axis_spec, load_spec, metric_ok
+from .spec import MadSpec, axis_spec, is_mad, load_spec, metric_ok
 
 SECTIONS = ("model", "task", "train")
 GRID_INDEX = "grid_index"
@@ -94,7 +94,7 @@ class Space:
     max_concurrent: Optional[int]
     results_dir: Optional[str]
     description: str = ""
-    mad: Optional[dict] = None  # the MAD-score evaluation of each trial (objective mad_score), else None
+    mad: Optional[dict] = None  # the MAD-score evaluation of each trial (objective val/mad_score), else None
     grid: tuple = field(default=(), compare=False)  # the enumerated grid (grid sampler only)
     seeds: int = 1  # every design trained this many times, train.seed = base seed + 0 .. seeds-1 (study/seeds.py)
     scaling: Optional[dict] = field(default=None, compare=False)  # how the dashboard fits it (study/scaling_spec.py)
@@ -257,8 +257,8 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
         base_marks.file = str(path)
     cli = yamlio.Marks("<command line>")
     for key, value in (overrides or {}).items():
-        name = ".".join(key)
-        set_path(base, expand_path(name, cli, (f"--set {name}",)), value)
+        dotted = ".".join(key)  # not `name`: that is the study's name, which --set must not change
+        set_path(base, expand_path(dotted, cli, (f"--set {dotted}",)), value)
     validate_data(base, base_marks)  # the base itself must be a valid design
     if isinstance(base.get("task"), str):  # inline the referenced recipe so trials need no file lookups
         from ..grammar import load_task_ref
@@ -292,22 +292,24 @@ def load_space(path, overrides: Optional[dict] = None, trials: Optional[int] = N
     trials = spec.search.trials
 
     pr = spec.pruner.model_dump()
-    uses_mad = any(o.metric == "mad_score" or o.metric.startswith("mad/") for o in objectives)
+    uses_mad = any(is_mad(o.metric) for o in objectives)
     if pr["metric"] is None:
-        pr["metric"] = "mad_score" if uses_mad else "val/acc"
-    intermediate = pr["metric"].startswith("val/") or (uses_mad and pr["metric"] == "mad_score")
-    if not intermediate or not metric_ok(pr["metric"]):
+        pr["metric"] = "val/mad_score" if uses_mad else "val/acc"
+    intermediate = pr["metric"].startswith("val/")
+    if not intermediate or not metric_ok(pr["metric"]) or (is_mad(pr["metric"]) and not uses_mad):
         raise marks.error(f"the pruner needs an intermediate validation metric (val/acc, val/loss, val/ppl, val/bpb, "
-                          f"val/acc/<slice>; mad_score in a MAD study), got {pr['metric']!r}", ("pruner", "metric"))
-    if uses_mad and pr["metric"].startswith("val/"):
-        raise marks.error("a MAD-score study reports mad_score (the running mean over finished tasks) as it goes, "
-                          "not val/ metrics: set pruner.metric: mad_score or pruner.kind: none", ("pruner", "metric"))
+                          f"val/acc/<slice>; val/mad_score in a MAD study), got {pr['metric']!r}", ("pruner", "metric"))
+    if uses_mad and pr["metric"] != "val/mad_score":
+        raise marks.error("a MAD-score study reports val/mad_score (the running mean over finished tasks) as it goes, "
+                          "not per-step val/ metrics: set pruner.metric: val/mad_score or pruner.kind: none",
+                          ("pruner", "metric"))
     spent = [i for i, o in enumerate(objectives) if o.metric in ("train_flops", "tokens")]
     if uses_mad and spent:
         raise marks.error(f"{objectives[spent[0]].metric} is what one training run spends; a MAD-score trial is a sweep of "
                           "many runs and does not report it", ("objectives", spent[0], "metric"))
     if spec.mad is not None and not uses_mad:
-        raise marks.error("a `mad:` section needs the objective mad_score (or mad/<task>)", ("mad",), at_key=True)
+        raise marks.error("a `mad:` section needs the objective val/mad_score (or val/mad/<task>)", ("mad",),
+                          at_key=True)
     mad = _parse_mad(spec.mad, marks) if uses_mad else None
 
     cpus, gpus = spec.resources.cpus_per_trial, spec.resources.gpus_per_trial

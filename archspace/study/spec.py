@@ -24,7 +24,7 @@ AXIS_KINDS = ("choices", "int", "float", "bundle")
 
 def metric_ok(metric: str) -> bool:
     """A metric a trial reports (objective or pruner metric)."""
-    if metric in STATIC_METRICS or metric == "mad_score" or metric.startswith("mad/"):
+    if metric in STATIC_METRICS or is_mad(metric):
         return True
     head, _, rest = metric.partition("/")
     if head not in ("val", "test"):
@@ -32,17 +32,37 @@ def metric_ok(metric: str) -> bool:
     return rest in ("acc", "loss", "ppl", "bpb") or rest.startswith("acc/")
 
 
+def is_mad(metric: str) -> bool:
+    """The MAD score of a trial (archspace.tasks.mad_score), measured on each MAD task's validation split."""
+    return metric == "val/mad_score" or metric.startswith("val/mad/")
+
+
+def measured_on_test(metric: str) -> Optional[str]:
+    """The validation twin of a metric measured on test data (which a study must never select on), else None."""
+    if metric.startswith("test/"):
+        return "val/" + metric[5:]
+    if metric == "mad_score" or metric.startswith("mad/"):
+        return "val/" + metric
+    return None
+
+
 class ObjectiveSpec(_Spec):
-    metric: str = Field(description="val/acc, val/loss, val/ppl, val/bpb, val/acc/<slice>, the test/ forms, mad_score, "
-                        "mad/<task>, " + ", ".join(STATIC_METRICS))
+    metric: str = Field(description="val/acc, val/loss, val/ppl, val/bpb, val/acc/<slice>, val/mad_score, "
+                        "val/mad/<task>, " + ", ".join(STATIC_METRICS) + " (never a test/ metric: designs are "
+                        "selected on validation; every trial reports its test metrics once at its end)")
     mode: Literal["max", "min"] = Field("max", description="maximise or minimise")
 
     @field_validator("metric")
     @classmethod
     def _known(cls, v):
+        twin = measured_on_test(v)
+        if twin is not None:
+            raise ValueError(f"{v} is measured on the test data, which a study must not select designs on (the best "
+                             f"trial would be chosen by its test score); every trial reports its test metrics at "
+                             f"its end. Use {twin}")
         if not metric_ok(v):
-            raise ValueError(f"unknown metric {v!r}; use val/acc, val/loss, val/ppl, val/bpb, val/acc/<slice>, the "
-                             f"test/ forms, mad_score, mad/<task>, {', '.join(STATIC_METRICS)}")
+            raise ValueError(f"unknown metric {v!r}; use val/acc, val/loss, val/ppl, val/bpb, val/acc/<slice>, "
+                             f"val/mad_score, val/mad/<task>, {', '.join(STATIC_METRICS)}")
         return v
 
 
@@ -56,7 +76,7 @@ class SearchSpec(_Spec):
 class PrunerSpec(_Spec):
     kind: Literal[PRUNERS] = Field("asha", description="Ray Tune scheduler that stops poor trials")
     metric: Optional[str] = Field(None, description="intermediate metric the pruner watches (default val/acc, "
-                                  "mad_score in a MAD study)")
+                                  "val/mad_score in a MAD study)")
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(1, ge=1, description="in validation rounds")
     reduction_factor: int = Field(2, ge=2)
@@ -110,7 +130,7 @@ class SpaceSpec(_Spec):
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     results_dir: Optional[str] = Field(None, description="results root (relative to the space file)")
-    mad: Optional[MadSpec] = Field(None, description="with the objective mad_score: the MAD sweep of each trial")
+    mad: Optional[MadSpec] = Field(None, description="with the objective val/mad_score: the MAD sweep of each trial")
     seeds: int = Field(1, ge=1, description="train every design this many times (train.seed = base seed + 0..N-1); "
                        "the report gives means and intervals over seeds")
     scaling: Optional[dict[str, Any]] = Field(None, description="how the dashboard fits scaling laws "
@@ -150,4 +170,5 @@ def axis_spec(name: str, raw: Any, marks: yamlio.Marks) -> AxisSpec:
 
 
 __all__ = ["SpaceSpec", "AxisSpec", "ObjectiveSpec", "SearchSpec", "PrunerSpec", "ResourcesSpec", "MadSpec",
-           "SAMPLERS", "PRUNERS", "STATIC_METRICS", "metric_ok", "load_spec", "axis_spec", "validated", "ConfigError"]
+           "SAMPLERS", "PRUNERS", "STATIC_METRICS", "metric_ok", "is_mad", "measured_on_test", "load_spec", "axis_spec",
+           "validated", "ConfigError"]

@@ -8,6 +8,13 @@ resumed after Ctrl-C or `kill -9` reuses its runs instead of duplicating them.
 Statuses: FINISHED (trained to the end), KILLED with tag `archspace.status=pruned` (stopped early by
 the scheduler), FAILED with tag `archspace.error` (exception, non-finite loss, out of memory).
 
+Curves: every validation report carries the validation metrics at its step and the training curve since
+the previous report (`train/loss`, `train/aux_loss` every 10 steps). Each metric's steps are logged once
+and in increasing order: a trial that resumes from its checkpoint after the driver was killed reports the
+validations it already holds again, and the steps already in MLflow are skipped. A trial that has to start
+over (no checkpoint) gets a clean run; the run of the attempt that was killed is tagged
+`archspace.status=restarted` and soft-deleted (`mlflow runs restore` brings it back).
+
 Ray's MLflowLoggerCallback and Lightning's MLFlowLogger are deliberately not used: both open new
 runs after a restore and run inside workers, which need the tracking store to be reachable from
 every node. Here only the driver talks to MLflow.
@@ -25,6 +32,9 @@ from ray.tune import Callback
 
 # Keys of a Tune result that are Tune's own bookkeeping, not archspace metrics.
 FINAL_KEY = "archspace/final"  # 1.0 on the report sent after testing: the trial ran to the end
+ATTEMPT_KEY = "archspace/attempt"  # which execution of the trial sent the report (one per restart)
+START_KEY = "archspace/start_step"  # the step that execution started from (0: from scratch)
+TRAIN_ROWS_KEY = "archspace/train_rows"  # JSON list of the training-curve rows since the previous report
 STEP_METRIC_PREFIXES = ("val/", "train/", "test/")
 MAD_PREFIXES = ("mad_score", "mad/")  # a MAD-score study reports these as each task finishes
 STEP_METRICS = ("throughput_tok_s", "tokens", "train_flops")
@@ -80,6 +90,26 @@ def failure_reason(trial, study_dir: str | Path) -> str:
     return "the trial failed (no error text was recorded)"
 
 
+def history_reports(run_dir: Path) -> list[tuple[int, dict, list]]:
+    """(step, validation metrics, training-curve rows since the previous validation) of a run's history.csv."""
+    import csv
+
+    try:
+        with open(Path(run_dir) / "history.csv", newline="") as f:
+            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    except (OSError, ValueError):
+        return []
+    out, since = [], []
+    for row in rows:
+        step = int(row.pop("step", 0))
+        if any(k.startswith("val/") for k in row):
+            out.append((step, row, since))
+            since = []
+        elif "train/loss" in row:
+            since.append({"step": step, **row})
+    return out
+
+
 def ended_state(trial) -> str:
     """completed (reported its final, tested metrics) or pruned (stopped before): for a trial that ended without error."""
     return "completed" if (trial.last_result or {}).get(FINAL_KEY) == 1 else "pruned"
@@ -120,6 +150,8 @@ class StudyTracker:
         self._logged_params: dict[str, set] = {}
         self._last_step: dict[str, int] = {}
         self._started: set[str] = set()
+        self._attempts: dict[str, str] = {}  # trial id -> the attempt whose reports arrive
+        self._logged_upto: dict[str, dict[str, int]] = {}  # trial id -> metric -> last step in MLflow
 
     # -------------------------------------------------------------------- experiment and runs
     def _experiment(self, artifact_location: Optional[str]) -> str:
@@ -229,15 +261,62 @@ class StudyTracker:
         self.client.set_tag(run_id, "mlflow.runName", f"{trial.trial_id} {resolved.layout} {resolved.design_hash[:8]}")
         self.client.log_text(run_id, resolved.to_yaml(), "resolved.yaml")
 
+    # -------------------------------------------------------------------- curves, once per step
+    def _begin_attempt(self, trial, result: dict) -> None:
+        """The first report of an execution of the trial: one that starts over while the trial's run
+        already holds a curve gets a clean run (see the module notes)."""
+        attempt = result.get(ATTEMPT_KEY)
+        if attempt is None or self._attempts.get(trial.trial_id) == attempt:
+            return
+        self._attempts[trial.trial_id] = attempt
+        if float(result.get(START_KEY) or 0) > 0:
+            return
+        run_id = self.run_of(trial.trial_id)
+        if not self.client.get_run(run_id).data.metrics:
+            return
+        self.client.set_tag(run_id, "archspace.status", "restarted")
+        self.client.set_terminated(run_id, status="KILLED")
+        self.client.delete_run(run_id)
+        for table in (self._runs, self._logged_params, self._logged_upto, self._last_step):
+            table.pop(trial.trial_id, None)
+        self._started.discard(trial.trial_id)
+        self._ensure_started(trial)
+
+    def _log_curve(self, trial_id: str, metrics: dict, step: int) -> None:
+        """Log each metric at `step` unless the run holds that metric at this step or a later one."""
+        run_id = self.run_of(trial_id)
+        upto = self._logged_upto.setdefault(trial_id, {})
+        new = {}
+        for key, value in metrics.items():
+            if not is_number(value):
+                continue
+            if key not in upto:  # first time in this driver: what an earlier driver logged
+                history = self.client.get_metric_history(run_id, mlflow_name(key))
+                upto[key] = max((m.step for m in history), default=-1)
+            if step > upto[key]:
+                new[key] = value
+                upto[key] = step
+        self._log_metrics(run_id, new, step)
+
+    def _log_report(self, trial_id: str, step: int, metrics: dict, train_rows: list) -> None:
+        """One validation report: the training-curve rows since the previous one, then the metrics at step."""
+        for row in train_rows:
+            self._log_curve(trial_id, {k: v for k, v in row.items() if k.startswith("train/")}, int(row["step"]))
+        self._log_curve(trial_id, {k: v for k, v in metrics.items()
+                                   if k.startswith(STEP_METRIC_PREFIXES[:2] + MAD_PREFIXES) or k in STEP_METRICS},
+                        step)
+
     def trial_result(self, trial, result: dict) -> None:
         if result.get(FINAL_KEY) == 1:
             return  # logged by trial_finished with the final metrics
         self._ensure_started(trial)
-        run_id = self.run_of(trial.trial_id)
+        self._begin_attempt(trial, result)
         step = int(result.get("step", result.get("training_iteration", 0)))
-        metrics = {k: v for k, v in result.items()
-                   if k.startswith(STEP_METRIC_PREFIXES[:2] + MAD_PREFIXES) or k in STEP_METRICS}
-        self._log_metrics(run_id, metrics, step)
+        try:
+            rows = json.loads(result.get(TRAIN_ROWS_KEY) or "[]")
+        except (TypeError, ValueError):
+            rows = []
+        self._log_report(trial.trial_id, step, result, rows)
         self._last_step[trial.trial_id] = step
         if trial.trial_id not in self._logged_params or "params" not in self._logged_params[trial.trial_id]:
             self._log_params(trial.trial_id, {k: int(result[k]) for k in STATIC_KEYS if is_number(result.get(k))})
@@ -257,11 +336,14 @@ class StudyTracker:
         self._log_params(trial.trial_id, static)
         if state == "completed":
             step = int(result.get("steps", result.get("step", 0)))
-            curves_logged = trial.trial_id in self._last_step  # else (a resumed trial) the final val/ values too
+            # The val/ and train/ curves came with the validation reports, unless some were sent while no
+            # driver listened (a trial that finished after its driver was killed): the trial's history.csv
+            # fills them in (steps already logged are skipped). The final report adds test and totals.
+            for at, metrics, rows in history_reports(trial_run_dir(self.study_dir, trial.trial_id)):
+                self._log_report(trial.trial_id, at, metrics, rows)
             final = {k: v for k, v in result.items()
-                     if k.startswith(("test/",) + MAD_PREFIXES) or k in STATIC_KEYS or k in FINAL_EXTRA
-                     or (not curves_logged and k.startswith(STEP_METRIC_PREFIXES))}
-            self._log_metrics(run_id, final, step)
+                     if k.startswith(("test/",) + MAD_PREFIXES) or k in STATIC_KEYS or k in FINAL_EXTRA}
+            self._log_curve(trial.trial_id, final, step)
             extra = {"data_hash": saved.get("data_hash"), "kernel_paths": ",".join(saved.get("kernel_paths") or []) or None}
             self._log_params(trial.trial_id, {k: v for k, v in extra.items() if v})
             for key in ("data_hash", "kernel_paths"):

@@ -1,5 +1,5 @@
 """What the task data modules share: padded token splits, index loaders that build whole batches with one
-index op, the train/test overlap check, and the train/test life cycle of generated splits (MQAR, MAD).
+index op, the train/test overlap check, and the train/validation/test life cycle of generated splits (MQAR, MAD).
 
 A batch is a dict {"input_ids" [B, T] int64, "labels" [B, T] int64 (IGNORE_INDEX where there is no loss),
 "slice" [B] int64 (index of the example's slice, for per-slice metrics)}.
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-__all__ = ["IGNORE_INDEX", "TokenSplit", "Indices", "Gather", "index_loader", "overlap", "TaskData", "GeneratedSplits"]
+__all__ = ["IGNORE_INDEX", "TokenSplit", "Indices", "Gather", "index_loader", "shared_rows", "overlap", "held_out",
+           "TaskData", "GeneratedSplits"]
 
 #: Label of positions that carry no loss.
 IGNORE_INDEX = -100
@@ -91,30 +92,46 @@ def _row_hashes(x: np.ndarray) -> np.ndarray:
     return h
 
 
-def overlap(train_inputs: torch.Tensor | np.ndarray, test_inputs: torch.Tensor | np.ndarray) -> int:
-    """Number of test rows identical to some train row (after right-padding both with 0s
-    to a common width). Exact: hash matches are verified element-wise."""
-    a = np.asarray(train_inputs)
-    b = np.asarray(test_inputs)
+def shared_rows(reference: torch.Tensor | np.ndarray, rows: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Boolean mask over ``rows``: True where the row is identical to some row of ``reference``
+    (after right-padding both with 0s to a common width). Exact: hash matches are verified element-wise."""
+    a = np.asarray(reference)
+    b = np.asarray(rows)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError("overlap expects 2-D [N, T] arrays")
     width = max(a.shape[1], b.shape[1])
     a = np.pad(a, ((0, 0), (0, width - a.shape[1])))
     b = np.pad(b, ((0, 0), (0, width - b.shape[1])))
+    mask = np.zeros(b.shape[0], dtype=bool)
     if a.shape[0] == 0 or b.shape[0] == 0:
-        return 0
+        return mask
     ha, hb = _row_hashes(a), _row_hashes(b)
     candidates = np.nonzero(np.isin(hb, ha))[0]
     if candidates.size == 0:
-        return 0
+        return mask
     order = np.argsort(ha, kind="stable")
     ha_sorted = ha[order]
-    count = 0
     for j in candidates:  # only hash matches: normally none
         lo, hi = np.searchsorted(ha_sorted, hb[j], "left"), np.searchsorted(ha_sorted, hb[j], "right")
-        if any(np.array_equal(a[order[r]], b[j]) for r in range(lo, hi)):
-            count += 1
-    return count
+        mask[j] = any(np.array_equal(a[order[r]], b[j]) for r in range(lo, hi))
+    return mask
+
+
+def overlap(train_inputs: torch.Tensor | np.ndarray, test_inputs: torch.Tensor | np.ndarray) -> int:
+    """Number of test rows identical to some train row (see :func:`shared_rows`)."""
+    return int(shared_rows(train_inputs, test_inputs).sum())
+
+
+def held_out(split: TokenSplit, *others: TokenSplit) -> tuple[TokenSplit, int]:
+    """``split`` without the rows identical to a row of any of ``others``, and how many were dropped: a
+    validation split never scores an example that training saw or that the test will score."""
+    keep = np.ones(len(split), dtype=bool)
+    for other in others:
+        keep &= ~shared_rows(other.inputs.numpy(), split.inputs.numpy())
+    if keep.all():
+        return split, 0
+    idx = torch.from_numpy(np.nonzero(keep)[0])
+    return TokenSplit(split.inputs[idx], split.labels[idx], split.slice_ids[idx]), int((~keep).sum())
 
 
 class TaskData(lightning.LightningDataModule):
@@ -128,18 +145,23 @@ class TaskData(lightning.LightningDataModule):
 
 
 class GeneratedSplits(TaskData):
-    """A train and a test split generated once each (``make(split) -> TokenSplit``); validation and test serve
-    the test split, and a test row that also occurs in the training split is counted (``train_test_overlap``,
-    expected 0) and warned about."""
+    """A train, a validation and a test split generated once each (``make(split) -> TokenSplit``, each split
+    from its own seed). A test row that also occurs in the training split is counted (``train_test_overlap``,
+    expected 0) and warned about; validation rows that the training or test split holds are left out
+    (``val_dropped``, expected 0), so that checkpoints, pruners and samplers select on examples that neither
+    training nor the final test sees."""
 
     label = "data"  # name in messages
 
     def __init__(self, batch_size: int, seed: int, num_workers: int = 0):
         super().__init__(batch_size, seed, num_workers)
         self.train_data: TokenSplit | None = None
+        self.val_data: TokenSplit | None = None
         self.test_data: TokenSplit | None = None
         #: test rows identical to a train row; set once both splits exist (expected 0).
         self.train_test_overlap: int | None = None
+        #: validation rows left out because the train or test split holds them too (expected 0).
+        self.val_dropped: int | None = None
 
     def make(self, split: str) -> TokenSplit:
         raise NotImplementedError
@@ -148,8 +170,9 @@ class GeneratedSplits(TaskData):
         pass
 
     def setup(self, stage: str | None = None) -> None:
-        """Generate the splits ``stage`` needs (fit/None: both), once."""
-        if stage in (None, "fit") and self.train_data is None:
+        """Generate the splits ``stage`` needs, once: fit/validate/None all three (validation is held out
+        from the other two), test the test split."""
+        if stage in (None, "fit", "validate") and self.train_data is None:
             self.train_data = self.make("train")
         if self.test_data is None:
             self.test_data = self.make("test")
@@ -158,6 +181,11 @@ class GeneratedSplits(TaskData):
             if self.train_test_overlap:
                 warnings.warn(f"{self.label}: {self.train_test_overlap} test examples also occur in the training "
                               "split (tiny vocabulary or sequence settings?)", stacklevel=2)
+        if stage in (None, "fit", "validate") and self.val_data is None:
+            self.val_data, self.val_dropped = held_out(self.make("val"), self.train_data, self.test_data)
+            if self.val_dropped:
+                warnings.warn(f"{self.label}: {self.val_dropped} validation examples also occur in the training or "
+                              "test split and were left out (tiny vocabulary or sequence settings?)", stacklevel=2)
 
     def loader(self, data: TokenSplit | None, shuffle: bool, **batching) -> DataLoader:
         if data is None:
@@ -171,7 +199,7 @@ class GeneratedSplits(TaskData):
         return self.loader(self.train_data, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.test_data, shuffle=False)
+        return self.loader(self.val_data, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self.loader(self.test_data, shuffle=False)

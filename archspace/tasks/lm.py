@@ -10,13 +10,14 @@ row of column ``text_field``), anything else one document per file (UTF-8, inval
 Tokenizers: ``bytes`` (ids 0-255 are bytes, 256 = <eos> between documents, 257 = <pad>; vocab 258)
 or ``bpe`` (byte-level BPE trained on the training documents with the ``tokenizers`` library).
 
-Token shards: ``train.bin`` / ``val.bin`` (uint16 or uint32, read with ``numpy.memmap``) plus
-``meta.json`` under ``<cache>/<key>/`` where ``key`` hashes the corpus files' sha256 and the
+Token shards: ``train.bin`` / ``val.bin`` / ``test.bin`` (uint16 or uint32, read with ``numpy.memmap``)
+plus ``meta.json`` under ``<cache>/<key>/`` where ``key`` hashes the corpus files' sha256 and the
 tokenizer and split settings; ``cache`` is ``cache_dir``, else ``$ARCHSPACE_CACHE/lm``, else
 ``<results>/cache/lm`` (``$ARCHSPACE_RESULTS`` or ./results). The split is by document
-(``val_fraction`` of the documents, chosen by ``seed``); each split is the documents' tokens
-joined with <eos>. Training sequences are consecutive windows of ``seq_len + 1`` tokens (step
-``seq_len``); validation scores the first ``max_val_sequences`` windows of the validation stream.
+(``val_fraction`` and ``test_fraction`` of the documents, chosen by ``seed``; the rest trains); each
+split is the documents' tokens joined with <eos>. Training sequences are consecutive windows of
+``seq_len + 1`` tokens (step ``seq_len``); validation (at every evaluation) and the test (once, at the
+end) score the first ``max_val_sequences`` windows of their streams.
 
 Metrics: batches carry ``n_bytes`` (UTF-8 bytes of each row's target tokens; <eos> and <pad>
 count 0 bytes, so bits per byte include the cost of predicting <eos> without crediting bytes for it)
@@ -25,7 +26,6 @@ and the training module logs ``val/ppl = exp(mean nats per token)`` and
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -75,10 +75,11 @@ def stdlib_files(max_bytes: int) -> list[tuple[str, Path]]:
 def corpus_files(task: dict[str, Any]) -> list[tuple[str, Path]]:
     if task["corpus"] == "stdlib":
         return stdlib_files(task["max_bytes"])
+    from .specs import lm_file_matches
+
     out: list[tuple[str, Path]] = []
     for pattern in task["files"]:
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) or [pattern]
-        for m in matches:
+        for m in lm_file_matches(pattern):
             p = Path(m)
             if not p.is_file():
                 raise FileNotFoundError(f"lm corpus: no such file {m!r} (from files: {pattern!r})")
@@ -127,7 +128,7 @@ def _file_sha(p: Path) -> str:
 def content_key(task: dict[str, Any], files: list[tuple[str, Path]]) -> str:
     """sha256 of the corpus files' contents and every setting that changes the token shards."""
     settings = {k: task[k] for k in ("corpus", "text_field", "max_bytes", "tokenizer", "vocab_size",
-                                      "val_fraction", "seed")}
+                                      "val_fraction", "test_fraction", "seed")}
     blob = json.dumps({"version": GENERATOR_VERSION, "settings": settings,
                        "files": [[rel, _file_sha(p)] for rel, p in files]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -155,14 +156,19 @@ def build_shards(task: dict[str, Any]) -> Path:
     if (out / "meta.json").is_file():
         return out
     docs = list(read_documents(files, task["text_field"], task["max_bytes"]))
-    if len(docs) < 2:
-        raise ValueError(f"lm corpus has {len(docs)} document(s); the train/validation split needs at least 2")
+    if len(docs) < 3:
+        raise ValueError(f"lm corpus has {len(docs)} document(s); the train/validation/test split needs at least 3")
     rng = np.random.default_rng(np.random.SeedSequence(int(task["seed"]), spawn_key=(7,)))
     n_val = max(1, int(round(task["val_fraction"] * len(docs))))
-    perm = rng.permutation(len(docs))
-    val_ids = set(perm[:n_val].tolist())
-    splits = {"train": [d for i, d in enumerate(docs) if i not in val_ids],
-              "val": [d for i, d in enumerate(docs) if i in val_ids]}
+    n_test = max(1, int(round(task["test_fraction"] * len(docs))))
+    if n_val + n_test >= len(docs):
+        raise ValueError(f"lm corpus has {len(docs)} documents: {n_val} for validation and {n_test} for the test "
+                         "leave none to train on; lower val_fraction / test_fraction or add documents")
+    perm = rng.permutation(len(docs)).tolist()
+    held = {"val": set(perm[:n_val]), "test": set(perm[n_val:n_val + n_test])}  # validation as before the test split
+    splits = {"train": [d for i, d in enumerate(docs) if i not in held["val"] | held["test"]],
+              "val": [d for i, d in enumerate(docs) if i in held["val"]],
+              "test": [d for i, d in enumerate(docs) if i in held["test"]]}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=out.parent))
     vocab = int(task["vocab_size"])
@@ -239,7 +245,7 @@ class LMDataModule(TaskData):
         self.task = dict(task)
         self.dir: Path | None = None
         self.meta: dict | None = None
-        self._train = self._val = None
+        self._train = self._val = self._test = None
 
     def slice_names(self, split: str) -> list[str]:
         return ["text"]
@@ -255,9 +261,11 @@ class LMDataModule(TaskData):
             T = int(self.task["seq_len"])
             self._train = _Windows(self.dir / "train.bin", self.meta["dtype"], T, tb)
             self._val = _Windows(self.dir / "val.bin", self.meta["dtype"], T, tb)
-            if len(self._train) == 0 or len(self._val) == 0:
+            self._test = _Windows(self.dir / "test.bin", self.meta["dtype"], T, tb)
+            if len(self._train) == 0 or len(self._val) == 0 or len(self._test) == 0:
                 raise ValueError(f"lm: a split is shorter than seq_len + 1 = {T + 1} tokens "
-                                 f"(train {self.meta['train']['tokens']}, val {self.meta['val']['tokens']})")
+                                 f"(train {self.meta['train']['tokens']}, val {self.meta['val']['tokens']}, "
+                                 f"test {self.meta['test']['tokens']})")
 
     def data_hash(self) -> str:
         """Corpus content + tokenizer/split settings (the cache key) + sequence settings."""
@@ -271,9 +279,12 @@ class LMDataModule(TaskData):
         return index_loader(len(self._train), self._train, batch_size=self.batch_size, shuffle=True,
                             seed=self.seed, num_workers=self.num_workers)
 
+    def _scored(self, windows: _Windows) -> DataLoader:
+        n = min(len(windows), int(self.task["max_val_sequences"]))
+        return index_loader(n, windows, batch_size=self.batch_size, num_workers=self.num_workers)
+
     def val_dataloader(self) -> DataLoader:
-        n = min(len(self._val), int(self.task["max_val_sequences"]))
-        return index_loader(n, self._val, batch_size=self.batch_size, num_workers=self.num_workers)
+        return self._scored(self._val)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self._scored(self._test)

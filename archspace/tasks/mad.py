@@ -13,6 +13,9 @@ Differences from MAD-lab, on purpose:
   (``SeedSequence(seed, spawn_key=(split_id,))``, as MQAR does), so the splits never depend on
   each other's sizes; the data module counts test rows identical to a training row (expected 0;
   warned otherwise). Token streams therefore differ from MAD-lab's; the distributions do not.
+* Validation: MAD has none (its sweep keeps the best *test* accuracy). archspace draws a validation
+  split of ``num_test_examples`` in the test format from a third child seed, without rows that occur in
+  the training or test split, so that checkpoints, pruners and the lr x weight-decay choice select on it.
 * Selective copying draws its blank positions from the seeded generator; MAD-lab uses numpy's
   *global* RNG there (same distribution, reproducible only through the global seed).
 * Fuzzy in-context recall keeps MAD's quirk by default (``unrecoverable: keep``: when the
@@ -46,13 +49,13 @@ __all__ = ["GENERATOR_VERSION", "GENERATORS", "generate", "split_seed", "memoriz
 #: Bump whenever generation changes in a way that alters the produced tokens.
 GENERATOR_VERSION = 1
 
-_SPLIT_IDS = {"train": 0, "test": 1}
+_SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
 
 
 def split_seed(seed: int, split: str) -> np.random.SeedSequence:
-    """Child seed of a split: train and test never share a seed sequence."""
+    """Child seed of a split: train, test and validation never share a seed sequence."""
     if split not in _SPLIT_IDS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
     return np.random.SeedSequence(int(seed), spawn_key=(_SPLIT_IDS[split],))
 
 
@@ -274,17 +277,19 @@ def generate(task: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
         extra["map_seed"] = task["seed"]  # the map depends only on V and the seed (shared by the splits)
     n = task["num_train_examples" if split == "train" else "num_test_examples"]
     rng = np.random.default_rng(split_seed(task["seed"], split))
-    return GENERATORS[name](rng, int(n), task["vocab_size"], task["seq_len"], split, **extra)
+    layout = "train" if split == "train" else "test"  # validation is scored like the test
+    return GENERATORS[name](rng, int(n), task["vocab_size"], task["seq_len"], layout, **extra)
 
 
 # ----------------------------------------------------------------------------------------------
 # data module
 # ----------------------------------------------------------------------------------------------
 class MADDataModule(GeneratedSplits):
-    """Train and test split of one MAD task setting; one slice named after the task.
+    """Train, validation and test split of one MAD task setting; one slice named after the task.
 
-    Batches are dicts {"input_ids", "labels", "slice"} like MQAR's; validation and test serve the
-    test split (for the recall tasks: targets at the recall positions only).
+    Batches are dicts {"input_ids", "labels", "slice"} like MQAR's; validation and test are in the test
+    format (for the recall tasks: targets at the recall positions only), each from its own seed, and
+    validation leaves out rows that the training or test split holds (``val_dropped``, expected 0).
     """
 
     def __init__(self, task: dict[str, Any], batch_size: int = 64, num_workers: int = 0):
@@ -298,7 +303,7 @@ class MADDataModule(GeneratedSplits):
         return [TASKS[self.task["name"]]]
 
     def data_hash(self) -> str:
-        params = {"task": self.task["name"], "generator_version": GENERATOR_VERSION,
+        params = {"task": self.task["name"], "generator_version": GENERATOR_VERSION, "val_split": 1,
                   "params": {k: v for k, v in sorted(self.task.items())}}
         blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -94,7 +94,7 @@ DEFAULT_TRAIN: tuple[MQARSlice, ...] = tuple(MQARSlice(*s) for s in (
 DEFAULT_TEST: tuple[MQARSlice, ...] = tuple(MQARSlice(*s) for s in (
     (64, 4, 1_000), (64, 8, 1_000), (64, 16, 1_000), (128, 32, 1_000), (256, 64, 1_000)))
 
-_SPLIT_IDS = {"train": 0, "test": 1}
+_SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
 
 
 def validate_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: int = 1,
@@ -218,11 +218,11 @@ def generate_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples
 
 
 def slice_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
-    """Seed of slice ``index`` of ``split`` ("train" or "test").
+    """Seed of slice ``index`` of ``split`` ("train", "test" or "val").
 
     ``SeedSequence(seed, spawn_key=(split_id, index))``: the split id is part of the key,
-    so train and test slices always get different seed sequences (for any seed and index),
-    and adding slices does not change the data of existing ones.
+    so the three splits' slices always get different seed sequences (for any seed and index),
+    and adding slices (or the validation split) does not change the data of existing ones.
     """
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
@@ -285,12 +285,14 @@ class CurriculumBatches(torch.utils.data.Sampler):
 
 
 class MQARDataModule(GeneratedSplits):
-    """Train and test MQAR mixtures.
+    """Train, validation and test MQAR mixtures.
 
     Every slice is generated with its own seed (:func:`slice_seed`), padded on the right
     to the longest seq_len of its split, and tagged with its slice index (``batch["slice"]``,
-    names from :meth:`slice_names`). ``val_dataloader`` and ``test_dataloader`` both serve
-    the test mixture.
+    names from :meth:`slice_names`). The validation mixture has the test mixture's settings
+    and its own seeds, without the rows that also occur in the train or test mixture
+    (``val_dropped`` counts them; normally 0): ``val_dataloader`` serves it, so checkpoints,
+    pruners and samplers select on it, and ``test_dataloader`` serves the test mixture.
     """
 
     label = "MQAR"
@@ -324,7 +326,7 @@ class MQARDataModule(GeneratedSplits):
     def _slices(self, split: str) -> tuple[MQARSlice, ...]:
         if split == "train":
             return self.train_slices
-        if split in ("test", "val", "validate"):
+        if split in ("test", "val", "validate"):  # validation: the test settings, other examples
             return self.test_slices
         raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
 
@@ -347,6 +349,7 @@ class MQARDataModule(GeneratedSplits):
             "power_a": self.power_a,
             "random_non_queries": self.random_non_queries,
             "seed": self.seed,
+            "val_split": 1,  # validation has its own examples (before, it served the test mixture)
         }
         if self.repeat != 1:  # single-pass hashes stay what they were before `repeat` existed
             params["repeat"] = self.repeat

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .specs import (LMTaskSpec, MADCompressionSpec, MADFuzzyInContextRecallSpec, MADInContextRecallSpec,
-                    MADMemorizationSpec, MADNoisyInContextRecallSpec, MADSelectiveCopyingSpec, MQARTaskSpec, check_mad,
-                    check_mqar)
+                    MADMemorizationSpec, MADNoisyInContextRecallSpec, MADSelectiveCopyingSpec, MQARTaskSpec, check_lm,
+                    check_mad, check_mqar)
 
 __all__ = ["Task", "TASKS"]
 
@@ -76,5 +76,5 @@ TASKS: dict[str, Task] = {
     "mqar": Task(MQARTaskSpec, _mqar_data, _mqar_seq_len, check=check_mqar),
     **{_name(spec): Task(spec, _mad_data, _fixed_seq_len, check=check_mad,
                          readout=_compression_readout if spec is MADCompressionSpec else None) for spec in _MAD},
-    "lm": Task(LMTaskSpec, _lm_data, _fixed_seq_len, language_model=True),
+    "lm": Task(LMTaskSpec, _lm_data, _fixed_seq_len, check=check_lm, language_model=True),
 }

@@ -5,6 +5,9 @@ reads the registry. Torch-free (the validator imports this).
 """
 from __future__ import annotations
 
+import glob
+import os
+from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, Field, model_validator
@@ -118,7 +121,8 @@ class LMTaskSpec(_Spec):
                                       description="bytes: 258 (fixed); bpe: target vocabulary (default 4096)")
     seq_len: int = Field(256, ge=2, le=1 << 20, description="tokens per training sequence")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of documents held out for validation")
-    max_val_sequences: int = Field(64, ge=1, description="validation sequences scored at each evaluation")
+    test_fraction: float = Field(0.05, gt=0, lt=1, description="fraction of documents held out for the final test")
+    max_val_sequences: int = Field(64, ge=1, description="sequences scored at each validation and at the test")
     cache_dir: Optional[str] = Field(None, description="token cache (default $ARCHSPACE_CACHE or <results>/cache/lm)")
     seed: int = Field(0, ge=0, description="document split seed")
 
@@ -132,6 +136,8 @@ class LMTaskSpec(_Spec):
             self.__dict__["vocab_size"] = 4096
         if self.corpus == "files" and not self.files:
             raise ValueError("corpus: files needs a non-empty `files` list")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave documents to train on (sum below 1)")
         return self
 
 
@@ -165,3 +171,19 @@ def check_mad(task: BaseModel, marks: yamlio.Marks) -> None:
     if problem is not None:
         key, msg = problem
         raise marks.error(msg, ("task", key))
+
+
+def lm_file_matches(pattern: str) -> list[str]:
+    """The paths one `task.files` entry of the lm task names: a glob's matches in sorted order, else itself."""
+    return sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) or [pattern]
+
+
+def check_lm(task: LMTaskSpec, marks: yamlio.Marks) -> None:
+    """Every corpus entry names a file now, not after minutes of tokenising the others."""
+    if task.corpus != "files":
+        return
+    for i, pattern in enumerate(task.files):
+        missing = [m for m in lm_file_matches(pattern) if not Path(m).is_file()]
+        if missing:
+            raise marks.error(f"no such corpus file {missing[0]!r}", ("task", "files", i),
+                              hint=f"Relative paths and globs are taken from the current folder ({Path.cwd()}).")

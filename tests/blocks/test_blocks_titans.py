@@ -13,10 +13,14 @@ from archspace.blocks.config import AttentionConfig, MemoryConfig, TitansConfig
 from archspace.blocks.memory import MemoryMixer, output, query
 from archspace.blocks.titans import TitansMixer
 
-from blocks_testutil import MEMORY_PRESETS, rel_err
+from blocks_testutil import K, MEMORY_PRESETS, V, rel_err, rounding_tol
 
 D, AH, HD = 32, 2, 8
 B, T = 2, 37
+# block (chunked fp32 kernels) vs the reference below (token loop): an output entry sums over the tokens'
+# K-dim reads, a gradient entry over every (sequence, token, key, value) position of the memory
+FWD_TOL = rounding_tol(T * K)
+GRAD_TOL = rounding_tol(B * T * K * V)
 MEMORIES = {"dot_scalar": MEMORY_PRESETS["mamba2"], "l2_scalar": MEMORY_PRESETS["gated_deltanet"]}
 # (variant, attention window, segment, persistent tokens)
 SETUPS = [("mal", None, 8, 3), ("mal", 6, 8, 2), ("mag", None, 8, 4), ("mag", 6, 8, 3),
@@ -142,14 +146,14 @@ def test_matches_reference_outputs_and_grads(mem, setup):
         ys.append(y.detach())
     assert ys[0].shape == (B, T, D)
     assert ys[1].abs().max() > 1e-3
-    assert rel_err(ys[0], ys[1]) <= 1e-5
-    assert rel_err(xs[0].grad, xs[1].grad) <= 1e-5
+    assert rel_err(ys[0], ys[1]) <= FWD_TOL
+    assert rel_err(xs[0].grad, xs[1].grad) <= GRAD_TOL
     ref_params = dict(ref.named_parameters())
     for name, p in blk.named_parameters():
         q = ref_params.pop(name)
         assert p.grad is not None and q.grad is not None, name
         assert p.grad.abs().max() > 0, f"{name} gets no gradient"
-        assert rel_err(p.grad, q.grad) <= 1e-5, name
+        assert rel_err(p.grad, q.grad) <= GRAD_TOL, name
     assert not ref_params
 
 

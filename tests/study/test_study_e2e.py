@@ -92,7 +92,7 @@ def test_study_end_to_end_with_a_failing_trial(tmp_path):
     space = write_space(tmp_path, "e2e", """
         axes:
           lr: [0.001, 0.002, 0.003]
-        objectives: [{metric: test/acc, mode: max}]
+        objectives: [{metric: val/acc, mode: max}]
         search: {sampler: grid}
         pruner: {kind: asha, metric: val/acc, mode: max, grace_period: 1, reduction_factor: 2}
         """)

@@ -16,7 +16,7 @@ base:
   train: {checkpoint: false}
 axes:
   hybrid.ratio: ["1:0", "0:1"]
-objectives: [{metric: mad_score, mode: max}, {metric: state_size, mode: min}]
+objectives: [{metric: val/mad_score, mode: max}, {metric: state_size, mode: min}]
 search: {sampler: grid}
 pruner: {kind: none}
 mad:
@@ -38,9 +38,12 @@ mad:
         tasks = (m["mad/in_context_recall"], m["mad/memorization"])
         assert all(0.0 <= v <= 1.0 for v in tasks)
         assert abs(m["mad_score"] - sum(tasks) / 2) < 1e-9  # the mean over tasks
+        val_tasks = (m["val/mad/in_context_recall"], m["val/mad/memorization"])
+        assert abs(m["val/mad_score"] - sum(val_tasks) / 2) < 1e-9  # what the study selected on
         trial_dir = study / "trials" / run.data.tags["archspace.trial_id"]
         scores = json.loads((trial_dir / "mad" / "mad_scores.json").read_text())
         assert len(scores["runs"]) == 2  # one setting per task (baseline) x one lr x one weight decay
         assert abs(scores["mad_score"] - m["mad_score"]) < 1e-9
+        assert abs(scores["val_mad_score"] - m["val/mad_score"]) < 1e-9
     summary = json.loads((study / "summary.json").read_text())
     assert summary["counts"]["completed"] == 2

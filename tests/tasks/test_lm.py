@@ -37,15 +37,16 @@ def test_byte_shards_cached_by_content_and_split_by_document(tmp_path):
     # bytes tokenizer: tokens = bytes + one <eos> per document
     assert tr.size == meta["train"]["bytes"] + meta["train"]["documents"]
     assert (tr == lm.EOS).sum() == meta["train"]["documents"] and tr.max() <= lm.EOS
-    # split by document: the two streams hold disjoint whole documents that together are the corpus
+    te = np.memmap(d / "test.bin", dtype=np.uint16, mode="r")
+    # split by document: the three streams hold disjoint whole documents that together are the corpus
     docs = [d_.encode() for d_ in lm.read_documents(lm.corpus_files(t), "text", t["max_bytes"])]
     def _docs(arr):
         cut = np.nonzero(np.asarray(arr) == lm.EOS)[0]
         starts = np.concatenate([[0], cut[:-1] + 1])
         return [np.asarray(arr[s_:e], dtype=np.uint8).tobytes() for s_, e in zip(starts, cut)]
-    tr_docs, va_docs = _docs(tr), _docs(va)
-    assert not set(tr_docs) & set(va_docs)
-    assert sorted(tr_docs + va_docs) == sorted(docs)
+    tr_docs, va_docs, te_docs = _docs(tr), _docs(va), _docs(te)
+    assert not set(tr_docs) & set(va_docs) and not set(te_docs) & (set(tr_docs) | set(va_docs))
+    assert sorted(tr_docs + va_docs + te_docs) == sorted(docs)
     # second build hits the cache (same dir, untouched); a different setting makes a new entry
     mtime = (d / "train.bin").stat().st_mtime_ns
     assert lm.build_shards(t) == d and (d / "train.bin").stat().st_mtime_ns == mtime
@@ -56,18 +57,18 @@ def test_jsonl_parquet_and_bpe(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    texts = [f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * (5 + i % 7) for i in range(40)]
+    texts = [f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * (9 + i % 7) for i in range(40)]
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": s, "id": i}) for i, s in enumerate(texts[:20])))
     pq.write_table(pa.table({"body": texts[20:]}), tmp_path / "b.parquet")
     t = _task(tmp_path, corpus="files", files=[str(tmp_path / "a.jsonl")], tokenizer="bpe", vocab_size=300)
     d = lm.build_shards(t)
     assert (d / "tokenizer.json").is_file()
     meta = json.loads((d / "meta.json").read_text())
-    assert meta["train"]["documents"] + meta["val"]["documents"] == 20
+    assert meta["train"]["documents"] + meta["val"]["documents"] + meta["test"]["documents"] == 20
     assert meta["train"]["tokens"] < meta["train"]["bytes"]  # BPE compresses
     t2 = _task(tmp_path, corpus="files", files=[str(tmp_path / "b.parquet")], text_field="body")
     m2 = json.loads((lm.build_shards(t2) / "meta.json").read_text())
-    assert m2["train"]["documents"] + m2["val"]["documents"] == 20
+    assert m2["train"]["documents"] + m2["val"]["documents"] + m2["test"]["documents"] == 20
     dm = lm.LMDataModule(t, batch_size=4)
     dm.setup()
     b = next(iter(dm.train_dataloader()))

@@ -179,6 +179,8 @@ def test_compression_readout_reads_only_the_last_state():
 
 
 def test_mad_score_is_best_over_sweep_then_means(tmp_path, monkeypatch):
+    """(Runs whose validation and test accuracies agree: tests/archspace/test_select_on_validation.py has
+    the validation choice.)"""
     from archspace.compiler import resolve
     from archspace.grammar import validate_data
     from archspace.tasks import mad_score
@@ -190,7 +192,7 @@ def test_mad_score_is_best_over_sweep_then_means(tmp_path, monkeypatch):
     def fake_train(resolved, run_dir, progress=False):
         key = (resolved.task["name"][4:], resolved.train["lr"], resolved.train["weight_decay"])
         assert resolved.model.vocab_size == resolved.task["vocab_size"]
-        return {"test/acc": accs[key]}
+        return {"val/acc": accs[key], "test/acc": accs[key]}
 
     monkeypatch.setattr("archspace.training.train", fake_train)
     res = resolve(validate_data({"model": {"d_model": 16}}, Marks("<t>")))

@@ -35,6 +35,7 @@ torch.set_num_threads(1)
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+
 @pytest.fixture(autouse=True)
 def _pinned_torch_numerics():
     with pinned_torch_numerics():

@@ -91,30 +91,34 @@ def _row_hashes(x: np.ndarray) -> np.ndarray:
     return h
 
 
-def overlap(train_inputs: torch.Tensor | np.ndarray, test_inputs: torch.Tensor | np.ndarray) -> int:
-    """Number of test rows identical to some train row (after right-padding both with 0s
-    to a common width). Exact: hash matches are verified element-wise."""
-    a = np.asarray(train_inputs)
-    b = np.asarray(test_inputs)
+def shared_rows(reference: torch.Tensor | np.ndarray, rows: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Boolean mask over ``rows``: True where the row is identical to some row of ``reference`` (after
+    right-padding both with 0s to a common width). Exact: hash matches are verified element-wise."""
+    a = np.asarray(reference)
+    b = np.asarray(rows)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError("overlap expects 2-D [N, T] arrays")
     width = max(a.shape[1], b.shape[1])
     a = np.pad(a, ((0, 0), (0, width - a.shape[1])))
     b = np.pad(b, ((0, 0), (0, width - b.shape[1])))
+    mask = np.zeros(b.shape[0], dtype=bool)
     if a.shape[0] == 0 or b.shape[0] == 0:
-        return 0
+        return mask
     ha, hb = _row_hashes(a), _row_hashes(b)
     candidates = np.nonzero(np.isin(hb, ha))[0]
     if candidates.size == 0:
-        return 0
+        return mask
     order = np.argsort(ha, kind="stable")
     ha_sorted = ha[order]
-    count = 0
     for j in candidates:  # only hash matches: normally none
         lo, hi = np.searchsorted(ha_sorted, hb[j], "left"), np.searchsorted(ha_sorted, hb[j], "right")
-        if any(np.array_equal(a[order[r]], b[j]) for r in range(lo, hi)):
-            count += 1
-    return count
+        mask[j] = any(np.array_equal(a[order[r]], b[j]) for r in range(lo, hi))
+    return mask
+
+
+def overlap(train_inputs: torch.Tensor | np.ndarray, test_inputs: torch.Tensor | np.ndarray) -> int:
+    """Number of test rows identical to some train row (see :func:`shared_rows`)."""
+    return int(shared_rows(train_inputs, test_inputs).sum())
 
 
 class TaskData(lightning.LightningDataModule):

@@ -47,7 +47,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import IGNORE_INDEX, Gather, GeneratedSplits, TokenSplit, overlap
+import warnings
+
+from .data import IGNORE_INDEX, Gather, GeneratedSplits, TokenSplit, overlap, shared_rows
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -60,6 +62,7 @@ __all__ = [
     "validate_mqar",
     "slice_seed",
     "overlap",
+    "held_out",
     "mqar_accuracy",
 ]
 
@@ -94,7 +97,7 @@ DEFAULT_TRAIN: tuple[MQARSlice, ...] = tuple(MQARSlice(*s) for s in (
 DEFAULT_TEST: tuple[MQARSlice, ...] = tuple(MQARSlice(*s) for s in (
     (64, 4, 1_000), (64, 8, 1_000), (64, 16, 1_000), (128, 32, 1_000), (256, 64, 1_000)))
 
-_SPLIT_IDS = {"train": 0, "test": 1}
+_SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
 
 
 def validate_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: int = 1,
@@ -218,11 +221,11 @@ def generate_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples
 
 
 def slice_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
-    """Seed of slice ``index`` of ``split`` ("train" or "test").
+    """Seed of slice ``index`` of ``split`` ("train", "test" or "val").
 
     ``SeedSequence(seed, spawn_key=(split_id, index))``: the split id is part of the key,
-    so train and test slices always get different seed sequences (for any seed and index),
-    and adding slices does not change the data of existing ones.
+    so the three splits' slices always get different seed sequences (for any seed and index),
+    and adding slices (or the validation split) does not change the data of existing ones.
     """
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
@@ -284,13 +287,28 @@ class CurriculumBatches(torch.utils.data.Sampler):
             start += n
 
 
+def held_out(split: TokenSplit, *others: TokenSplit) -> tuple[TokenSplit, int]:
+    """``split`` without the rows identical to a row of any of ``others``, and how many were dropped: a
+    validation split never scores an example that training saw or that the test will score."""
+    keep = np.ones(len(split), dtype=bool)
+    for other in others:
+        keep &= ~shared_rows(other.inputs.numpy(), split.inputs.numpy())
+    if keep.all():
+        return split, 0
+    idx = torch.from_numpy(np.nonzero(keep)[0])
+    return TokenSplit(split.inputs[idx], split.labels[idx], split.slice_ids[idx]), int((~keep).sum())
+
+
 class MQARDataModule(GeneratedSplits):
-    """Train and test MQAR mixtures.
+    """Train, validation and test MQAR mixtures.
 
     Every slice is generated with its own seed (:func:`slice_seed`), padded on the right
     to the longest seq_len of its split, and tagged with its slice index (``batch["slice"]``,
-    names from :meth:`slice_names`). ``val_dataloader`` and ``test_dataloader`` both serve
-    the test mixture.
+    names from :meth:`slice_names`). The validation mixture has the test mixture's settings
+    and its own seeds, without the rows that also occur in the train or test mixture
+    (``val_dropped`` counts them; normally 0): ``val_dataloader`` serves it, so checkpoints,
+    pruners and samplers select on it, and ``test_dataloader`` serves the test mixture, scored
+    once at the end of training.
     """
 
     label = "MQAR"
@@ -319,12 +337,15 @@ class MQARDataModule(GeneratedSplits):
         if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
             raise ValueError(f"MQAR: repeat must be an int >= 1, got {repeat!r}")
         self.repeat = int(repeat)
+        self.val_data: TokenSplit | None = None
+        #: validation rows left out because the train or test mixture holds them too (expected 0).
+        self.val_dropped: int | None = None
 
     # ------------------------------------------------------------------ metadata
     def _slices(self, split: str) -> tuple[MQARSlice, ...]:
         if split == "train":
             return self.train_slices
-        if split in ("test", "val", "validate"):
+        if split in ("test", "val", "validate"):  # validation: the test settings, other examples
             return self.test_slices
         raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
 
@@ -347,6 +368,7 @@ class MQARDataModule(GeneratedSplits):
             "power_a": self.power_a,
             "random_non_queries": self.random_non_queries,
             "seed": self.seed,
+            "val_split": 1,  # validation has its own examples (before, it served the test mixture)
         }
         if self.repeat != 1:  # single-pass hashes stay what they were before `repeat` existed
             params["repeat"] = self.repeat
@@ -372,6 +394,21 @@ class MQARDataModule(GeneratedSplits):
             slice_ids[row:row + s.num_examples] = i
             row += s.num_examples
         return TokenSplit(inputs, labels, slice_ids)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Generate the splits ``stage`` needs, once: fit/validate/None all three (validation is held out
+        from the other two), test the test mixture."""
+        if stage == "validate" and self.train_data is None:
+            self.train_data = self.make("train")
+        super().setup(stage)
+        if stage in (None, "fit", "validate") and self.val_data is None:
+            self.val_data, self.val_dropped = held_out(self.make("val"), self.train_data, self.test_data)
+            if self.val_dropped:
+                warnings.warn(f"MQAR: {self.val_dropped} validation examples also occur in the train or test "
+                              "mixture and were left out (tiny vocab/sequence settings?)", stacklevel=2)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_data, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         if self.order != "curriculum":

@@ -150,13 +150,13 @@ def test_datamodule_validation_errors():
 def test_slice_seeds_disjoint():
     states = {}
     for seed in (0, 1, 7):
-        for split in ("train", "test"):
+        for split in ("train", "test", "val"):
             for i in range(8):
                 st = tuple(slice_seed(seed, split, i).generate_state(4))
                 assert st not in states, (seed, split, i, states.get(st))
                 states[st] = (seed, split, i)
     with pytest.raises(ValueError):
-        slice_seed(0, "val", 0)
+        slice_seed(0, "validation", 0)
 
 
 def test_default_train_test_have_no_identical_rows():
@@ -224,11 +224,13 @@ def test_datamodule_padding_and_mixing():
     # ... and actually shuffles: the first batch is not the first 16 rows
     assert not torch.equal(b["input_ids"], tr.inputs[:16].long())
 
-    # val and test serve the test mixture, unshuffled
+    # validation serves its own mixture (the test settings, validation seeds), test the test mixture, unshuffled
     val = list(dm.val_dataloader())
     test = list(dm.test_dataloader())
-    assert torch.equal(torch.cat([v["input_ids"] for v in val]), dm.test_data.inputs.long())
+    assert torch.equal(torch.cat([v["input_ids"] for v in val]), dm.val_data.inputs.long())
     assert torch.equal(torch.cat([t["slice"] for t in test]), dm.test_data.slice_ids)
+    x, _ = generate_mqar(128, 32, 4, 40, seed=slice_seed(0, "val", 0))
+    assert dm.val_dropped == 0 and torch.equal(dm.val_data.inputs[:40, :32].long(), x)
     assert dm.slice_names("train") == ["seq32_kv2", "seq64_kv8"]
     assert dm.slice_names("test") == ["seq32_kv4", "seq64_kv16", "seq32_kv4_2"]
     assert dm.slice_names("val") == dm.slice_names("test")
@@ -284,3 +286,16 @@ def test_mqar_accuracy_hand_made():
     assert int(mqar_accuracy(preds2, labels, slices, 3)[0]) == 4
     with pytest.raises(ValueError):
         mqar_accuracy(preds[:, :3], labels, slices, 3)
+
+
+def test_validation_split_is_held_out_from_train_and_test():
+    # tiny vocabulary and length: identical rows across splits are common, and none may reach validation
+    dm = MQARDataModule(vocab_size=12, train=[MQARSlice(8, 1, 400)], test=[MQARSlice(8, 1, 200)], batch_size=50,
+                        seed=0, random_non_queries=False)
+    dm.setup("fit")
+    rows = {name: torch.cat([b["input_ids"] for b in loader()])
+            for name, loader in (("train", dm.train_dataloader), ("val", dm.val_dataloader),
+                                 ("test", dm.test_dataloader))}
+    assert dm.val_dropped > 0 and len(rows["val"]) == 200 - dm.val_dropped
+    assert overlap(rows["train"].numpy(), rows["val"].numpy()) == 0
+    assert overlap(rows["test"].numpy(), rows["val"].numpy()) == 0

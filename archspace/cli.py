@@ -129,6 +129,8 @@ def _mixer_summary(mx) -> tuple[str, str, str]:
     """(axes, heads, dims) columns of `archspace show` for one token-mixer config."""
     if mx.kind == "attention":
         return "softmax" + (f" window={mx.window}" if mx.window else " global"), str(mx.heads), f"d={mx.head_dim}"
+    if mx.kind == "conv":
+        return f"gated conv k={mx.short_conv}", "-", f"D={mx.d_model}"
     if mx.kind == "mom":
         axes, heads, dims = _mixer_summary(mx.memory)
         extra = " +shared" if mx.shared_memory else ""
@@ -138,9 +140,33 @@ def _mixer_summary(mx) -> tuple[str, str, str]:
         att = f"seg={mx.segment}" if mx.variant == "mac" else f"window={mx.attention.window}"
         return f"titans-{mx.variant} {att} P={mx.persistent_tokens} {axes}", heads, dims
     axes = f"{mx.structure}/{mx.bias}/{mx.retention}/{mx.update}"
+    if mx.feature_map != "identity":
+        axes += f" phi={mx.feature_map}"
     if mx.hierarchy == "log_linear":
         axes += f" log-linear L={mx.levels}"
     return axes, str(mx.heads), f"K={mx.key_dim} V={mx.value_dim}"
+
+
+def _axis_options(mx) -> list[str]:
+    """The options of each chosen axis value of a memory config (gate initialisation, feature dim, levels), e.g.
+    "retention scalar: A_init_min=0 A_init_max=16 ...", and the output-path fields away from their defaults."""
+    from dataclasses import fields
+
+    from .blocks.config import MEMORY_AXES, MemoryConfig, hash_neutral_defaults
+
+    out = []
+    for key, axis in MEMORY_AXES.items():
+        value = axis[getattr(mx, key)]
+        if value.options:
+            shown = " ".join(f"{o.name}={getattr(mx, o.name):g}" if isinstance(getattr(mx, o.name), float)
+                             else f"{o.name}={getattr(mx, o.name)}" for o in value.options)
+            out.append(f"{key} {value.name}: {shown}")
+    owned = {f.name for f in fields(MemoryConfig) if f.metadata.get("owner")}
+    changed = [f"{k}={getattr(mx, k)}" for k, d in hash_neutral_defaults(MemoryConfig).items()
+               if k not in owned and getattr(mx, k) != d]
+    if changed:
+        out.append("output path: " + " ".join(changed))
+    return out
 
 
 def cmd_show(args) -> int:
@@ -177,6 +203,21 @@ def cmd_show(args) -> int:
     if not console.is_terminal:
         console = Console(width=160)
     console.print(table)
+    from .blocks.config import leaf_mixers
+
+    seen = []  # each distinct memory once: the options of its axis values (gate initialisation, ...)
+    for i, (layer, label) in enumerate(zip(resolved.model.layers, resolved.labels)):
+        for leaf in leaf_mixers(layer.mixer):
+            if leaf.kind == "memory" and leaf not in [s[0] for s in seen]:
+                seen.append((leaf, [], label))
+            for entry in seen:
+                if entry[0] == leaf and i not in entry[1]:
+                    entry[1].append(i)
+    for leaf, layers, label in seen:
+        lines = _axis_options(leaf)
+        if lines:
+            where = f"layer{'s' if len(layers) > 1 else ''} {','.join(map(str, layers))} ({label})"
+            print(f"{where}: " + "; ".join(lines))
     active = f"  active params/token {total.active:,}" if routed else ""
     print(f"params {total.params:,}{active}  state {total.state:,} numbers/sequence  "
           f"FLOPs/token {total.flops_per_token:,.0f}  design_hash {resolved.design_hash}")

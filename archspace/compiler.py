@@ -101,8 +101,10 @@ def mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = No
     A config the blocks refuse raises InvalidConfig, its key dotted from the mixer (``mom.top_k``)."""
     from dataclasses import replace
 
-    from .blocks.config import AttentionConfig, InvalidConfig, MoMConfig, TitansConfig
+    from .blocks.config import AttentionConfig, ConvConfig, InvalidConfig, MoMConfig, TitansConfig
 
+    if spec.type == "conv":
+        return ConvConfig(d_model=d_model, short_conv=spec.short_conv, conv_bias=spec.conv_bias)
     if spec.type == "attention":
         return AttentionConfig(
             d_model=d_model,
@@ -143,11 +145,18 @@ def _memory_config(spec: MixerSpec, d_model: int):
 
 
 def design_hash(model_dict: dict) -> str:
-    """Canonical hash of a resolved model: same architecture, same hash, whatever the spelling."""
+    """Canonical hash of a resolved model: same architecture, same hash, whatever the spelling. A memory field
+    added after grammar v1 (``hash_default=False`` in blocks/config.py) counts only where it differs from its
+    default, so the designs hashed before it existed keep their hashes."""
+    from .blocks.config import MemoryConfig, hash_neutral_defaults
+
+    neutral = hash_neutral_defaults(MemoryConfig)
 
     def strip(node):
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k not in EXECUTION_FIELDS}
+            memory = node.get("kind") == "memory"
+            return {k: strip(v) for k, v in node.items() if k not in EXECUTION_FIELDS
+                    and not (memory and k in neutral and v == neutral[k])}
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node

@@ -450,6 +450,8 @@ def _design_rows(resolved: dict, model_cfg) -> list[list[str]]:
                               f"key_norm={leaf.key_norm}, conv={leaf.short_conv}, gate={'yes' if leaf.output_gate else 'no'}"
                               + (f", log-linear levels={leaf.levels}" if leaf.hierarchy == "log_linear" else ""),
                               f"K={leaf.key_dim} V={leaf.value_dim}", leaf.heads))
+            elif leaf.kind == "conv":
+                parts.append((f"gated short conv (BaseConv), kernel {leaf.short_conv}", f"D={leaf.d_model}", "-"))
             else:
                 parts.append(("softmax, RoPE" + (f", window {leaf.window}" if leaf.window else ", global"),
                               f"head_dim={leaf.head_dim}", leaf.heads))

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 
 from . import yamlio
 from .blocks.compat import check as check_compat
-from .blocks.config import AttentionConfig, InvalidConfig, MemoryConfig, MoMConfig, TitansConfig
+from .blocks.config import AttentionConfig, ConvConfig, InvalidConfig, MemoryConfig, MoMConfig, TitansConfig
 from .blocks.presets import PRESETS
 from .errors import ConfigError, closest
 from .specbase import Spec as _Spec
@@ -79,12 +79,20 @@ _ATTENTION_FIELDS = _config_fields(AttentionConfig, skip=("d_model", "heads", "s
 _SHARED_KEYS = ("heads", "short_conv")
 MEMORY_ONLY_KEYS = tuple(k for k in _MEMORY_FIELDS if k not in _SHARED_KEYS) + ("mom", "titans")
 ATTENTION_ONLY_KEYS = tuple(_ATTENTION_FIELDS)
+# The keys each mixer type reads (a conv mixer, Zoology's BaseConv, reads the memory mixers' conv keys, and lets
+# `heads` pass unused so a space can swap presets under a shared head count); a key that only other types read is
+# refused with the types it applies to.
+CONV_KEYS = tuple(f.name for f in dataclasses.fields(ConvConfig) if f.name not in ("d_model", "kind"))
+_TYPE_KEYS = {"memory": (*_MEMORY_FIELDS, "mom", "titans"), "attention": (*_ATTENTION_FIELDS, *_SHARED_KEYS),
+              "conv": (*CONV_KEYS, "heads")}
 
 MixerSpec = create_model(
     "MixerSpec", __base__=_Spec,
-    __doc__="A token mixer: a memory mixer (the axes of blocks/axis.py) or softmax attention.",
+    __doc__="A token mixer: a memory mixer (the axes of blocks/axis.py), softmax attention or a gated short "
+            "convolution.",
     preset=(Optional[str], Field(None, description="named grammar point: " + ", ".join(PRESETS))),
-    type=(Literal["memory", "attention"], Field("memory", description="memory mixer or softmax attention")),
+    type=(Literal["memory", "attention", "conv"], Field("memory", description="memory mixer, softmax attention, or "
+                                                         "gated short convolution (Zoology's BaseConv)")),
     **_MEMORY_FIELDS,
     mom=(Optional[MoMSpec], Field(None, description="make this memory a Mixture-of-Memories")),
     titans=(Optional[TitansSpec], Field(None, description="compose this memory with attention, Titans-style")),
@@ -331,12 +339,12 @@ def _expand_mixer(raw: Any, path: tuple, marks: yamlio.Marks, default_preset: Op
         merged["preset"] = preset
     merged.update(user)
     mtype = merged.get("type", "memory")
-    wrong = ATTENTION_ONLY_KEYS if mtype == "memory" else MEMORY_ONLY_KEYS
-    for key in wrong:
-        if key in user:
+    for key in user:
+        owners = [t for t, keys in _TYPE_KEYS.items() if key in keys]
+        if owners and mtype not in owners:
             raise marks.error(
-                f"'{key}' applies to {'attention' if mtype == 'memory' else 'memory'} mixers only, "
-                f"and this mixer is of type {mtype}", path + (key,), at_key=True)
+                f"'{key}' applies to {' and '.join(owners)} mixers only, and this mixer is of type {mtype}",
+                path + (key,), at_key=True)
     return merged
 
 
@@ -458,7 +466,10 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
         raise marks.error("train.tokens and train.flops are two budgets for the same steps: give one of them",
                           ("train", "flops"))
     for where, spec in named:
-        dims = [spec.head_dim] if spec.type == "attention" else [spec.key_dim, spec.value_dim]
+        if spec.type == "conv":
+            dims = []
+        else:
+            dims = [spec.head_dim] if spec.type == "attention" else [spec.key_dim, spec.value_dim]
         if any(d is None for d in dims) and m.d_model % spec.heads:
             raise marks.error(f"d_model {m.d_model} is not divisible by heads {spec.heads}",
                               where + ("heads",), hint="Set the per-head dims explicitly or change heads.")

@@ -453,6 +453,23 @@ def spent(static: dict, metrics: dict) -> dict:
     return {"train_flops": static["train_flops_per_token"] * metrics["tokens"]} if "tokens" in metrics else {}
 
 
+def initial_decays(model) -> dict:
+    """The per-token decay each retention gate starts from at W x = 0, per module that owns gate parameters
+    ("layers.0.mixer": [per head] or [per head [per channel]]; blocks/retention.py ``initial_decay``): how much of
+    a write a head keeps after n tokens at the start of training is decay**n."""
+    from .blocks.config import MemoryConfig
+
+    out = {}
+    for name, mod in model.named_modules():
+        cfg = getattr(mod, "cfg", None)
+        if isinstance(cfg, MemoryConfig) and hasattr(mod, "k_proj"):  # a write path: it holds the gate's parameters
+            with torch.no_grad():
+                decay = cfg.axes.retention.initial_decay(mod, cfg)
+            if decay is not None:
+                out[name] = decay.tolist()
+    return out
+
+
 def write_history(rows: list[dict], path: Path) -> None:
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
     with open(path, "w", newline="") as f:
@@ -515,6 +532,7 @@ def train(
     from .grammar import task_seq_len
 
     cost = module.model.cost(task_seq_len(resolved.task))
+    init_decay = initial_decays(module.model)  # before any step: the gates' initialisation, logged with the run
     static = {"params": cost.params, "active_params": cost.active, "state_size": cost.state,
               "flops_per_token": cost.flops_per_token, **budget_static(cost, resolved.model)}
     multi = cfg["devices"] > 1
@@ -614,6 +632,7 @@ def train(
             "design_hash": resolved.design_hash,
             "data_hash": data.data_hash(),
             "kernel_paths": kernel_paths(resolved.model, trainer.strategy.root_device),
+            "initial_decay": init_decay,
         }
     )
     from safetensors.torch import save_model

@@ -16,7 +16,8 @@ under its grammar name (the table's keys are the values a YAML file may write). 
     options          its own config fields (``Option``); blocks/config.py adds them to MemoryConfig, the
                      grammar to the YAML schema; they are written in a resolved config only where the value
                      is chosen (``always=True`` keeps a grammar-v1 field in every resolved config, so the
-                     design hashes of v1 designs do not change)
+                     design hashes of v1 designs do not change; ``hash_default=False`` leaves a later field
+                     at its default out of the design hash, for the same reason)
     check(cfg)       what it requires of the rest of the config (a message, or None)
     add_params(host, cfg), add_buffers(host, cfg)
                      its parameters and buffers, registered on the module that owns the memory (the
@@ -81,6 +82,9 @@ class Option:
     doc: str
     bounds: dict = field(default_factory=dict)  # pydantic-style ge / gt / le for the grammar
     always: bool = False  # grammar v1 wrote it for every memory: keep it in every resolved config
+    # False for a field added after designs were hashed: at its default it stays out of the design hash (the
+    # resolved config still lists it), so every existing design keeps its hash (archspace/compiler.py)
+    hash_default: bool = True
 
 
 class AxisValue:

@@ -34,7 +34,7 @@ class Dot(Bias):
     kernel = "gla"
 
     def write_flops(self, cfg) -> int:
-        return 2 * cfg.key_dim * cfg.value_dim
+        return 2 * cfg.state_key_dim * cfg.state_value_dim
 
 
 class L2(Bias):
@@ -52,10 +52,10 @@ class L2(Bias):
         return {"beta": torch.sigmoid(host.b_proj(x))}
 
     def write_flops(self, cfg) -> int:
-        return 4 * cfg.key_dim * cfg.value_dim  # S^T k, then the rank-one write
+        return 4 * cfg.state_key_dim * cfg.state_value_dim  # S^T k, then the rank-one write
 
     def transition_flops(self, cfg) -> int:
-        return 4 * cfg.key_dim * cfg.value_dim  # (I - b k k^T) S: k^T S and the rank-one update
+        return 4 * cfg.state_key_dim * cfg.state_value_dim  # (I - b k k^T) S: k^T S and the rank-one update
 
 
 BIAS = Axis("bias", "attentional bias", "dot", {

@@ -57,7 +57,8 @@ def _with_axis_options(cls):
             for opt in value.options:
                 annotations[opt.name] = opt.type
                 setattr(cls, opt.name, spec(opt.default, f"{opt.doc} ({name}: {value.name})", **opt.bounds,
-                                            owner=(name, value.name), always=opt.always))
+                                            owner=(name, value.name), always=opt.always,
+                                            hash_default=opt.hash_default))
     cls.__annotations__ = annotations
     return cls
 
@@ -100,6 +101,20 @@ class MemoryConfig:
                            ge=0, le=16)
     norm: Literal["rmsnorm", "none"] = spec("rmsnorm", "per-head output normalisation")
     output_gate: bool = spec(False, "o = norm(o) * silu(W_g x)")
+    # Fields added after grammar v1 designs were hashed: at their defaults they stay out of the design hash.
+    normalizer: Literal["none", "sum"] = spec(
+        "none", "sum: o_t = phi(q_t)^T S_t / (phi(q_t)^T z_t), z_t = sum of the (decayed) phi(k_s), the linear-"
+        "attention denominator (Katharopoulos et al. 2020; Based); needs bias dot and a positive feature map",
+        hash_default=False)
+    scale: Optional[float] = spec(None, "read scale o = scale * S^T q (null: key_dim^-0.5; Mamba2 1)", gt=0,
+                                  hash_default=False)
+    norm_group: Literal["head", "all"] = spec(
+        "head", "output RMSNorm over each head's V channels, or over all H*V together (Mamba2's one group)",
+        hash_default=False)
+    gate_position: Literal["after_norm", "before_norm"] = spec(
+        "after_norm", "output gate after the norm, norm(o) * silu(W_g x) (GLA, Gated DeltaNet), or before it, "
+        "norm(o * silu(W_g x)) (Mamba2)", hash_default=False)
+    conv_bias: bool = spec(False, "the short conv has a bias per channel (Mamba2)", hash_default=False)
     chunk_size: int = spec(64, "chunk length of the chunked training path", ge=1, le=1024)
     path: Literal["chunk", "reference", "triton", "auto"] = spec(
         "chunk", "kernel path: chunk (PyTorch, training), reference (token loop), triton (GPU kernels: gla and "
@@ -125,6 +140,30 @@ class MemoryConfig:
         problem = path_problem(self)
         if problem is not None:
             raise InvalidConfig(problem[1], problem[0])
+        if self.normalizer == "sum":
+            if self.bias != "dot":
+                raise InvalidConfig(f"normalizer 'sum' is the linear-attention denominator of a Hebbian memory "
+                                    f"(bias: dot), not of the {self.bias} bias", "normalizer")
+            if not self.axes.feature_map.positive:
+                positive = ", ".join(n for n, v in MEMORY_AXES["feature_map"].items() if v.positive)
+                raise InvalidConfig(f"normalizer 'sum' divides by phi(q).sum(phi(k)), which feature_map "
+                                    f"{self.feature_map!r} can make 0 or negative; use one of {positive}",
+                                    "feature_map")
+        if self.scale is not None and not self.scale > 0:
+            raise InvalidConfig(f"scale must be null or > 0, got {self.scale}", "scale")
+        if self.gate_position == "before_norm" and not self.output_gate:
+            raise InvalidConfig("gate_position 'before_norm' places the output gate: set output_gate: true",
+                                "gate_position")
+
+    @property
+    def state_key_dim(self) -> int:
+        """K of the memory S in R^{K x V} (the feature map's width, e.g. 1 + d + d^2 for taylor2)."""
+        return self.axes.feature_map.out_dim(self)
+
+    @property
+    def state_value_dim(self) -> int:
+        """V of the memory: value_dim, plus the denominator's column with a sum normaliser."""
+        return self.value_dim + (1 if self.normalizer == "sum" else 0)
 
     @property
     def axes(self) -> MemoryAxes:
@@ -161,6 +200,21 @@ class AttentionConfig:
             raise InvalidConfig(f"window must be >= 1 or None, got {self.window}", "window")
         if self.short_conv < 0:
             raise InvalidConfig(f"short_conv must be >= 0, got {self.short_conv}", "short_conv")
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """A gated short convolution, Zoology's BaseConv (blocks/conv.py): y = conv_k(u) * (W u + b) + u."""
+
+    d_model: int = spec(doc="model width", required=True)
+    short_conv: int = spec(3, "kernel size k of the depthwise causal convolution", ge=1, le=16)
+    conv_bias: bool = spec(True, "the convolution has a bias per channel")
+    kind: Literal["conv"] = "conv"
+
+    def __post_init__(self):
+        if self.short_conv < 1:
+            raise InvalidConfig(f"a conv mixer needs short_conv (its kernel size) >= 1, got {self.short_conv}",
+                                "short_conv")
 
 
 @dataclass(frozen=True)
@@ -268,10 +322,16 @@ class MoEConfig:
             raise InvalidConfig(f"capacity must be > 0 or None, got {self.capacity}", "capacity")
 
 
-TokenMixerConfig = Union[MemoryConfig, AttentionConfig, MoMConfig, TitansConfig]
+TokenMixerConfig = Union[MemoryConfig, AttentionConfig, ConvConfig, MoMConfig, TitansConfig]
 ChannelMixerConfig = Union[SwiGLUConfig, MoEConfig]
-CONFIG_KINDS = {"memory": MemoryConfig, "attention": AttentionConfig, "swiglu": SwiGLUConfig,
+CONFIG_KINDS = {"memory": MemoryConfig, "attention": AttentionConfig, "conv": ConvConfig, "swiglu": SwiGLUConfig,
                 "mom": MoMConfig, "titans": TitansConfig, "moe": MoEConfig}
+
+
+def hash_neutral_defaults(cls) -> dict:
+    """{field: default} of a config class's fields that stay out of the design hash at their default
+    (``hash_default=False``: added after designs were hashed, so existing designs keep their hashes)."""
+    return {f.name: f.default for f in fields(cls) if f.metadata.get("hash_default") is False}
 
 
 def field_doc(cls, name: str) -> dict:

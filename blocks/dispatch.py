@@ -179,6 +179,8 @@ def kernel_paths(model, device=None) -> list:
             return f"{kernel_family(m)}:{path}"
         if m.kind == "attention":
             return "sdpa" if m.window is None else f"sdpa:window{m.window}"
+        if m.kind == "conv":
+            return f"conv{m.short_conv}"
         return type(m).__name__
 
     out = []

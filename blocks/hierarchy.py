@@ -168,7 +168,8 @@ class LogLinear(Hierarchy):
     def init_state(self, cfg, batch_size, device=None, prefix=""):
         # no level in use before the first token
         levels, pos = self._keys(prefix)
-        return {levels: torch.zeros(batch_size, cfg.heads, 0, cfg.key_dim, cfg.value_dim, device=device,
+        return {levels: torch.zeros(batch_size, cfg.heads, 0, cfg.state_key_dim, cfg.state_value_dim,
+                                    device=device,
                                     dtype=torch.float32), pos: 0}
 
     def kernel_state(self, state, prefix=""):
@@ -185,7 +186,7 @@ class LogLinear(Hierarchy):
     def recurrence_flops(self, cfg, seq_len):
         # per head and level slot in use (averaged over the T decoding positions): the transition (delta rule),
         # the decay and the read, plus one write; the level merges (amortised O(K*V) adds) are ignored
-        ax, K, V = cfg.axes, cfg.key_dim, cfg.value_dim
+        ax, K, V = cfg.axes, cfg.state_key_dim, cfg.state_value_dim
         n = mean_levels_in_use(seq_len, cfg.levels)
         return cfg.heads * (2 * K * V + n * (ax.bias.transition_flops(cfg) + ax.retention.decay_flops(cfg)
                                              + ax.structure.read_flops(cfg)))
@@ -194,8 +195,8 @@ class LogLinear(Hierarchy):
 
     def init_rows(self, cfg, batch_size, memories, device=None):
         # every level slot stored: the memories sit at different positions
-        return {"levels": torch.zeros(batch_size, memories, cfg.heads, cfg.levels, cfg.key_dim, cfg.value_dim,
-                                      device=device, dtype=torch.float32),
+        return {"levels": torch.zeros(batch_size, memories, cfg.heads, cfg.levels, cfg.state_key_dim,
+                                      cfg.state_value_dim, device=device, dtype=torch.float32),
                 "pos": torch.zeros(batch_size, memories, device=device, dtype=torch.long)}
 
     def run_rows(self, ops, cfg, q, k, v, gates, state, n, final):
@@ -204,7 +205,7 @@ class LogLinear(Hierarchy):
         their length as well (trailing padding would move old tokens up a level); one kernel call per group.
         Final entries: levels [R, H, levels, K, V] (every slot) and positions [R]."""
         R, L = q.shape[:2]
-        H, K, V, Lv = cfg.heads, cfg.key_dim, cfg.value_dim, cfg.levels
+        H, K, V, Lv = cfg.heads, cfg.state_key_dim, cfg.state_value_dim, cfg.levels
         if state is None:
             pos0, levels0 = torch.zeros(R, dtype=torch.long, device=q.device), None
         else:

@@ -5,17 +5,23 @@ Per head the memory is S_t in R^{K x V} (kept in fp32) and the read is after the
 
     dot bias (Hebbian):  S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T
     l2 bias (delta):     S_t = exp(g_t) (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T
-    read:                o_t = K**-0.5 * S_t^T q_t
+    read:                o_t = scale * S_t^T q_t          (scale: cfg.scale, default K**-0.5)
+
+with K = cfg.state_key_dim (the feature map's width) and V = cfg.state_value_dim (value_dim, plus one column
+of ones with cfg.normalizer "sum", whose read is the denominator phi(q_t)^T z_t).
 
 Pipeline of ``MemoryMixer.forward`` on x [B, T, D], in three paths that a Mixture-of-Memories (blocks/mom.py) and
 Titans (blocks/titans.py) assemble from the same functions:
-    query path   q = W_q x (H*K channels, no bias); optional depthwise causal conv + SiLU (cfg.short_conv = kernel
-                 size, 0 = off); feature map phi (blocks/feature_map.py); optional per-head l2 norm
-                 (cfg.key_norm); the hierarchy's read inputs (log-linear level weights, blocks/hierarchy.py)
+    query path   q = W_q x (H*key_dim channels, no bias); optional depthwise causal conv + SiLU (cfg.short_conv =
+                 kernel size, 0 = off; cfg.conv_bias); feature map phi (blocks/feature_map.py); optional per-head
+                 l2 norm (cfg.key_norm); q * scale * sqrt(K) when cfg.scale is set (the kernels apply K**-0.5);
+                 the hierarchy's read inputs (log-linear level weights, blocks/hierarchy.py)
     write path   k = W_k x, v = W_v x, conv, phi and key norm on k; the gates of the retention axis
-                 (log-decay g, blocks/retention.py) and of the bias axis (step size beta, blocks/bias.py)
+                 (log-decay g and, Mamba2's write_scale, k * dt; blocks/retention.py) and of the bias axis
+                 (step size beta, blocks/bias.py); v gets a column of ones with the sum normaliser
     memory       the kernels of blocks/dispatch.py (chunked or token loop, cfg.path)
-    output path  optional per-head RMSNorm, optional output gate o * silu(W_g x), then W_o (H*V -> D).
+    output path  the normaliser's division; optional RMSNorm (per head, or over all heads: cfg.norm_group) and
+                 output gate o * silu(W_g x) (after the norm, or before it: cfg.gate_position); then W_o.
 
 State (``init_state``/``forward(..., return_state=True)``/``step``) is a dict: the hierarchy's entries ("memory":
 [B, H, K, V] fp32, or log-linear "levels" and "pos") and, when short_conv > 1, "conv_q", "conv_k", "conv_v":
@@ -23,12 +29,13 @@ State (``init_state``/``forward(..., return_state=True)``/``step``) is a dict: t
 
 Accounting (``MemoryMixer.cost(cfg, seq_len)``), analytic from the config:
     params: the module's trainable parameters (the RetNet decay is a buffer, not counted);
-    state: the hierarchy's state (H*K*V, or H*K*V per log-linear level in use: grows as log2 T) + (k-1)*(2*H*K +
-        H*V) when a short conv of size k is on;
+    state: the hierarchy's state (H*K*V, or H*K*V per log-linear level in use: grows as log2 T) + (k-1)*(2*H*key_dim +
+        H*value_dim) when a short conv of size k is on;
     flops_per_token (2 per multiply-add): every linear 2*in*out; the short conv 2*k per convolved channel; the
         recurrence in its token-by-token form (blocks/hierarchy.py: per head the bias' write, the retention's
         decay K*V, the read 2*K*V; log-linear per level slot in use). Norms, activations, feature maps and gates'
-        nonlinearities are ignored. The count does not depend on the kernel path.
+        nonlinearities are ignored, a learned feature map's matmuls are counted. The count does not depend on the
+        kernel path.
 """
 from __future__ import annotations
 
@@ -44,8 +51,8 @@ from .dispatch import memory_ops
 from .norm import GroupRMSNorm
 from .short_conv import ShortConv
 
-__all__ = ["MemoryMixer", "PathCost", "add_projections", "add_gate_params", "add_output_params", "qk_features",
-           "query", "write_project", "write_finish", "output", "query_cost", "write_cost", "output_cost"]
+__all__ = ["MemoryMixer", "PathCost", "add_projections", "add_gate_params", "add_output_params", "query",
+           "write_project", "write_finish", "output", "query_cost", "write_cost", "output_cost"]
 
 
 # ---------------------------------------------------------------------------------------------- the paths
@@ -57,7 +64,9 @@ def add_projections(host: nn.Module, cfg: MemoryConfig, streams: str) -> None:
         setattr(host, f"{s}_proj", linear(D, width[s]))
     if cfg.short_conv > 0:
         for s in streams:
-            setattr(host, f"{s}_conv", ShortConv(width[s], cfg.short_conv))
+            setattr(host, f"{s}_conv", ShortConv(width[s], cfg.short_conv, bias=cfg.conv_bias))
+    for s in streams.replace("v", ""):  # a learned feature map (hedgehog): one per stream, beside its projection
+        cfg.axes.feature_map.add_stream_params(host, cfg, s)
 
 
 def add_gate_params(host: nn.Module, cfg: MemoryConfig) -> None:
@@ -71,15 +80,16 @@ def add_gate_params(host: nn.Module, cfg: MemoryConfig) -> None:
 def add_output_params(host: nn.Module, cfg: MemoryConfig) -> None:
     H, V = cfg.heads, cfg.value_dim
     if cfg.norm == "rmsnorm":
-        host.o_norm = GroupRMSNorm(H, V)
+        host.o_norm = GroupRMSNorm(H, V) if cfg.norm_group == "head" else GroupRMSNorm(1, H * V)
     if cfg.output_gate:
         host.g_proj = linear(cfg.d_model, H * V)
     host.o_proj = linear(H * V, cfg.d_model)
 
 
-def features(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
-    """[..., H*K] after the conv -> phi: [..., H, K] (queries and keys)."""
-    return cfg.axes.feature_map(t.view(*t.shape[:-1], cfg.heads, cfg.key_dim))
+def features(t: torch.Tensor, cfg: MemoryConfig, host: nn.Module, stream: str) -> torch.Tensor:
+    """[..., H*key_dim] after the conv -> phi: [..., H, K] (stream "q" or "k"; a learned map's parameters are on
+    ``host``)."""
+    return cfg.axes.feature_map.apply(host, cfg, t.view(*t.shape[:-1], cfg.heads, cfg.key_dim), stream)
 
 
 def key_norm(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
@@ -87,9 +97,9 @@ def key_norm(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
     return F.normalize(t, p=2.0, dim=-1, eps=1e-6) if cfg.key_norm == "l2" else t
 
 
-def qk_features(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
-    """[..., H*K] after the conv -> phi, then the optional per-head l2 norm: [..., H, K]."""
-    return key_norm(features(t, cfg), cfg)
+def query_scale(q: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
+    """q [..., H, K] times scale * sqrt(K) when cfg.scale is set: the kernels then read with exactly cfg.scale."""
+    return q if cfg.scale is None else q * (cfg.scale * cfg.state_key_dim ** 0.5)
 
 
 def query(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, conv_state: Optional[torch.Tensor], step: bool):
@@ -98,13 +108,18 @@ def query(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, conv_state: Optio
     new = None
     if cfg.short_conv > 0:
         q, new = (host.q_conv.step if step else host.q_conv)(q, conv_state)
-    return qk_features(q, cfg), new
+    return query_scale(key_norm(features(q, cfg, host, "q"), cfg), cfg), new
 
 
 def write_gates(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor) -> dict:
-    """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule)}."""
+    """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule)}, and
+    "k_scale" [..., H] when the retention scales the write (Mamba2's dt): ``write_finish`` consumes it."""
     axes = cfg.axes
-    return {"g": axes.retention.log_decay(host, cfg, x), **axes.bias.step_size(host, cfg, x)}
+    gates = {"g": axes.retention.log_decay(host, cfg, x), **axes.bias.step_size(host, cfg, x)}
+    k_scale = axes.retention.write_scale(host, cfg, x)
+    if k_scale is not None:
+        gates["k_scale"] = k_scale
+    return gates
 
 
 def write_project(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor):
@@ -114,18 +129,42 @@ def write_project(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor):
     return host.k_proj(x), host.v_proj(x), gates
 
 
-def write_finish(cfg: MemoryConfig, k: torch.Tensor, v: torch.Tensor):
-    """After the conv: k -> phi, key norm, [..., H, K]; v -> [..., H, V]."""
-    return qk_features(k, cfg), v.view(*v.shape[:-1], cfg.heads, cfg.value_dim)
+def write_finish(host: nn.Module, cfg: MemoryConfig, k: torch.Tensor, v: torch.Tensor, gates: dict):
+    """After the conv: k -> phi, key norm, [..., H, K]; v -> [..., H, V]; then the write's scale (taken out of
+    ``gates``) and the normaliser's column (``scaled_write``)."""
+    k = key_norm(features(k, cfg, host, "k"), cfg)
+    return scaled_write(cfg, k, v.view(*v.shape[:-1], cfg.heads, cfg.value_dim), gates)
+
+
+def scaled_write(cfg: MemoryConfig, k: torch.Tensor, v: torch.Tensor, gates: dict):
+    """k [..., H, K] times the write's scale ``gates.pop("k_scale")`` [..., H] (Mamba2: dt k v^T), and v [..., H, V]
+    with a column of ones appended under the sum normaliser (its read is the denominator)."""
+    k_scale = gates.pop("k_scale", None)
+    if k_scale is not None:
+        k = k * k_scale.unsqueeze(-1).to(k.dtype)
+    if cfg.normalizer == "sum":
+        v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    return k, v
+
+
+# Based's and Zoology's denominator guard: the sum normaliser's maps keep phi(q).phi(k) > 0, so this only keeps
+# a zero read (a padded or empty history) finite.
+NORMALIZER_EPS = 1e-12
 
 
 def output(host: nn.Module, cfg: MemoryConfig, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The output path: memory read o [..., H, V] -> [..., D]."""
+    """The output path: memory read o [..., H, V] (V + 1 with the sum normaliser) -> [..., D]."""
+    if cfg.normalizer == "sum":
+        o = o[..., :-1] / (o[..., -1:] + NORMALIZER_EPS)
     o = o.to(x.dtype)
+    HV = cfg.heads * cfg.value_dim
+    gate_first = cfg.output_gate and cfg.gate_position == "before_norm"
+    if gate_first:  # Mamba2: y * silu(z), then the norm
+        o = o * F.silu(host.g_proj(x)).view(o.shape)
     if cfg.norm == "rmsnorm":
-        o = host.o_norm(o)
-    o = o.reshape(*o.shape[:-2], cfg.heads * cfg.value_dim)
-    if cfg.output_gate:
+        o = host.o_norm(o) if cfg.norm_group == "head" else host.o_norm(o.reshape(*o.shape[:-2], 1, HV))
+    o = o.reshape(*o.shape[:-2], HV)
+    if cfg.output_gate and not gate_first:
         o = o * F.silu(host.g_proj(x))
     return host.o_proj(o)
 
@@ -149,24 +188,27 @@ class PathCost(NamedTuple):
 
 def _conv_cost(cfg: MemoryConfig, channels: int) -> tuple[int, int]:
     c = cfg.short_conv
-    return (ShortConv.params(channels, c), 2 * c * channels) if c > 0 else (0, 0)
+    return (ShortConv.params(channels, c, cfg.conv_bias), 2 * c * channels) if c > 0 else (0, 0)
 
 
 def query_cost(cfg: MemoryConfig) -> PathCost:
-    """W_q, its conv and the hierarchy's read projection (log-linear level weights)."""
-    hier = cfg.axes.hierarchy
+    """W_q, its conv, its learned feature map (if any) and the hierarchy's read projection (log-linear level
+    weights)."""
+    hier, fmap = cfg.axes.hierarchy, cfg.axes.feature_map
     conv_params, conv_flops = _conv_cost(cfg, cfg.heads * cfg.key_dim)
-    return PathCost([(cfg.d_model, cfg.heads * cfg.key_dim)] + hier.linears(cfg), conv_params + hier.extra_params(cfg),
-                    conv_flops)
+    return PathCost([(cfg.d_model, cfg.heads * cfg.key_dim)] + hier.linears(cfg),
+                    conv_params + hier.extra_params(cfg) + fmap.stream_params(cfg), conv_flops + fmap.stream_flops(cfg))
 
 
 def write_cost(cfg: MemoryConfig) -> PathCost:
-    """W_k, W_v, their convs and the gates of the retention and bias axes."""
+    """W_k, W_v, their convs, the keys' learned feature map (if any) and the gates of the retention and bias
+    axes."""
     axes, D, H = cfg.axes, cfg.d_model, cfg.heads
     conv_params, conv_flops = _conv_cost(cfg, H * cfg.key_dim + H * cfg.value_dim)
     linears = [(D, H * cfg.key_dim), (D, H * cfg.value_dim)] + axes.retention.linears(cfg) + axes.bias.linears(cfg)
-    return PathCost(linears, conv_params + axes.retention.extra_params(cfg) + axes.bias.extra_params(cfg),
-                    conv_flops)
+    extra = conv_params + axes.retention.extra_params(cfg) + axes.bias.extra_params(cfg)
+    return PathCost(linears, extra + axes.feature_map.stream_params(cfg),
+                    conv_flops + axes.feature_map.stream_flops(cfg))
 
 
 def output_cost(cfg: MemoryConfig) -> PathCost:
@@ -227,10 +269,12 @@ class MemoryMixer(nn.Module):
             q, convs["conv_q"] = getattr(self.q_conv, fn)(q, get("conv_q"))
             k, convs["conv_k"] = getattr(self.k_conv, fn)(k, get("conv_k"))
             v, convs["conv_v"] = getattr(self.v_conv, fn)(v, get("conv_v"))
-        q, k = features(q, cfg), features(k, cfg)
+        q, k = features(q, cfg, self, "q"), features(k, cfg, self, "k")
         v = v.view(*v.shape[:-1], cfg.heads, cfg.value_dim)
         q, k = key_norm(q, cfg), key_norm(k, cfg)
+        q = query_scale(q, cfg)
         gates = write_gates(self, cfg, x)
+        k, v = scaled_write(cfg, k, v, gates)
         gates.update(self.axes.hierarchy.read_inputs(self, cfg, x))
         return q, k, v, gates, convs
 
@@ -263,5 +307,6 @@ class MemoryMixer(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"bias={c.bias}, retention={c.retention}, feature_map={c.feature_map}, key_norm={c.key_norm}, "
-                f"short_conv={c.short_conv}, path={c.path}, chunk_size={c.chunk_size}, kernels={self.ops.family}"
+                + (f"normalizer={c.normalizer}, " if c.normalizer != "none" else "")
+                + f"short_conv={c.short_conv}, path={c.path}, chunk_size={c.chunk_size}, kernels={self.ops.family}"
                 + (f", hierarchy={c.hierarchy}, levels={c.levels}" if c.hierarchy != "none" else ""))

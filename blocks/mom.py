@@ -250,7 +250,7 @@ class MoMMixer(nn.Module):
     def _forward_lists(self, x, w, routed, state, return_state: bool):
         cfg, mem = self.cfg, self.cfg.memory
         B, T, _ = x.shape
-        M, H, V = cfg.memories, mem.heads, mem.value_dim
+        M, H, V = cfg.memories, mem.heads, mem.state_value_dim  # V of a read (the normaliser's column included)
         dev = x.device
         if state is None and (return_state or self.use_conv):
             state = self.init_state(B, dev)
@@ -292,7 +292,7 @@ class MoMMixer(nn.Module):
                     v, s_v = _conv_packed(writer.v_conv, v, state["conv_v"][:, m], n[:, m])
                     ck.append(s_k)
                     cv.append(s_v)
-                k, v = write_finish(mem, k, v)
+                k, v = write_finish(writer, mem, k, v, g_m)
                 mask = valid[:, m]  # [B, L]; padding: k = v = 0 and every gate 0 leave S unchanged
                 ks.append(k * mask[..., None, None])
                 vs.append(v * mask[..., None, None])
@@ -332,7 +332,7 @@ class MoMMixer(nn.Module):
             if self.use_conv:
                 k, new_state["shared_conv_k"] = self.shared.k_conv(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv(v, state["shared_conv_v"])
-            k, v = write_finish(mem, k, v)
+            k, v = write_finish(self.shared, mem, k, v, g_s)
             init = None if state is None else self.hier.kernel_state(state, "shared")
             os_, S = self.ops.forward(mem.path, q, k, v, {**g_s, **read}, initial_state=init,
                                       output_final_state=return_state, chunk_size=mem.chunk_size)
@@ -374,13 +374,14 @@ class MoMMixer(nn.Module):
         for m in range(self.cfg.memories):
             writer = self._writer(m)
             k, v, g_m = proj[0 if self.cfg.share_kv else m]
+            g_m = dict(g_m)  # write_finish takes the write's scale out; with share_kv the memories share proj[0]
             sel = keep[:, m]
             if self.use_conv:
                 k, s_k = writer.k_conv.step(k, state["conv_k"][:, m])
                 v, s_v = writer.v_conv.step(v, state["conv_v"][:, m])
                 ck.append(torch.where(sel[:, None, None], s_k, state["conv_k"][:, m]))
                 cv.append(torch.where(sel[:, None, None], s_v, state["conv_v"][:, m]))
-            k, v = write_finish(mem, k, v)
+            k, v = write_finish(writer, mem, k, v, g_m)
             o_m, S_new, S_old = self.hier.step_row(self.ops, q, k, v, {**g_m, **read}, state, m)
             S_all.append(torch.where(sel.view(-1, *([1] * (S_new.dim() - 1))), S_new, S_old))  # no decay if not routed
             o = o + w[:, m, None, None].to(o_m.dtype) * o_m
@@ -392,7 +393,7 @@ class MoMMixer(nn.Module):
             if self.use_conv:
                 k, new_state["shared_conv_k"] = self.shared.k_conv.step(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv.step(v, state["shared_conv_v"])
-            k, v = write_finish(mem, k, v)
+            k, v = write_finish(self.shared, mem, k, v, g_s)
             o_s, S = self.ops.step(q, k, v, **g_s, **read, state=self.hier.kernel_state(state, "shared"))
             new_state.update(self.hier.state_entries(S, "shared"))
             o = o + o_s

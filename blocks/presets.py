@@ -1,8 +1,19 @@
 """Published models as points of the token-mixer grammar, written once: the grammar expands ``preset:`` from this
 table (keys given next to it override these), the tests build their configs from it.
 
-Each entry is a mapping of token-mixer keys (the fields of blocks/config.py's MemoryConfig / AttentionConfig, plus
-``type``); a preset names values of the axes in blocks/axis.py.
+Each entry is a mapping of token-mixer keys (the fields of blocks/config.py's MemoryConfig / AttentionConfig /
+ConvConfig, plus ``type``); a preset names values of the axes in blocks/axis.py.
+
+Fidelity. Each memory preset's activations, norms and gates follow its reference implementation, in its order;
+the comment above each entry names what was checked against which source. Two kinds of difference remain on
+purpose, and are listed per preset:
+  - widths: every memory preset derives K = V = d_model / heads (so designs compare at equal state unless a study
+    says otherwise), where the references widen or narrow them; set key_dim / value_dim to match a reference.
+  - what the grammar does not express (a position rotation inside a memory, shared B/C across heads, Mamba2's D
+    skip).
+Sources: FLA = fla-org/flash-linear-attention @ bc3b101 (fla/layers/*.py), MAMBA = state-spaces/mamba @ e9594ce
+(mamba_ssm/modules/mamba2.py), GDN = NVlabs/GatedDeltaNet @ 5ddd1e4 (lit_gpt/gated_delta_net.py), TS =
+microsoft/torchscale @ 4d1e0e8 (RetNet), ZOO = HazyResearch/zoology @ 8700f46, BASED = HazyResearch/based @ 32c1bd4.
 """
 from __future__ import annotations
 
@@ -10,24 +21,64 @@ from typing import Any
 
 __all__ = ["PRESETS", "memory_preset"]
 
-def _memory(bias: str, retention: str, feature_map: str, key_norm: str, short_conv: int, output_gate: bool) -> dict:
+
+def _memory(bias: str, retention: str, feature_map: str, key_norm: str, short_conv: int, output_gate: bool,
+            **more) -> dict:
     return dict(type="memory", bias=bias, retention=retention, feature_map=feature_map, key_norm=key_norm,
-                short_conv=short_conv, output_gate=output_gate)
+                short_conv=short_conv, output_gate=output_gate, **more)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Katharopoulos et al. 2020, https://arxiv.org/abs/2006.16236 : S_t = S_{t-1} + phi(k_t) v_t^T
-    "linear_attention": _memory("dot", "none", "elu1", "none", 0, False),
-    # RetNet, Sun et al. 2023, https://arxiv.org/abs/2307.08621 : fixed decay 1 - 2^(-5-h) per head, swish gate
+    # Linear attention, Katharopoulos et al. 2020, https://arxiv.org/abs/2006.16236, Sec. 3.2:
+    # o_t = phi(q_t)^T S_t / (phi(q_t)^T z_t), S_t = S_{t-1} + phi(k_t) v_t^T, z_t = z_{t-1} + phi(k_t),
+    # phi = elu + 1, no output norm and no gate (the paper). FLA's LinearAttention instead drops the denominator
+    # and normalises the output per head (layers/linear_attn.py L113-115, L154-189): {normalizer: none,
+    # norm: rmsnorm} reaches that variant.
+    "linear_attention": _memory("dot", "none", "elu1", "none", 0, False, normalizer="sum", norm="none"),
+    # RetNet, Sun et al. 2023, https://arxiv.org/abs/2307.08621 : fixed decay 1 - 2^(-5-h) per head (TS
+    # retnet.py L27), k scaled by K^-0.5 (msr L182), per-head RMSNorm then swish(W_G x) gate, then W_O (TS
+    # multiscale_retention.py L66, L196-200): as here. TS's row normalisations of the decay matrix are per-(t,
+    # head) positive factors the per-head norm cancels. Not expressed: the xPos rotation of q and k (TS L25-29;
+    # FLA uses RoPE), the norm without gains (TS elementwise_affine=False), V = 2 d_model / heads (TS
+    # value_embed_dim, FLA expand_v 2).
     "retnet": _memory("dot", "constant", "identity", "none", 0, True),
-    # Mamba2 / SSD, Dao & Gu 2024, https://arxiv.org/abs/2405.21060 : data-dependent scalar decay per head
-    "mamba2": _memory("dot", "scalar", "identity", "none", 4, True),
-    # GLA, Yang et al. 2023, https://arxiv.org/abs/2312.06635 : data-dependent vector decay (low-rank gate)
+    # Mamba2 / SSD, Dao & Gu 2024, https://arxiv.org/abs/2405.21060 (MAMBA mamba2.py): x, B, C (v, k, q here)
+    # through a kernel-4 depthwise conv WITH bias and SiLU (L104-113); dt = softplus(W_dt x + dt_bias), decay
+    # exp(-A dt), A ~ U(1, 16), dt ~ logU(1e-3, 1e-1) floor 1e-4 (L119-136, L182); the input scaled by dt,
+    # S = a S + dt B x^T (ssd_minimal.py L103); the read S^T C unscaled (scale 1); y * silu(z) BEFORE an
+    # RMSNorm over all heads at once (ngroups 1, norm_before_gate=False, L142-145, L269-270). Not expressed:
+    # the D skip y += D x, B and C shared by all heads (ngroups 1, K = d_state), expand 2 with headdim 64
+    # (V = 64, heads = 2 d_model / 64).
+    "mamba2": _memory("dot", "scalar", "identity", "none", 4, True, conv_bias=True, write_scale="dt", scale=1.0,
+                      gate_position="before_norm", norm_group="all"),
+    # GLA, Yang et al. 2023, https://arxiv.org/abs/2312.06635 (FLA layers/gla.py): no conv, no feature map;
+    # log a = logsigmoid(W2 W1 x + b) / 16 with rank 16, b = 0 at init (L154-155, L237; the model's
+    # _init_weights zeroes it); K^-0.5; RMSNorm per head then * silu(W_g x) (FusedRMSNormGated L158-163,
+    # L287-292): as here. Width: FLA's expand_k 0.5 (K = d_model / (2 heads)).
     "gla": _memory("dot", "vector", "identity", "none", 0, True),
-    # DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2406.06484 : delta rule, l2-normalised silu keys
-    "deltanet": _memory("l2", "none", "silu", "l2", 4, False),
-    # Gated DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2412.06464 : delta rule with scalar decay
-    "gated_deltanet": _memory("l2", "scalar", "silu", "l2", 4, True),
+    # DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2406.06484 (FLA layers/delta_net.py): q, k, v through a
+    # kernel-4 conv without bias whose SiLU IS the q/k activation (qk_activation 'silu' -> conv activation,
+    # no second map, L139-156, L224-232), then l2-normalised q and k (L256, L266), beta = sigmoid(W_b x),
+    # K^-0.5, per-head RMSNorm, no gate (use_gate False). So feature_map identity: the conv's SiLU is the one
+    # SiLU (an earlier preset applied SiLU twice, conv then feature_map).
+    "deltanet": _memory("l2", "none", "identity", "l2", 4, False),
+    # Gated DeltaNet, Yang et al. 2024, https://arxiv.org/abs/2412.06464 (FLA layers/gated_deltanet.py L145-363,
+    # GDN L83-213): q, k, v through the kernel-4 conv + SiLU, once (FLA L172-189, GDN L89-91); l2 norm of q and
+    # k; g = -exp(A_log) softplus(W_a x + dt_bias) with A ~ U(0, 16) (FLA L151, GDN L107), dt ~ logU(1e-3, 1e-1)
+    # floor 1e-4 (FLA L155-165); beta = sigmoid(W_b x); RMSNorm per head then * silu(W_g x) (FLA L195-197,
+    # L355-357). Width: V = 2 K in both references (FLA expand_v 2, GDN expand_v 1.5 / expand_k 0.75).
+    "gated_deltanet": _memory("l2", "scalar", "identity", "l2", 4, True, A_init_min=0.0),
+    # Based's linear attention, Arora et al. 2024, https://arxiv.org/abs/2402.18668 (ZOO mixers/based.py
+    # L97-100, L181-216; BASED models/mixers/linear_attention.py L52-75, L169-197): q, k = W x in R^{d'} per head
+    # with no conv, activation or norm before the second-order Taylor map phi (feature_dim d' = key_dim = 16,
+    # its temperature inside phi), v full width, the denominator phi(q)^T sum phi(k) (eps 1e-12), no norm, no
+    # gate, no decay; 1 head in Zoology's MQAR configs. Based as a model is this layer with short convolutions
+    # and sliding-window attention around it: Zoology's MQAR stack is [base_conv, based] (pattern "CM"),
+    # Based's LM stack repeats C M S C C with S a sliding window (examples/based.yaml).
+    "based": _memory("dot", "none", "taylor2", "none", 0, False, normalizer="sum", norm="none", heads=1, key_dim=16),
+    # Zoology's BaseConv (Arora et al. 2023, https://arxiv.org/abs/2312.04927; ZOO mixers/base_conv.py):
+    # conv_3(u) * (W u + b) + u, depthwise conv with bias, no activation (blocks/conv.py).
+    "base_conv": dict(type="conv", short_conv=3, conv_bias=True),
     # Causal softmax attention (global) and sliding-window attention
     "attention": dict(type="attention", window=None),
     "swa": dict(type="attention", window=128),
@@ -38,7 +89,7 @@ def memory_preset(name: str, d_model: int, heads: int, key_dim: int, value_dim: 
     """The MemoryConfig of memory preset ``name`` at these dims (``overrides``: any other MemoryConfig field)."""
     from .config import MemoryConfig
 
-    keys = {k: v for k, v in PRESETS[name].items() if k != "type"}
     if PRESETS[name].get("type") != "memory":
         raise ValueError(f"preset {name!r} is not a memory mixer")
+    keys = {k: v for k, v in PRESETS[name].items() if k not in ("type", "heads", "key_dim", "value_dim")}
     return MemoryConfig(d_model, heads, key_dim, value_dim, **{**keys, **overrides})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .attention import Attention
 from .config import Cost
+from .conv import ConvMixer
 from .memory import MemoryMixer
 from .moe import MoEMLP
 from .mom import MoMMixer
@@ -14,6 +15,7 @@ __all__ = ["BLOCKS", "UnknownBlockError", "block_class", "build_block", "block_c
 BLOCKS: dict[str, type] = {
     "memory": MemoryMixer,
     "attention": Attention,
+    "conv": ConvMixer,
     "mom": MoMMixer,
     "swiglu": SwiGLU,
     "titans": TitansMixer,

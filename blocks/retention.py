@@ -8,11 +8,24 @@ A gate is a log-decay g <= 0 that multiplies the state by exp(g) at every write 
     scalar    g = -exp(A_log) * softplus(W_dt x + dt_bias)         (Mamba2 / SSD)
     vector    g = logsigmoid(W_up W_down x + b) / temperature      (GLA, low-rank gate)
     forget    g = logsigmoid(W_f x + b_f)                          (FoX's data-dependent forget gate)
+
+How fast a gate forgets at the start of training is set by its initialisation, and that is a design choice
+with measurable effects (a gate that keeps under 10% of a write after 16 tokens cannot recall a key 60
+tokens back until training slows it), so each data-dependent gate's initialisation is an option of its value,
+in the resolved config and the design hash, defaulting to its paper's code:
+
+    scalar    A_init_min, A_init_max    A ~ U(min, max) per head (Mamba2 [1, 16]; Gated DeltaNet [0, 16])
+              dt_init_min, dt_init_max  softplus(dt_bias) ~ logU(min, max) per head (both [1e-3, 1e-1])
+              dt_init_floor             ... clamped below at the floor (1e-4)
+    vector    gate_bias_init            b (GLA: 0), with gate_rank and gate_temperature
+    forget    forget_bias_init          b_f (FoX: 0, every head starts at a = 1/2)
+
+``initial_decay(host, cfg)`` gives the per-token decay each head (or channel) starts from, at W x = 0.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 from .axis import Axis, AxisValue, F, Option, linear, nn, torch
 
@@ -28,7 +41,15 @@ class Retention(AxisValue):
 
     def decay_flops(self, cfg) -> int:
         """FLOPs of decaying one head's memory for one token."""
-        return 0 if self.gate is None else cfg.key_dim * cfg.value_dim
+        return 0 if self.gate is None else cfg.state_key_dim * cfg.state_value_dim
+
+    def write_scale(self, host, cfg, x):
+        """A per-head factor [..., H] on the write of tokens x [..., D] (None: none)."""
+        return None
+
+    def initial_decay(self, host, cfg):
+        """The decay per token a head (or channel) starts from, at W x = 0: [H] or [H, K] (None: no decay)."""
+        return None
 
 
 class NoRetention(Retention):
@@ -57,20 +78,48 @@ class Constant(Retention):
     def log_decay(self, host, cfg, x):
         return host.log_gamma.to(x.dtype).expand(*x.shape[:-1], cfg.heads)
 
+    def initial_decay(self, host, cfg):
+        return host.log_gamma.exp()
+
 
 class Scalar(Retention):
     """Mamba2's data-dependent scalar decay per head (Dao & Gu 2024, https://arxiv.org/abs/2405.21060)"""
 
     gate = "scalar"
+    options = (
+        Option("A_init_min", float, 1.0, "scalar gate init: A ~ U(A_init_min, A_init_max) per head, "
+               "g = -A softplus(W_dt x + dt_bias) (Mamba2 1; Gated DeltaNet 0)", {"ge": 0}, hash_default=False),
+        Option("A_init_max", float, 16.0, "scalar gate init: upper end of A's range (Mamba2, Gated DeltaNet 16)",
+               {"gt": 0}, hash_default=False),
+        Option("dt_init_min", float, 1e-3, "scalar gate init: softplus(dt_bias) ~ logU(dt_init_min, dt_init_max) "
+               "per head (Mamba2, Gated DeltaNet 1e-3)", {"gt": 0}, hash_default=False),
+        Option("dt_init_max", float, 1e-1, "scalar gate init: upper end of the dt range (Mamba2, Gated DeltaNet "
+               "1e-1)", {"gt": 0}, hash_default=False),
+        Option("dt_init_floor", float, 1e-4, "scalar gate init: the drawn dt is clamped below at this floor",
+               {"ge": 0}, hash_default=False),
+        Option("write_scale", Literal["none", "dt"], "none", "dt: the write is dt k v^T, Mamba2's discretisation "
+               "of its input (B x dt); none: k v^T (the dot bias only)", hash_default=False),
+    )
+
+    def check(self, cfg):
+        if cfg.A_init_min > cfg.A_init_max:
+            return "A_init_min", f"A_init_min {cfg.A_init_min} exceeds A_init_max {cfg.A_init_max}"
+        if cfg.dt_init_min > cfg.dt_init_max:
+            return "dt_init_min", f"dt_init_min {cfg.dt_init_min} exceeds dt_init_max {cfg.dt_init_max}"
+        if cfg.write_scale == "dt" and cfg.bias != "dot":
+            return "write_scale", (f"write_scale 'dt' scales a Hebbian write (bias: dot); the {cfg.bias} bias "
+                                   "sets its own step size")
+        return None
 
     def add_params(self, host, cfg) -> None:
         D, H = cfg.d_model, cfg.heads
-        # Mamba2: A = -exp(A_log), A ~ U(1, 16); softplus(dt_bias) ~ logU(1e-3, 1e-1).
+        # Mamba2 (mamba_ssm/modules/mamba2.py): A = -exp(A_log), A ~ U(A_init_min, A_init_max);
+        # softplus(dt_bias) ~ logU(dt_init_min, dt_init_max), clamped at dt_init_floor.
         host.dt_proj = linear(D, H)
-        host.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
-        dt_min, dt_max = 1e-3, 1e-1
+        host.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(cfg.A_init_min, cfg.A_init_max)))
+        dt_min, dt_max = cfg.dt_init_min, cfg.dt_init_max
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=1e-4)
+        dt = dt.clamp(min=cfg.dt_init_floor)
         host.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
     def linears(self, cfg) -> list:
@@ -82,6 +131,12 @@ class Scalar(Retention):
     def log_decay(self, host, cfg, x):
         return -torch.exp(host.A_log) * F.softplus(host.dt_proj(x) + host.dt_bias)
 
+    def write_scale(self, host, cfg, x):
+        return F.softplus(host.dt_proj(x) + host.dt_bias) if cfg.write_scale == "dt" else None
+
+    def initial_decay(self, host, cfg):
+        return torch.exp(-torch.exp(host.A_log) * F.softplus(host.dt_bias))
+
 
 class Vector(Retention):
     """GLA's data-dependent decay per key channel (Yang et al. 2023, https://arxiv.org/abs/2312.06635)"""
@@ -91,6 +146,8 @@ class Vector(Retention):
         Option("gate_rank", int, 16, "rank of the vector (GLA) gate projection", {"ge": 1, "le": 1024}, always=True),
         Option("gate_temperature", float, 16.0, "GLA gate: log a = logsigmoid(.) / temperature", {"gt": 0},
                always=True),
+        Option("gate_bias_init", float, 0.0, "GLA gate init: the bias b of logsigmoid(W_up W_down x + b) (GLA 0: "
+               "every channel starts at a = 2^(-1/temperature))", hash_default=False),
     )
 
     def check(self, cfg):
@@ -100,30 +157,42 @@ class Vector(Retention):
 
     def add_params(self, host, cfg) -> None:
         # low-rank gate W_up W_down x + b
+        # (one decay per channel of the memory's keys, after the feature map)
         host.gk_down = linear(cfg.d_model, cfg.gate_rank)
-        host.gk_up = linear(cfg.gate_rank, cfg.heads * cfg.key_dim, bias=True)
+        host.gk_up = linear(cfg.gate_rank, cfg.heads * cfg.state_key_dim, bias=True)
+        if cfg.gate_bias_init:
+            nn.init.constant_(host.gk_up.bias, cfg.gate_bias_init)
 
     def linears(self, cfg) -> list:
-        return [(cfg.d_model, cfg.gate_rank), (cfg.gate_rank, cfg.heads * cfg.key_dim)]
+        return [(cfg.d_model, cfg.gate_rank), (cfg.gate_rank, cfg.heads * cfg.state_key_dim)]
 
     def extra_params(self, cfg) -> int:
-        return cfg.heads * cfg.key_dim  # gk_up's bias
+        return cfg.heads * cfg.state_key_dim  # gk_up's bias
 
     def log_decay(self, host, cfg, x):
         g = F.logsigmoid(host.gk_up(host.gk_down(x)))
-        return g.view(*x.shape[:-1], cfg.heads, cfg.key_dim) / cfg.gate_temperature
+        return g.view(*x.shape[:-1], cfg.heads, cfg.state_key_dim) / cfg.gate_temperature
+
+    def initial_decay(self, host, cfg):
+        return torch.exp(F.logsigmoid(host.gk_up.bias) / cfg.gate_temperature).view(cfg.heads, cfg.state_key_dim)
 
 
 class Forget(Retention):
     """FoX's data-dependent forget gate per head, a = sigmoid(W_f x + b_f) (Lin et al. 2025, arXiv:2503.02130)"""
 
     gate = "scalar"
+    options = (
+        Option("forget_bias_init", float, 0.0, "forget gate init: the bias b_f of sigmoid(W_f x + b_f) (FoX 0: every "
+               "head starts at a = 1/2)", hash_default=False),
+    )
 
     def add_params(self, host, cfg) -> None:
         # The Forgetting Transformer initialises its data-dependent gate like every projection (weights
         # N(0, 0.02^2), bias 0), so each head starts at a = 1/2; its decay-time bias initialisation is for its
         # data-independent gates.
         host.f_proj = linear(cfg.d_model, cfg.heads, bias=True)
+        if cfg.forget_bias_init:
+            nn.init.constant_(host.f_proj.bias, cfg.forget_bias_init)
 
     def linears(self, cfg) -> list:
         return [(cfg.d_model, cfg.heads)]
@@ -133,6 +202,9 @@ class Forget(Retention):
 
     def log_decay(self, host, cfg, x):
         return F.logsigmoid(host.f_proj(x))
+
+    def initial_decay(self, host, cfg):
+        return torch.sigmoid(host.f_proj.bias)
 
 
 RETENTION = Axis("retention", "retention gate", "none", {

@@ -1,6 +1,8 @@
 """Memory structure axis (``structure:``): what one memory is. See blocks/axis.py for what a value owns.
 
-matrix  S in R^{K x V} per head, kept in fp32 (the linear-attention family); read o = scale * S^T q.
+matrix  S in R^{K x V} per head, kept in fp32 (the linear-attention family); read o = scale * S^T q, with K the
+        feature map's width and V the value width (+1: the sum normaliser's column), cfg.state_key_dim and
+        cfg.state_value_dim.
 """
 from __future__ import annotations
 
@@ -36,13 +38,14 @@ class Matrix(Structure):
     """a matrix S in R^{K x V} per head"""
 
     def state_shape(self, cfg) -> tuple:
-        return (cfg.heads, cfg.key_dim, cfg.value_dim)
+        return (cfg.heads, cfg.state_key_dim, cfg.state_value_dim)
 
     def read(self, cfg, state, q):
-        return cfg.key_dim ** -0.5 * torch.einsum("bhkv,blhk->blhv", state, q.float())
+        # K**-0.5 as the kernels apply it (blocks/memory.py's query path folds cfg.scale into q)
+        return cfg.state_key_dim ** -0.5 * torch.einsum("bhkv,blhk->blhv", state, q.float())
 
     def read_flops(self, cfg) -> int:
-        return 2 * cfg.key_dim * cfg.value_dim
+        return 2 * cfg.state_key_dim * cfg.state_value_dim
 
 
 STRUCTURE = Axis("structure", "memory structure", "matrix", {

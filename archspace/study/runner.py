@@ -509,8 +509,12 @@ def start_ray(address: Optional[str]) -> float:
     else:
         # address="local": always a new instance, even when RAY_ADDRESS or a `ray start` of someone else
         # on this machine (/tmp/ray/ray_current_cluster) would make a bare ray.init() join theirs.
+        # worker_niceness 0: Ray starts its workers at nice 15 by default, so on a machine shared with other work
+        # every trial ran at a fraction of the CPU a plain `archspace train` gets (measured under a load average of
+        # 12-18 on 2 cores: 2.8 s per step of a trial against 0.36 s for the same training outside Ray;
+        # benchmarks/bench_concurrent_trials.py). The trials are this driver's work, not background tasks.
         local = dict(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                     object_store_memory=OBJECT_STORE_BYTES, **common)
+                     object_store_memory=OBJECT_STORE_BYTES, _system_config={"worker_niceness": 0}, **common)
         try:
             ray.init(**local)
         except Exception as exc:  # noqa: BLE001 - only Ray's startup timeout is retried

@@ -78,7 +78,7 @@ def test_step_matches_forward(name, path):
     for key in final:
         assert rel_err(state[key], final[key]) <= 1e-5, key
     assert final["memory"].dtype == torch.float32
-    assert final["memory"].shape == (B, cfg.heads, cfg.key_dim, cfg.value_dim)
+    assert final["memory"].shape == (B, cfg.heads, cfg.state_key_dim, cfg.state_value_dim)
 
 
 @pytest.mark.parametrize("name", PRESETS)

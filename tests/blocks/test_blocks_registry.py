@@ -9,6 +9,7 @@ import pytest
 from archspace.blocks import registry
 from archspace.blocks.attention import Attention
 from archspace.blocks.config import AttentionConfig, MemoryConfig, SwiGLUConfig
+from archspace.blocks.conv import ConvMixer
 from archspace.blocks.memory import MemoryMixer
 from archspace.blocks.moe import MoEMLP
 from archspace.blocks.mom import MoMMixer
@@ -18,8 +19,8 @@ from archspace.blocks.titans import TitansMixer
 
 
 def test_table():
-    assert BLOCKS == {"memory": MemoryMixer, "attention": Attention, "swiglu": SwiGLU, "mom": MoMMixer,
-                      "titans": TitansMixer, "moe": MoEMLP}
+    assert BLOCKS == {"memory": MemoryMixer, "attention": Attention, "conv": ConvMixer, "swiglu": SwiGLU,
+                      "mom": MoMMixer, "titans": TitansMixer, "moe": MoEMLP}
     assert isinstance(build_block(MemoryConfig(8, 1, 4, 4)), MemoryMixer)
     assert isinstance(build_block(AttentionConfig(8, 2, 4)), Attention)
     assert isinstance(build_block(SwiGLUConfig(8, 16)), SwiGLU)

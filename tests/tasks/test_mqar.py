@@ -286,3 +286,16 @@ def test_mqar_accuracy_hand_made():
     assert int(mqar_accuracy(preds2, labels, slices, 3)[0]) == 4
     with pytest.raises(ValueError):
         mqar_accuracy(preds[:, :3], labels, slices, 3)
+
+
+def test_validation_split_is_held_out_from_train_and_test():
+    # tiny vocabulary and length: identical rows across splits are common, and none may reach validation
+    dm = MQARDataModule(vocab_size=12, train=[MQARSlice(8, 1, 400)], test=[MQARSlice(8, 1, 200)], batch_size=50,
+                        seed=0, random_non_queries=False)
+    dm.setup("fit")
+    rows = {name: torch.cat([b["input_ids"] for b in loader()])
+            for name, loader in (("train", dm.train_dataloader), ("val", dm.val_dataloader),
+                                 ("test", dm.test_dataloader))}
+    assert dm.val_dropped > 0 and len(rows["val"]) == 200 - dm.val_dropped
+    assert overlap(rows["train"].numpy(), rows["val"].numpy()) == 0
+    assert overlap(rows["test"].numpy(), rows["val"].numpy()) == 0

@@ -337,8 +337,10 @@ def cmd_train(args) -> int:
     if state == "finished":
         print(f"{out} already holds this run, finished; nothing to do (see its metrics.json)")
         return 0
+    from .training import LAST_CKPT, TrainingInterrupted, check_kernel_device, checkpoint_step, train
+
+    check_kernel_device(resolved)
     out = writable_dir(out, "the run directory")
-    from .training import LAST_CKPT, TrainingInterrupted, checkpoint_step, train
 
     ckpt = out / "checkpoints" / LAST_CKPT
     resume = state is not None and ckpt.is_file()

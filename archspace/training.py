@@ -492,6 +492,17 @@ def _write_measured(run_dir: Path, history: History, metrics: dict) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
+def check_kernel_device(resolved: Resolved) -> None:
+    """ConfigError when a layer asks for a kernel path (triton) that the run's device cannot run: bad input,
+    found before anything is written."""
+    accel = resolved.train["accelerator"]
+    device = "cuda" if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()) else "cpu"
+    try:
+        check_device(resolved.model, device)
+    except ValueError as e:
+        raise ConfigError(f"design {resolved.name!r}: {e}") from None
+
+
 def train(
     resolved: Resolved,
     run_dir: Path,
@@ -510,12 +521,7 @@ def train(
     training-curve rows since the previous call. Ctrl-C raises TrainingInterrupted (see the module notes).
     """
     run_dir = Path(run_dir)
-    accel = resolved.train["accelerator"]
-    try:  # before anything is written: a path the device cannot run is bad input
-        check_device(resolved.model, "cuda" if accel in ("gpu", "cuda") or (accel == "auto" and
-                                                                              torch.cuda.is_available()) else "cpu")
-    except ValueError as e:
-        raise ConfigError(f"design {resolved.name!r}: {e}") from None
+    check_kernel_device(resolved)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "resolved.yaml").write_text(resolved.to_yaml())
     cfg = resolved.train

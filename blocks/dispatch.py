@@ -20,6 +20,7 @@ Calls follow the op contract of kernels/common.py: q, k, v positionally, the gat
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
@@ -29,6 +30,7 @@ from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step, naive_recurr
 from ..kernels.gla import chunk_gla, gla_step, naive_recurrent_gla
 from ..kernels.log_linear import chunk_log_linear, log_linear_step, log_linear_step_slots, naive_recurrent_log_linear
 from ..kernels.triton_support import CHUNK_SIZES as TRITON_CHUNK_SIZES
+from ..kernels.triton_support import MAX_HEAD_DIM_K as TRITON_MAX_K
 from ..kernels.triton_support import triton_available
 from .config import leaf_mixers
 
@@ -109,6 +111,11 @@ FAMILIES = {
 }
 
 
+_WITHOUT_TRITON = {name: dataclasses.replace(ops, paths={p: f for p, f in ops.paths.items() if p != "triton"},
+                                               fused_step=None)
+                   for name, ops in FAMILIES.items()}
+
+
 def kernel_family(cfg) -> str:
     """The op family of a MemoryConfig (see the module docstring)."""
     axes = cfg.axes
@@ -116,15 +123,21 @@ def kernel_family(cfg) -> str:
 
 
 def memory_ops(cfg) -> MemoryOps:
-    """The ops that compute a MemoryConfig's memory."""
-    return FAMILIES[kernel_family(cfg)]
+    """The ops that compute a MemoryConfig's memory (without the triton path where its kernels do not compute
+    this design, so that "auto" runs it on the chunk path)."""
+    ops = FAMILIES[kernel_family(cfg)]
+    if "triton" in ops.paths and _triton_problem(cfg) is not None:
+        return _WITHOUT_TRITON[ops.family]
+    return ops
 
 
 def path_problem(cfg) -> Optional[tuple]:
     """(key, reason) when a MemoryConfig asks for the triton path on a design its kernels do not compute, else
     None (called by MemoryConfig itself, so the grammar reports it at the key)."""
-    if cfg.path != "triton":
-        return None
+    return _triton_problem(cfg) if cfg.path == "triton" else None
+
+
+def _triton_problem(cfg) -> Optional[tuple]:
     family = kernel_family(cfg)
     if "triton" not in FAMILIES[family].paths:
         on_triton = ", ".join(name for name, ops in FAMILIES.items() if "triton" in ops.paths)
@@ -133,6 +146,9 @@ def path_problem(cfg) -> Optional[tuple]:
     if family == "delta_rule" and cfg.axes.retention.gate == "vector":
         return "path", (f"path 'triton' computes the delta rule with scalar gates only, not retention "
                         f"{cfg.retention!r} (a per-channel gate); use path 'chunk' or 'auto'")
+    if cfg.state_key_dim > TRITON_MAX_K:
+        return "path", (f"path 'triton' keeps a state's key rows in one register tile, at most {TRITON_MAX_K}; "
+                        f"feature_map {cfg.feature_map!r} gives {cfg.state_key_dim}: use path 'chunk' or 'auto'")
     if cfg.chunk_size not in TRITON_CHUNK_SIZES:
         return "chunk_size", (f"path 'triton' takes chunk_size {', '.join(map(str, TRITON_CHUNK_SIZES))}, "
                               f"got {cfg.chunk_size}")
@@ -140,11 +156,9 @@ def path_problem(cfg) -> Optional[tuple]:
 
 
 def resolve_path(ops: MemoryOps, path: str, device, chunk_size: int) -> str:
-    """The path a memory runs on ``device``: ``path`` itself, or for "auto" triton where the family has Triton
-    kernels, the chunk size is theirs and the device is a CUDA GPU they run on, else chunk.
-
-    (The delta rule with a per-channel gate is refused by the kernels; ``auto`` cannot see the gate's shape
-    here, so the families decide: today no design of the delta_rule family has a vector gate, see compat.py.)"""
+    """The path a memory runs on ``device``: ``path`` itself, or for "auto" triton where ``ops`` (from
+    ``memory_ops(cfg)``: the design is one the kernels compute) has it, the chunk size is theirs and the device
+    is a CUDA GPU they run on, else chunk."""
     if path != "auto":
         return path
     device = torch.device(device)

@@ -120,13 +120,15 @@ def test_auto_picks_triton_only_on_a_gpu_it_runs_on(monkeypatch):
 @pytest.mark.parametrize("change, key, words", [
     ({"hierarchy": "log_linear"}, "path", "no kernels for the log_linear family"),
     ({"chunk_size": 128}, "chunk_size", "takes chunk_size 16, 32, 64"),
+    ({"feature_map": "taylor2", "key_dim": 16}, "path", "at most 256; feature_map 'taylor2' gives 273"),
 ])
 def test_designs_the_kernels_do_not_compute_are_refused(change, key, words):
     cfg = MEMORY_PRESETS["gated_deltanet"]
     with pytest.raises(InvalidConfig) as err:
         dataclasses.replace(cfg, path="triton", **change)
     assert err.value.key == key and words in str(err.value)
-    dataclasses.replace(cfg, path="auto", **change)  # auto runs them on the chunk path
+    auto = dataclasses.replace(cfg, path="auto", **change)  # auto runs them on the chunk path
+    assert "triton" not in dispatch.memory_ops(auto).paths
 
 
 def test_a_device_the_kernels_cannot_run_on_is_refused(monkeypatch):

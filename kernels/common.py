@@ -103,3 +103,54 @@ def _to_chunks(x: Tensor, C: int) -> Tensor:
     x = x.reshape(B, N, C, H, *rest)
     perm = (0, 3, 1, 2) + tuple(range(4, 4 + len(rest)))
     return x.permute(perm).contiguous()
+
+
+def _sub_chunk_len(C: int, target: int = 16) -> int:
+    """Largest divisor of C that is <= target."""
+    return max(d for d in range(1, min(C, target) + 1) if C % d == 0)
+
+
+def _intra_vector(q: Tensor, k: Tensor, G: Tensor, c: int, G_col: Optional[Tensor] = None,
+                  strict: bool = False) -> Tensor:
+    """Causal intra-chunk score matrix for vector (per key channel) decays, without overflow.
+
+    q, k, G: [B, H, N, C, K] (q already scaled, G an in-chunk cumsum of g for the rows); ``G_col`` the cumsum
+    for the columns (default G). Returns A [B, H, N, C, C] with
+        A_ij = sum_d q_id k_jd exp(G_id - G_col_jd)   for i >= j (i > j when ``strict``), 0 otherwise.
+    Every exponent must be <= 0 where kept: G_i - G_j for the inclusive cumsum (GLA, KDA), or the exclusive
+    row cumsum G_{i-1} against the inclusive column one with ``strict`` (DPLR, kernels/dplr.py).
+
+    A direct "q * exp(G), k * exp(-G)" factorisation overflows when the decay is strong
+    (exp(-G) grows like exp(5 C)). GLA (Yang et al. 2023, Sec. 4, secondary chunking) splits
+    the chunk into sub-chunks of length c:
+      * diagonal sub-blocks use the exact [c, c, K] tensor exp(G_i - G_j), masked to i >= j
+        (i > j) before the exp, so every exponent is <= 0;
+      * an off-diagonal block (I > J) factors through the last position r of sub-chunk J:
+        exp(G_i - G_col_j) = exp(G_i - G_col_r) * exp(G_col_r - G_col_j), both exponents <= 0 (for the
+        exclusive row cumsum: G_{i-1} - G_r <= 0 because i - 1 >= r).
+    """
+    B, H, N, C, K = q.shape
+    m = C // c
+    qs = q.view(B, H, N, m, c, K)
+    ks = k.view(B, H, N, m, c, K)
+    Gs = G.view(B, H, N, m, c, K)
+    Gc = Gs if G_col is None else G_col.view(B, H, N, m, c, K)
+
+    # diagonal sub-blocks: [B, H, N, m, c, c, K]
+    tril_c = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
+    D = Gs[..., :, None, :] - Gc[..., None, :, :]
+    A_diag = (qs[..., :, None, :] * ks[..., None, :, :] * _decay(D, tril_c[:, :, None])).sum(-1)  # [B,H,N,m,c,c]
+    if m == 1:
+        return A_diag.view(B, H, N, C, C)
+
+    # off-diagonal sub-blocks I > J through the reference row r = last of sub-chunk J
+    Gr = Gc[..., -1, :]  # [B, H, N, m, K]
+    k_ref = ks * _decay(Gr[..., None, :] - Gc)  # [B,H,N,m(J),c,K], exponent <= 0
+    E = Gs[..., :, None, :, :] - Gr[..., None, :, None, :]  # [B,H,N,m(I),m(J),c,K]
+    lower_m = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)
+    q_ref = qs[..., :, None, :, :] * _decay(E, lower_m[:, :, None, None])  # [B,H,N,m(I),m(J),c,K]
+    A_off = torch.einsum("bhnIJck,bhnJdk->bhnIJcd", q_ref, k_ref)  # [B,H,N,m,m,c,c]
+
+    eye_m = torch.eye(m, dtype=q.dtype, device=q.device)
+    A_blocks = A_off + A_diag[:, :, :, :, None] * eye_m[:, :, None, None]
+    return A_blocks.permute(0, 1, 2, 3, 5, 4, 6).reshape(B, H, N, C, C)

@@ -28,7 +28,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .common import _bmm_add, _decay, _init_state, _needs_flush, _to_chunks, chunk_operands, oracle_start
+from .common import (_bmm_add, _decay, _init_state, _intra_vector, _needs_flush, _sub_chunk_len, _to_chunks,
+                     chunk_operands, oracle_start)
 
 Tensor = torch.Tensor
 
@@ -96,51 +97,6 @@ def gla_step(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, sta
 # --------------------------------------------------------------------------------------
 # chunkwise parallel form
 # --------------------------------------------------------------------------------------
-def _sub_chunk_len(C: int, target: int = 16) -> int:
-    """Largest divisor of C that is <= target."""
-    return max(d for d in range(1, min(C, target) + 1) if C % d == 0)
-
-
-def _intra_vector(q: Tensor, k: Tensor, G: Tensor, c: int) -> Tensor:
-    """Causal intra-chunk score matrix for vector gates, without overflow.
-
-    q, k, G: [B, H, N, C, K] (q already scaled, G the inclusive in-chunk cumsum of g).
-    Returns A [B, H, N, C, C] with A_ij = sum_d q_id k_jd exp(G_id - G_jd) for i >= j, 0 otherwise.
-
-    A direct "q * exp(G), k * exp(-G)" factorisation overflows when the decay is strong
-    (exp(-G) grows like exp(5 C)). GLA (Yang et al. 2023, Sec. 4, secondary chunking) splits
-    the chunk into sub-chunks of length c:
-      * diagonal sub-blocks use the exact [c, c, K] tensor exp(G_i - G_j), masked to i >= j
-        before the exp, so every exponent is <= 0;
-      * an off-diagonal block (I > J) factors through the last position r of sub-chunk J:
-        exp(G_i - G_j) = exp(G_i - G_r) * exp(G_r - G_j), both exponents <= 0.
-    """
-    B, H, N, C, K = q.shape
-    m = C // c
-    qs = q.view(B, H, N, m, c, K)
-    ks = k.view(B, H, N, m, c, K)
-    Gs = G.view(B, H, N, m, c, K)
-
-    # diagonal sub-blocks: [B, H, N, m, c, c, K]
-    tril_c = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    D = Gs[..., :, None, :] - Gs[..., None, :, :]
-    A_diag = (qs[..., :, None, :] * ks[..., None, :, :] * _decay(D, tril_c[:, :, None])).sum(-1)  # [B,H,N,m,c,c]
-    if m == 1:
-        return A_diag.view(B, H, N, C, C)
-
-    # off-diagonal sub-blocks I > J through the reference row r = last of sub-chunk J
-    Gr = Gs[..., -1, :]  # [B, H, N, m, K]
-    k_ref = ks * _decay(Gr[..., None, :] - Gs)  # [B,H,N,m(J),c,K], exponent <= 0
-    E = Gs[..., :, None, :, :] - Gr[..., None, :, None, :]  # [B,H,N,m(I),m(J),c,K]
-    lower_m = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)
-    q_ref = qs[..., :, None, :, :] * _decay(E, lower_m[:, :, None, None])  # [B,H,N,m(I),m(J),c,K]
-    A_off = torch.einsum("bhnIJck,bhnJdk->bhnIJcd", q_ref, k_ref)  # [B,H,N,m,m,c,c]
-
-    eye_m = torch.eye(m, dtype=q.dtype, device=q.device)
-    A_blocks = A_off + A_diag[:, :, :, :, None] * eye_m[:, :, None, None]
-    return A_blocks.permute(0, 1, 2, 3, 5, 4, 6).reshape(B, H, N, C, C)
-
-
 def chunk_gla(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, scale: Optional[float] = None,
               initial_state: Optional[Tensor] = None, output_final_state: bool = False,
               chunk_size: int = 64) -> Tuple[Tensor, Optional[Tensor]]:

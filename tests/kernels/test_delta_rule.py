@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernel_testutil import TOL, rel, rel_grad
+
 from archspace.kernels.delta_rule import (
     chunk_delta_rule,
     delta_rule_step,
@@ -12,7 +14,6 @@ from archspace.kernels.delta_rule import (
 )
 
 B, H, K, V = 2, 2, 16, 12  # K != V so that a transposed state cannot pass
-TOL = 1e-5
 
 # KDA (vector) gates: GLA-like logsigmoid, strong (down to -5 per step, exp(-cumsum) overflows a chunk), near zero
 # (a = exp(-10 .. -20): the state is wiped every step), near one (g ~ -1e-4); "beta2": step sizes in (0, 2)
@@ -20,27 +21,6 @@ TOL = 1e-5
 GATES = ["none", "scalar", "scalar_strong", "vector", "vector_strong", "vector_zero", "vector_near_one", "vector_beta2",
          "none_beta2"]
 T_CHUNK = [(1, 16), (37, 16), (64, 32), (100, 32), (100, 64)]
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    nb = b.norm()
-    if nb == 0:
-        return a.norm().item()
-    return ((a - b).norm() / nb).item()
-
-
-def rel_grad(name, grad, ref, x, grads_ref, gate):
-    """Relative error of the gradient of input ``name``. For log-gates that vanish (``*_zero``: decay
-    exp(-10 .. -20)) the gradient of g is a difference of terms of the size of q * dq and k * dk (for a Hebbian
-    memory exactly dL/dG_t = sum q_t dq_t - k_t dk_t over G = cumsum g), which cancel to a value ~ exp(g): the
-    chunked form sums those terms separately, so its fp32 rounding error is ~1e-7 of them, not of the vanishing
-    difference. There the error is measured against that scale."""
-    if name != "g" or not gate.endswith("_zero"):
-        return rel(grad, ref)
-    scale = (ref.double().norm() ** 2 + (x["q"] * grads_ref["q"]).double().norm() ** 2
-             + (x["k"] * grads_ref["k"]).double().norm() ** 2).sqrt()
-    return ((grad.double() - ref.double()).norm() / scale).item()
 
 
 def make_inputs(T, gate, init, seed=0, dtype=torch.float32, normalise_k=True):
@@ -102,7 +82,7 @@ def test_chunk_matches_naive_fwd_bwd(gate, T, C, init):
     assert set(grads) == set(g_ref)
     for n in g_ref:
         assert torch.isfinite(grads[n]).all(), n
-        err = rel_grad(n, grads[n], g_ref[n], x, g_ref, gate)
+        err = rel_grad(n, grads[n], g_ref[n], x, g_ref, gate.endswith("_zero"))
         assert err <= TOL, (n, err)
 
 

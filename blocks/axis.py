@@ -16,7 +16,8 @@ under its grammar name (the table's keys are the values a YAML file may write). 
     options          its own config fields (``Option``); blocks/config.py adds them to MemoryConfig, the
                      grammar to the YAML schema; they are written in a resolved config only where the value
                      is chosen (``always=True`` keeps a grammar-v1 field in every resolved config, so the
-                     design hashes of v1 designs do not change)
+                     design hashes of v1 designs do not change; ``omit_default=True``, for an option added
+                     later to a value existing designs use, writes it only where it is not the default)
     check(cfg)       what it requires of the rest of the config (a message, or None)
     add_params(host, cfg), add_buffers(host, cfg)
                      its parameters and buffers, registered on the module that owns the memory (the
@@ -81,6 +82,9 @@ class Option:
     doc: str
     bounds: dict = field(default_factory=dict)  # pydantic-style ge / gt / le for the grammar
     always: bool = False  # grammar v1 wrote it for every memory: keep it in every resolved config
+    # added after grammar v1 to a value that existing designs choose (e.g. bias l2's beta_range): written in a
+    # resolved config only where it differs from its default, so the design hashes of those designs do not change
+    omit_default: bool = False
 
 
 class AxisValue:

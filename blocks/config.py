@@ -57,7 +57,8 @@ def _with_axis_options(cls):
             for opt in value.options:
                 annotations[opt.name] = opt.type
                 setattr(cls, opt.name, spec(opt.default, f"{opt.doc} ({name}: {value.name})", **opt.bounds,
-                                            owner=(name, value.name), always=opt.always))
+                                            owner=(name, value.name), always=opt.always,
+                                            omit_default=opt.omit_default))
     cls.__annotations__ = annotations
     return cls
 
@@ -98,8 +99,12 @@ class MemoryConfig:
     key_norm: Literal["none", "l2"] = spec("none", "l2-normalise q and k per head")
     short_conv: int = spec(0, "causal depthwise conv size on q, k, v (0 = off); memory mixers and attention",
                            ge=0, le=16)
-    norm: Literal["rmsnorm", "none"] = spec("rmsnorm", "per-head output normalisation")
-    output_gate: bool = spec(False, "o = norm(o) * silu(W_g x)")
+    norm: Literal["rmsnorm", "none", "groupnorm"] = spec(
+        "rmsnorm", "per-head output normalisation: RMSNorm, none, or groupnorm (a LayerNorm per head with gain and bias, "
+        "eps 64e-5 = head size x 1e-5 at RWKV's 64: RWKV-7's GroupNorm)")
+    output_gate: bool = spec(False, "o = norm(o) * act(W_g x), act from output_gate_act")
+    output_gate_act: Literal["silu", "sigmoid"] = spec(
+        "silu", "the output gate's activation: silu (Gated DeltaNet, Mamba2) or sigmoid (KDA, mLSTM)", omit_default=True)
     chunk_size: int = spec(64, "chunk length of the chunked training path", ge=1, le=1024)
     path: Literal["chunk", "reference"] = spec("chunk", "kernel path: chunk (training) or reference (token loop); "
                                                "which ops each path runs: blocks/dispatch.py")
@@ -107,6 +112,9 @@ class MemoryConfig:
     kind: Literal["memory"] = "memory"
 
     def __post_init__(self):
+        for f in fields(self):  # list-valued options (a YAML list) are kept as tuples: the config stays hashable
+            if isinstance(f.default, tuple) and isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         _check_literals(self)
         for key in ("d_model", "heads", "key_dim", "value_dim", "chunk_size"):
             if getattr(self, key) < 1:
@@ -124,12 +132,16 @@ class MemoryConfig:
         return MemoryAxes(*(axis[getattr(self, key)] for key, axis in MEMORY_AXES.items()))
 
     def to_dict(self) -> dict:
-        """The fields as a dict, without the options of axis values that are not chosen."""
+        """The fields as a dict, without the options of axis values that are not chosen and without the fields added
+        after grammar v1 (``omit_default``) where they hold their default (the design hashes of v1 designs stay)."""
         out = {}
         for f in fields(self):
             owner = f.metadata.get("owner")
+            value = getattr(self, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                continue
             if owner is None or f.metadata.get("always") or getattr(self, owner[0]) == owner[1]:
-                out[f.name] = copy.deepcopy(getattr(self, f.name))
+                out[f.name] = list(value) if isinstance(value, tuple) else copy.deepcopy(value)
         return out
 
 

@@ -5,7 +5,8 @@
 Every caller goes through it: the plain mixer (blocks/memory.py), the Mixture-of-Memories (blocks/mom.py),
 Titans (through its memory mixer), the accounting's kernel-path column (``kernel_paths``, logged with every run)
 and the export (its model card). The op family comes from the axes: the hierarchy's kernel if it has one
-(log_linear), else the bias' (dot -> gla, l2 -> delta_rule). ``cfg.path`` then picks the whole-sequence op of
+(log_linear), else the update's (householder -> delta_product), else the bias' (dot -> gla, l2 -> delta_rule,
+rwkv7 -> dplr, mlstm -> mlstm). ``cfg.path`` then picks the whole-sequence op of
 that family: "chunk" (the chunked PyTorch form, for training) or "reference" (the token-by-token loop). A new
 path (e.g. fused Triton kernels) is one more entry of a family's ``paths``; a new family (a new transition
 or memory structure) is one more entry of FAMILIES and the axis value that names it.
@@ -17,9 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
+from ..kernels.delta_product import chunk_delta_product, delta_product_step, naive_recurrent_delta_product
 from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step, naive_recurrent_delta_rule
+from ..kernels.dplr import chunk_dplr, dplr_step, naive_recurrent_dplr
 from ..kernels.gla import chunk_gla, gla_step, naive_recurrent_gla
 from ..kernels.log_linear import chunk_log_linear, log_linear_step, log_linear_step_slots, naive_recurrent_log_linear
+from ..kernels.mlstm import chunk_mlstm, mlstm_step, naive_recurrent_mlstm
 from .config import leaf_mixers
 
 __all__ = ["MemoryOps", "Path", "FAMILIES", "kernel_family", "memory_ops", "kernel_paths"]
@@ -57,13 +61,20 @@ FAMILIES = {
     "log_linear": MemoryOps("log_linear", {"chunk": Path(chunk_log_linear, True),
                                            "reference": Path(naive_recurrent_log_linear, False)},
                             log_linear_step, rows_step=log_linear_step_slots),
+    "delta_product": MemoryOps("delta_product", {"chunk": Path(chunk_delta_product, True),
+                                                 "reference": Path(naive_recurrent_delta_product, False)},
+                               delta_product_step),
+    "dplr": MemoryOps("dplr", {"chunk": Path(chunk_dplr, True), "reference": Path(naive_recurrent_dplr, False)},
+                      dplr_step),
+    "mlstm": MemoryOps("mlstm", {"chunk": Path(chunk_mlstm, True), "reference": Path(naive_recurrent_mlstm, False)},
+                       mlstm_step),
 }
 
 
 def kernel_family(cfg) -> str:
     """The op family of a MemoryConfig (see the module docstring)."""
     axes = cfg.axes
-    return axes.hierarchy.kernel or axes.bias.kernel
+    return axes.hierarchy.kernel or axes.update.kernel or axes.bias.kernel
 
 
 def memory_ops(cfg) -> MemoryOps:

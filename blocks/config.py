@@ -208,6 +208,7 @@ class MoMConfig:
             raise InvalidConfig(f"capacity must be null or > 0, got {self.capacity}", "capacity")
         if self.aux_loss_weight < 0:
             raise InvalidConfig(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}", "aux_loss_weight")
+        check_compat({**self.memory.to_dict(), "type": "memory", "mom": {"memories": self.memories}})
 
     @property
     def d_model(self) -> int:

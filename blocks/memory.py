@@ -146,15 +146,17 @@ def stream_inputs(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, prev: Opt
 
 
 def write_project(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor):
-    """The pointwise part of the write path, x [..., D] -> k [..., n*H*K], v [..., n*H*V] (before the conv) and the
-    gates. Commutes with gathering tokens."""
+    """The pointwise part of the write path, x [..., D] -> k [..., n*H*K] (None when the key is tied to the gate),
+    v [..., n*H*V] (before the conv) and the gates. Commutes with gathering tokens."""
     gates = write_gates(host, cfg, x)
-    return host.k_proj(x), host.v_proj(x), gates
+    return (None if cfg.axes.retention.ties_key else host.k_proj(x)), host.v_proj(x), gates
 
 
-def write_finish(cfg: MemoryConfig, k: torch.Tensor, v: torch.Tensor):
-    """After the conv: k -> phi, key norm, [..., H, K] (or [..., n, H, K]); v -> [..., H, V] (or [..., n, H, V])."""
-    return qk_features(k, cfg), heads(v, cfg, cfg.value_dim)
+def write_finish(cfg: MemoryConfig, k: Optional[torch.Tensor], v: torch.Tensor, gates: Optional[dict] = None):
+    """After the conv: k -> phi, key norm, [..., H, K] (or [..., n, H, K]); v -> [..., H, V] (or [..., n, H, V]).
+    A key tied to the gate (k None: HGRN2) is 1 - exp(g) from ``gates``."""
+    k = -torch.expm1(gates["g"]) if k is None else qk_features(k, cfg)
+    return k, heads(v, cfg, cfg.value_dim)
 
 
 def output(host: nn.Module, cfg: MemoryConfig, o: torch.Tensor, x: torch.Tensor,

@@ -32,8 +32,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .common import (_bmm_add, _decay, _init_state, _intra_vector, _needs_flush, _sub_chunk_len, _to_chunks,
-                     chunk_operands, oracle_start, unit_lower_inverse)
+from .common import (_bmm_add, _decay, _init_state, _intra_scores, _needs_flush, _to_chunks, chunk_operands,
+                     oracle_start, unit_lower_inverse)
 
 Tensor = torch.Tensor
 
@@ -133,11 +133,11 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Option
         # KDA: the same algebra with per-channel factors (Gamma_ij a vector over d, gamma_i = exp(G_i)):
         #   L_ij = b_i sum_d k_id k_jd exp(G_id - G_jd) (i > j),  A_ij = sum_d q_id k_jd exp(G_id - G_jd) (i >= j),
         #   W = (I + L)^{-1} diag(b) (K * gamma),  S_C = Diag(gamma_C) S_0 + (K * exp(G_C - G))^T D.
-        # The score matrices go through the sub-chunked form of kernels/common.py (no overflow for any gate).
+        # The score matrices are matmuls through reference rows (kernels/common.py; no overflow for any gate).
         G = _to_chunks(g, C).cumsum(-2)  # [B, H, N, C, K]
-        c = _sub_chunk_len(C)
-        L = _intra_vector(kc, kc, G, c, strict=True) * bc[..., :, None]
-        A = _intra_vector(qc, kc, G, c)
+        g_max = float(g.detach().abs().amax()) if g.numel() else 0.0
+        L = _intra_scores(kc, kc, G, g_max, strict=True) * bc[..., :, None]
+        A = _intra_scores(qc, kc, G, g_max)
         gamma = _decay(G)  # [B, H, N, C, K]
         kb = kc * gamma * bc[..., None]  # b (k * gamma)
         G_last = G[..., -1:, :]  # [B, H, N, 1, K]

@@ -1,6 +1,6 @@
 """Diagonal-plus-low-rank (DPLR) transition: the generalised delta rule of RWKV-7.
 
-Shapes and the op contract: kernels/common.py; here also m sub-chunks per chunk, c = C / m sub-chunk length.
+Shapes and the op contract: kernels/common.py.
 
 Recurrence (per batch and head, state S in R^{K x V}, float32):
 
@@ -38,8 +38,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .common import (_bmm_add, _decay, _init_state, _intra_vector, _sub_chunk_len, _to_chunks, chunk_operands,
-                     oracle_start, unit_lower_inverse)
+from .common import (_bmm_add, _decay, _init_state, _intra_scores, _to_chunks, chunk_operands, oracle_start,
+                     unit_lower_inverse)
 
 Tensor = torch.Tensor
 
@@ -112,8 +112,8 @@ def chunk_dplr(q: Tensor, k: Tensor, v: Tensor, *, a: Tensor, b: Tensor, g: Opti
         U = (I - A_ab)^{-1} A_ak V,   W = (I - A_ab)^{-1} (A * e^{G-}),   U~ = U + W S_0
         O   = (Q * e^{G}) S_0 + A_qk V + A_qb U~                      (q pre-scaled)
         S_C = Diag(e^{G_C}) S_0 + (K * e^{G_C - G})^T V + (B * e^{G_C - G})^T U~
-    Only U~ and S_C are sequential over chunks (two matmuls per chunk); the scores use the sub-chunked form of
-    kernels/common.py, exact for any gate. Padding of T uses q = k = v = a = b = 0 and g = 0 (the identity).
+    Only U~ and S_C are sequential over chunks (two matmuls per chunk); the scores are matmuls through reference
+    rows (kernels/common.py's ``_intra_scores``), exact for any gate. Padding of T uses q = k = v = a = b = 0 and g = 0 (the identity).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -124,11 +124,11 @@ def chunk_dplr(q: Tensor, k: Tensor, v: Tensor, *, a: Tensor, b: Tensor, g: Opti
     G = torch.zeros_like(ac) if g is None else _to_chunks(g, C).cumsum(-2)  # inclusive [B, H, N, C, K]
     Gx = F.pad(G[..., :-1, :], (0, 0, 1, 0))  # exclusive: G-_i = G_{i-1} exactly, G-_0 = 0
 
-    c = _sub_chunk_len(C)
-    A_ab = _intra_vector(ac, bc, Gx, c, G_col=G, strict=True)  # [B, H, N, C, C]
-    A_ak = _intra_vector(ac, kc, Gx, c, G_col=G, strict=True)
-    A_qk = _intra_vector(qc, kc, G, c)
-    A_qb = _intra_vector(qc, bc, G, c)
+    g_max = 0.0 if g is None or g.numel() == 0 else float(g.detach().abs().amax())
+    A_ab = _intra_scores(ac, bc, Gx, g_max, G_col=G, strict=True)  # [B, H, N, C, C]
+    A_ak = _intra_scores(ac, kc, Gx, g_max, G_col=G, strict=True)
+    A_qk = _intra_scores(qc, kc, G, g_max)
+    A_qb = _intra_scores(qc, bc, G, g_max)
     Tinv = unit_lower_inverse(-A_ab)  # (I - A_ab)^{-1}
     U = Tinv @ (A_ak @ vc)  # [B, H, N, C, V]
     W = Tinv @ (ac * _decay(Gx))  # [B, H, N, C, K]

@@ -100,8 +100,9 @@ class L2(Bias):
         lo, hi = cfg.beta_range
         if (lo, hi) != DEFAULT_BETA_RANGE:
             b = lo + (hi - lo) * b
-        n = cfg.axes.update.steps(cfg)
-        return {"beta": b if n == 1 else b.view(*x.shape[:-1], n, cfg.heads)}
+        if cfg.axes.update.step_axis:
+            b = b.view(*x.shape[:-1], cfg.axes.update.steps(cfg), cfg.heads)
+        return {"beta": b}
 
     def write_flops(self, cfg) -> int:
         # S^T k, then the rank-one write, per step

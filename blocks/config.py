@@ -145,6 +145,13 @@ class MemoryConfig:
         return out
 
 
+def option_owners() -> dict:
+    """name -> (axis, value) of every option added after grammar v1 (written only where its value is chosen): the
+    grammar refuses such a key where its value is not chosen, and drops a preset's where the user changed it."""
+    return {f.name: f.metadata["owner"] for f in fields(MemoryConfig)
+            if f.metadata.get("owner") and not f.metadata.get("always")}
+
+
 @dataclass(frozen=True)
 class AttentionConfig:
     """Causal softmax attention with rotary positions, optionally a sliding window."""

@@ -91,15 +91,17 @@ def add_output_params(host: nn.Module, cfg: MemoryConfig) -> None:
     host.o_proj = linear(H * V, cfg.d_model)
 
 
-def heads(t: torch.Tensor, cfg: MemoryConfig, dim: int) -> torch.Tensor:
-    """[..., H*dim] -> [..., H, dim], or [..., n*H*dim] -> [..., n, H, dim] for n write steps per token."""
-    n = t.shape[-1] // (cfg.heads * dim)
-    return t.view(*t.shape[:-1], *((cfg.heads, dim) if n == 1 else (n, cfg.heads, dim)))
+def heads(t: torch.Tensor, cfg: MemoryConfig, dim: int, steps: bool = False) -> torch.Tensor:
+    """[..., H*dim] -> [..., H, dim]; a write stream (``steps``) of an update with a step axis (householder):
+    [..., n*H*dim] -> [..., n, H, dim]."""
+    if steps and cfg.axes.update.step_axis:
+        return t.view(*t.shape[:-1], cfg.axes.update.steps(cfg), cfg.heads, dim)
+    return t.view(*t.shape[:-1], cfg.heads, dim)
 
 
-def features(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
-    """[..., H*K] (or [..., n*H*K]) after the conv -> phi: [..., H, K] (or [..., n, H, K]) (queries and keys)."""
-    return cfg.axes.feature_map(heads(t, cfg, cfg.key_dim))
+def features(t: torch.Tensor, cfg: MemoryConfig, steps: bool = False) -> torch.Tensor:
+    """[..., H*K] after the conv -> phi: [..., H, K] (queries and keys; keys with ``steps``: see ``heads``)."""
+    return cfg.axes.feature_map(heads(t, cfg, cfg.key_dim, steps))
 
 
 def key_norm(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
@@ -107,9 +109,9 @@ def key_norm(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
     return F.normalize(t, p=2.0, dim=-1, eps=1e-6) if cfg.key_norm == "l2" else t
 
 
-def qk_features(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
-    """[..., H*K] after the conv -> phi, then the optional per-head l2 norm: [..., H, K]."""
-    return key_norm(features(t, cfg), cfg)
+def qk_features(t: torch.Tensor, cfg: MemoryConfig, steps: bool = False) -> torch.Tensor:
+    """[..., H*K] after the conv -> phi, then the optional per-head l2 norm: [..., H, K] (see ``heads``)."""
+    return key_norm(features(t, cfg, steps), cfg)
 
 
 def query(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, conv_state: Optional[torch.Tensor], step: bool):
@@ -155,8 +157,8 @@ def write_project(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor):
 def write_finish(cfg: MemoryConfig, k: Optional[torch.Tensor], v: torch.Tensor, gates: Optional[dict] = None):
     """After the conv: k -> phi, key norm, [..., H, K] (or [..., n, H, K]); v -> [..., H, V] (or [..., n, H, V]).
     A key tied to the gate (k None: HGRN2) is 1 - exp(g) from ``gates``."""
-    k = -torch.expm1(gates["g"]) if k is None else qk_features(k, cfg)
-    return k, heads(v, cfg, cfg.value_dim)
+    k = -torch.expm1(gates["g"]) if k is None else qk_features(k, cfg, steps=True)
+    return k, heads(v, cfg, cfg.value_dim, steps=True)
 
 
 def output(host: nn.Module, cfg: MemoryConfig, o: torch.Tensor, x: torch.Tensor,
@@ -290,8 +292,8 @@ class MemoryMixer(nn.Module):
             if k is not None:
                 k, convs["conv_k"] = getattr(self.k_conv, fn)(k, get("conv_k"))
             v, convs["conv_v"] = getattr(self.v_conv, fn)(v, get("conv_v"))
-        q, k = features(q, cfg), (None if tied else features(k, cfg))
-        v = heads(v, cfg, cfg.value_dim)
+        q, k = features(q, cfg), (None if tied else features(k, cfg, steps=True))
+        v = heads(v, cfg, cfg.value_dim, steps=True)
         q, k = key_norm(q, cfg), (None if tied else key_norm(k, cfg))
         gates = write_gates(self, cfg, x, xs)
         if tied:

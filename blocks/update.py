@@ -16,6 +16,7 @@ class Update(AxisValue):
     """An update algorithm."""
 
     kernel = None  # an op family of blocks/dispatch.py that replaces the bias' (None: the bias decides)
+    step_axis = False  # the write streams carry a step axis: k [..., n, H, K], v [..., n, H, V], beta [..., n, H]
 
     def steps(self, cfg) -> int:
         """Write steps per token: the write streams (k, v, step size) carry this many entries per token."""
@@ -30,6 +31,7 @@ class Householder(Update):
     """n_householder delta-rule steps per token with their own keys, values and step sizes (DeltaProduct)"""
 
     kernel = "delta_product"
+    step_axis = True
     options = (
         Option("n_householder", int, 2, "delta-rule (Householder) steps per token, each with its own k, v and step "
                "size", {"ge": 1, "le": 16}),

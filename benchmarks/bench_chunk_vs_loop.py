@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from archspace.kernels.delta_product import chunk_delta_product, naive_recurrent_delta_product
 from archspace.kernels.delta_rule import chunk_delta_rule, naive_recurrent_delta_rule
 from archspace.kernels.dplr import chunk_dplr, naive_recurrent_dplr
-from archspace.kernels.gla import chunk_gla, naive_recurrent_gla
+from archspace.kernels.gla import chunk_gla, chunk_hgrn2, naive_recurrent_gla
 from archspace.kernels.mlstm import chunk_mlstm, naive_recurrent_mlstm
 
 
@@ -68,7 +68,7 @@ OPS = {
     "kda": ("kda (vector delta)", "kda", naive_recurrent_delta_rule, chunk_delta_rule),
     "deltaproduct": ("gated deltaproduct 2", "deltaproduct", naive_recurrent_delta_product, chunk_delta_product),
     "dplr": ("rwkv7 (dplr)", "dplr", naive_recurrent_dplr, chunk_dplr),
-    "hgrn2": ("hgrn2", "hgrn2", naive_recurrent_gla, chunk_gla),
+    "hgrn2": ("hgrn2", "hgrn2", naive_recurrent_gla, chunk_hgrn2),
     "mlstm": ("mlstm", "mlstm", naive_recurrent_mlstm, chunk_mlstm),
 }
 

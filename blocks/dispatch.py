@@ -5,7 +5,7 @@
 Every caller goes through it: the plain mixer (blocks/memory.py), the Mixture-of-Memories (blocks/mom.py),
 Titans (through its memory mixer), the accounting's kernel-path column (``kernel_paths``, logged with every run)
 and the export (its model card). The op family comes from the axes: the hierarchy's kernel if it has one
-(log_linear), else the update's (householder -> delta_product), else the bias' (dot -> gla, l2 -> delta_rule,
+(log_linear), else the update's (householder -> delta_product), else the retention's (hgrn2), else the bias' (dot -> gla, l2 -> delta_rule,
 rwkv7 -> dplr, mlstm -> mlstm). ``cfg.path`` then picks the whole-sequence op of
 that family: "chunk" (the chunked PyTorch form, for training) or "reference" (the token-by-token loop). A new
 path (e.g. fused Triton kernels) is one more entry of a family's ``paths``; a new family (a new transition
@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple, Optional
 from ..kernels.delta_product import chunk_delta_product, delta_product_step, naive_recurrent_delta_product
 from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step, naive_recurrent_delta_rule
 from ..kernels.dplr import chunk_dplr, dplr_step, naive_recurrent_dplr
-from ..kernels.gla import chunk_gla, gla_step, naive_recurrent_gla
+from ..kernels.gla import chunk_gla, chunk_hgrn2, gla_step, naive_recurrent_gla
 from ..kernels.log_linear import chunk_log_linear, log_linear_step, log_linear_step_slots, naive_recurrent_log_linear
 from ..kernels.mlstm import chunk_mlstm, mlstm_step, naive_recurrent_mlstm
 from .config import leaf_mixers
@@ -56,6 +56,8 @@ class MemoryOps:
 FAMILIES = {
     "gla": MemoryOps("gla", {"chunk": Path(chunk_gla, True), "reference": Path(naive_recurrent_gla, False)},
                      gla_step),
+    "hgrn2": MemoryOps("hgrn2", {"chunk": Path(chunk_hgrn2, True), "reference": Path(naive_recurrent_gla, False)},
+                       gla_step),
     "delta_rule": MemoryOps("delta_rule", {"chunk": Path(chunk_delta_rule, True),
                                            "reference": Path(naive_recurrent_delta_rule, False)}, delta_rule_step),
     "log_linear": MemoryOps("log_linear", {"chunk": Path(chunk_log_linear, True),
@@ -74,7 +76,7 @@ FAMILIES = {
 def kernel_family(cfg) -> str:
     """The op family of a MemoryConfig (see the module docstring)."""
     axes = cfg.axes
-    return axes.hierarchy.kernel or axes.update.kernel or axes.bias.kernel
+    return axes.hierarchy.kernel or axes.update.kernel or axes.retention.kernel or axes.bias.kernel
 
 
 def memory_ops(cfg) -> MemoryOps:

@@ -25,6 +25,7 @@ class Retention(AxisValue):
 
     gate: Optional[str] = None  # what the kernels receive: None, "scalar" [..., H] or "vector" [..., H, K]
     ties_key = False  # the write's key is 1 - exp(g), not a projection (HGRN2): the mixer has no W_k
+    kernel: Optional[str] = None  # an op family of blocks/dispatch.py that replaces the bias' (None: the bias decides)
 
     def log_decay(self, host, cfg, x):
         """Log-decay g of tokens x [..., D] (None, [..., H] or [..., H, K]) from the parameters on ``host``."""
@@ -178,6 +179,7 @@ class HGRN2(Retention):
 
     gate = "vector"
     ties_key = True
+    kernel = "hgrn2"  # GLA's maths, its intra-chunk scores block-factored for HGRN2's strong gates
     options = (
         Option("lower_bound", float, 0.0, "the forget gate's lower bound l: f in (l, 1) (HGRN's gates are bounded "
                "below, the bound rising with depth; here one fixed value per mixer, set per layer through a "

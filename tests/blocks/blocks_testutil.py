@@ -73,6 +73,27 @@ def check_decoding(mod: torch.nn.Module, T: int = 13, tol: float = 1e-5) -> None
     assert rel_err(torch.cat([a, b], 1), y) <= tol
 
 
+def check_mom(mem, T: int = 19, **extra) -> None:
+    """A Mixture-of-Memories of ``mem`` memories (3 of them, top 2 unless ``extra`` says otherwise): the chunked path
+    equals the reference path, decoding equals the forward, and the accounting counts the module's parameters and
+    state."""
+    import dataclasses
+
+    from archspace.blocks.config import MoMConfig
+    from archspace.blocks.mom import MoMMixer
+
+    mom = MoMConfig(mem, memories=3, **{"top_k": 2, **extra})
+    a = perturbed(MoMMixer(mom))
+    b = MoMMixer(dataclasses.replace(mom, memory=dataclasses.replace(mem, path="reference")))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, T, mem.d_model)
+    with torch.no_grad():
+        assert rel_err(a(x), b(x)) <= 1e-5
+        assert state_numel(a(x[:1], return_state=True)[1]) == MoMMixer.cost(mom, T).state
+    check_decoding(a)
+    assert MoMMixer.cost(mom, T).params == sum(p.numel() for p in a.parameters())
+
+
 def _same_state(a, b, tol: float, where: str) -> None:
     """Two (nested) state dicts: the same keys, tensors within ``tol``, other entries (positions) equal."""
     if isinstance(b, dict):

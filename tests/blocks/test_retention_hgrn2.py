@@ -7,19 +7,16 @@ gate, against the recurrence written here from the paper (in probability space, 
 plus decoding, accounting, a Mixture-of-Memories, Titans and the grammar."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from archspace.blocks.config import AttentionConfig, MemoryConfig, MoMConfig, TitansConfig
+from archspace.blocks.config import AttentionConfig, MemoryConfig, TitansConfig
 from archspace.blocks.memory import MemoryMixer, output
-from archspace.blocks.mom import MoMMixer
 from archspace.blocks.presets import memory_preset
 from archspace.blocks.titans import TitansMixer
 
-from blocks_testutil import check_against_formula, check_decoding, design_error, perturbed, rel_err, state_numel
+from blocks_testutil import check_against_formula, check_decoding, check_mom, design_error, perturbed, state_numel
 
 D, H, K, V = 24, 2, 6, 5
 
@@ -83,17 +80,7 @@ def test_costs():
 def test_mixture_of_memories_and_titans():
     mem = _cfg(lower_bound=0.2, short_conv=3)
     for extra in ({}, {"share_kv": True, "shared_memory": False}):
-        mom = MoMConfig(mem, memories=3, top_k=2, **extra)
-        a = perturbed(MoMMixer(mom))
-        b = MoMMixer(dataclasses.replace(mom, memory=dataclasses.replace(mem, path="reference")))
-        b.load_state_dict(a.state_dict())
-        x = torch.randn(2, 19, D)
-        with torch.no_grad():
-            assert rel_err(a(x), b(x)) <= 1e-5
-        check_decoding(a)
-        assert MoMMixer.cost(mom, 19).params == sum(p.numel() for p in a.parameters())
-        with torch.no_grad():
-            assert state_numel(a(x[:1], return_state=True)[1]) == MoMMixer.cost(mom, 19).state
+        check_mom(mem, **extra)
     check_decoding(perturbed(TitansMixer(TitansConfig(mem, AttentionConfig(D, 2, 12), variant="mac", segment=5))),
                    T=11)
 

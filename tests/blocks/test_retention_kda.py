@@ -14,14 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archspace.blocks.config import MemoryConfig, MoMConfig, TitansConfig, AttentionConfig
+from archspace.blocks.config import MemoryConfig, TitansConfig, AttentionConfig
 from archspace.blocks.memory import MemoryMixer, output
-from archspace.blocks.mom import MoMMixer
 from archspace.blocks.presets import memory_preset
 from archspace.blocks.titans import TitansMixer
 
-from blocks_testutil import (check_against_formula, check_decoding, design_error, perturbed, rel_err,
-                             state_numel)
+from blocks_testutil import check_against_formula, check_decoding, check_mom, design_error, perturbed, state_numel
 
 D, H, K, V = 24, 2, 6, 5
 
@@ -94,14 +92,7 @@ def test_costs():
 
 def test_mixture_of_memories_and_titans():
     mem = _cfg()
-    mom = MoMConfig(mem, memories=3, top_k=2)
-    a = perturbed(MoMMixer(mom))
-    b = MoMMixer(dataclasses.replace(mom, memory=dataclasses.replace(mem, path="reference")))
-    b.load_state_dict(a.state_dict())
-    x = torch.randn(2, 19, D)
-    with torch.no_grad():
-        assert rel_err(a(x), b(x)) <= 1e-5
-    assert MoMMixer.cost(mom, 19).params == sum(p.numel() for p in a.parameters())
+    check_mom(mem)
     for variant in ("mac", "mag"):
         blk = TitansMixer(TitansConfig(mem, AttentionConfig(D, 2, 12), variant=variant, segment=5,
                                        persistent_tokens=2))

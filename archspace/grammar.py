@@ -61,6 +61,8 @@ def _config_fields(cls, skip: tuple = ()) -> dict:
             ann, default = Optional[f.type], None
         elif "grammar_default" in meta:
             default = meta["grammar_default"]
+        if isinstance(default, tuple):  # a list-valued option (the config keeps a tuple, YAML writes a list)
+            default = list(default)
         out[f.name] = (ann, Field(default, description=meta.get("doc", ""), **bounds))
     return out
 
@@ -338,6 +340,7 @@ def _expand_mixer(raw: Any, path: tuple, marks: yamlio.Marks, default_preset: Op
         merged.update(PRESETS[preset])
         merged["preset"] = preset
     merged.update(user)
+    _check_options(merged, user, path, marks)
     mtype = merged.get("type", "memory")
     for key in user:
         owners = [t for t, keys in _TYPE_KEYS.items() if key in keys]
@@ -346,6 +349,23 @@ def _expand_mixer(raw: Any, path: tuple, marks: yamlio.Marks, default_preset: Op
                 f"'{key}' applies to {' and '.join(owners)} mixers only, and this mixer is of type {mtype}",
                 path + (key,), at_key=True)
     return merged
+
+
+def _check_options(merged: dict, user: dict, path: tuple, marks: yamlio.Marks) -> None:
+    """An option of an axis value (e.g. n_householder of update householder) is an error where the mixer does not
+    choose that value; one that came with the preset is dropped when the user changed the value it belongs to."""
+    from .blocks.config import MEMORY_AXES, option_owners
+
+    for key, (axis, value) in option_owners().items():
+        if key not in merged:
+            continue
+        chosen = merged.get(axis, MEMORY_AXES[axis].default)
+        if chosen == value:
+            continue
+        if key in user:
+            raise marks.error(f"'{key}' is an option of {axis}: {value}, and this mixer has {axis}: {chosen}",
+                              path + (key,), at_key=True, hint=f"Set {axis}: {value} or drop '{key}'.")
+        del merged[key]
 
 
 _PATTERN_TERM = re.compile(r"\s*([A-Z]+)(?:\s*[x*]\s*(\d+))?\s*")

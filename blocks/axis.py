@@ -17,7 +17,8 @@ under its grammar name (the table's keys are the values a YAML file may write). 
                      grammar to the YAML schema; they are written in a resolved config only where the value
                      is chosen (``always=True`` keeps a grammar-v1 field in every resolved config, so the
                      design hashes of v1 designs do not change; ``hash_default=False`` leaves a later field
-                     at its default out of the design hash, for the same reason)
+                     at its default out of the design hash, for the same reason; ``omit_default=True``, for an
+                     option added later to a value existing designs use, writes it only where it is not the default)
     check(cfg)       what it requires of the rest of the config (a message, or None)
     add_params(host, cfg), add_buffers(host, cfg)
                      its parameters and buffers, registered on the module that owns the memory (the
@@ -85,6 +86,9 @@ class Option:
     # False for a field added after designs were hashed: at its default it stays out of the design hash (the
     # resolved config still lists it), so every existing design keeps its hash (archspace/compiler.py)
     hash_default: bool = True
+    # added after grammar v1 to a value that existing designs choose (e.g. bias l2's beta_range): written in a
+    # resolved config only where it differs from its default, so the design hashes of those designs do not change
+    omit_default: bool = False
 
 
 class AxisValue:

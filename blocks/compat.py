@@ -13,7 +13,7 @@ from typing import Any
 
 from .axis import InvalidConfig
 
-__all__ = ["SET", "Incompatibility", "INCOMPATIBLE", "violations", "check"]
+__all__ = ["SET", "VECTOR_GATES", "Incompatibility", "INCOMPATIBLE", "violations", "check"]
 
 SET = "<set>"
 
@@ -24,21 +24,57 @@ class Incompatibility:
     why: str
 
 
+VECTOR_GATES = ("vector", "kda", "hgrn2", "rwkv7")  # retention values that decay per key channel
+
 INCOMPATIBLE: tuple = (
-    Incompatibility(
-        {"type": "memory", "bias": "l2", "retention": "vector"},
-        "a per-channel (vector) retention gate with the delta rule (KDA) is not in grammar version 1; "
-        "use retention: scalar (Gated DeltaNet) or bias: dot (GLA)",
-    ),
     Incompatibility(
         {"type": "memory", "bias": "l2", "key_norm": "none"},
         "the delta rule needs l2-normalised keys (key_norm: l2): with ||k|| > 1 the transition "
         "I - b k k^T can expand the state and training diverges",
     ),
     Incompatibility(
-        {"type": "memory", "hierarchy": "log_linear", "retention": "vector"},
-        "log-linear memory is defined for scalar (or no / constant) retention: the Mamba2 and Gated DeltaNet "
-        "forms of Guo et al. 2025; use retention: scalar",
+        {"type": "memory", "hierarchy": "log_linear", "retention": VECTOR_GATES},
+        "log-linear memory is implemented for scalar (or no / constant / forget) retention: the Mamba2 and Gated "
+        "DeltaNet forms of Guo et al. 2025. A per-channel decay is valid maths (every level evolves with the same "
+        "transition) but needs a vector-decay form of kernels/log_linear.py, not implemented; use retention: scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "update": "householder", "bias": ("dot", "rwkv7", "mlstm")},
+        "update householder takes n delta-rule (Householder) steps per token: it needs bias: l2",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": "hgrn2", "bias": ("l2", "rwkv7", "mlstm")},
+        "HGRN2's key is tied to its forget gate (k = 1 - f, not normalised): a Hebbian write, bias: dot",
+    ),
+    Incompatibility(
+        {"type": "memory", "bias": "mlstm", "retention": VECTOR_GATES},
+        "the mLSTM's max-stabiliser tracks one log forget gate per head: use a scalar retention (forget, scalar, "
+        "constant) or none",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "update": "householder"},
+        "log-linear memory over DeltaProduct is not implemented: its Fenwick levels must be indexed by token while "
+        "the chunked DeltaProduct runs on the n*T interleaved steps",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "bias": ("rwkv7", "mlstm")},
+        "log-linear memory is implemented for the Hebbian and delta-rule transitions (kernels/log_linear.py); over "
+        "RWKV-7's diagonal-plus-low-rank transition or the mLSTM's normalised read it is not implemented",
+    ),
+    Incompatibility(
+        {"type": "memory", "mom": SET, "bias": "rwkv7"},
+        "RWKV-7's token shift and bonus are defined on the token stream; routed memories (each in its own time) "
+        "are not implemented for them",
+    ),
+    Incompatibility(
+        {"type": "memory", "mom": SET, "bias": "mlstm"},
+        "a Mixture-of-Memories of mLSTM memories is not implemented: its routed memories keep one matrix each, the "
+        "mLSTM also a normaliser and a stabiliser",
+    ),
+    Incompatibility(
+        {"type": "memory", "titans.variant": "mac", "bias": ("rwkv7", "mlstm")},
+        "Titans' memory as context reads the segment-start state as K**-0.5 S^T q without a write; RWKV-7 reads "
+        "through its token shift with scale 1 and the mLSTM through its normaliser: use titans.variant mag or mal",
     ),
     Incompatibility(
         {"type": "memory", "mom": SET, "titans": SET},

@@ -58,7 +58,7 @@ def _with_axis_options(cls):
                 annotations[opt.name] = opt.type
                 setattr(cls, opt.name, spec(opt.default, f"{opt.doc} ({name}: {value.name})", **opt.bounds,
                                             owner=(name, value.name), always=opt.always,
-                                            hash_default=opt.hash_default))
+                                            hash_default=opt.hash_default, omit_default=opt.omit_default))
     cls.__annotations__ = annotations
     return cls
 
@@ -99,8 +99,12 @@ class MemoryConfig:
     key_norm: Literal["none", "l2"] = spec("none", "l2-normalise q and k per head")
     short_conv: int = spec(0, "causal depthwise conv size on q, k, v (0 = off); memory mixers and attention",
                            ge=0, le=16)
-    norm: Literal["rmsnorm", "none"] = spec("rmsnorm", "per-head output normalisation")
-    output_gate: bool = spec(False, "o = norm(o) * silu(W_g x)")
+    norm: Literal["rmsnorm", "none", "groupnorm"] = spec(
+        "rmsnorm", "per-head output normalisation: RMSNorm, none, or groupnorm (a LayerNorm per head with gain and bias, "
+        "eps 64e-5 = head size x 1e-5 at RWKV's 64: RWKV-7's GroupNorm)")
+    output_gate: bool = spec(False, "o = norm(o) * act(W_g x), act from output_gate_act")
+    output_gate_act: Literal["silu", "sigmoid"] = spec(
+        "silu", "the output gate's activation: silu (Gated DeltaNet, Mamba2) or sigmoid (KDA, mLSTM)", omit_default=True)
     # Fields added after grammar v1 designs were hashed: at their defaults they stay out of the design hash.
     normalizer: Literal["none", "sum"] = spec(
         "none", "sum: o_t = phi(q_t)^T S_t / (phi(q_t)^T z_t), z_t = sum of the (decayed) phi(k_s), the linear-"
@@ -112,8 +116,8 @@ class MemoryConfig:
         "head", "output RMSNorm over each head's V channels, or over all H*V together (Mamba2's one group)",
         hash_default=False)
     gate_position: Literal["after_norm", "before_norm"] = spec(
-        "after_norm", "output gate after the norm, norm(o) * silu(W_g x) (GLA, Gated DeltaNet), or before it, "
-        "norm(o * silu(W_g x)) (Mamba2)", hash_default=False)
+        "after_norm", "output gate after the norm, norm(o) * act(W_g x) (GLA, Gated DeltaNet), or before it, "
+        "norm(o * act(W_g x)) (Mamba2)", hash_default=False)
     conv_bias: bool = spec(False, "the short conv has a bias per channel (Mamba2)", hash_default=False)
     chunk_size: int = spec(64, "chunk length of the chunked training path", ge=1, le=1024)
     path: Literal["chunk", "reference", "triton", "auto"] = spec(
@@ -124,6 +128,9 @@ class MemoryConfig:
     kind: Literal["memory"] = "memory"
 
     def __post_init__(self):
+        for f in fields(self):  # list-valued options (a YAML list) are kept as tuples: the config stays hashable
+            if isinstance(f.default, tuple) and isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         _check_literals(self)
         for key in ("d_model", "heads", "key_dim", "value_dim", "chunk_size"):
             if getattr(self, key) < 1:
@@ -170,13 +177,24 @@ class MemoryConfig:
         return MemoryAxes(*(axis[getattr(self, key)] for key, axis in MEMORY_AXES.items()))
 
     def to_dict(self) -> dict:
-        """The fields as a dict, without the options of axis values that are not chosen."""
+        """The fields as a dict, without the options of axis values that are not chosen and without the fields added
+        after grammar v1 (``omit_default``) where they hold their default (the design hashes of v1 designs stay)."""
         out = {}
         for f in fields(self):
             owner = f.metadata.get("owner")
+            value = getattr(self, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                continue
             if owner is None or f.metadata.get("always") or getattr(self, owner[0]) == owner[1]:
-                out[f.name] = copy.deepcopy(getattr(self, f.name))
+                out[f.name] = list(value) if isinstance(value, tuple) else copy.deepcopy(value)
         return out
+
+
+def option_owners() -> dict:
+    """name -> (axis, value) of every option added after grammar v1 (written only where its value is chosen): the
+    grammar refuses such a key where its value is not chosen, and drops a preset's where the user changed it."""
+    return {f.name: f.metadata["owner"] for f in fields(MemoryConfig)
+            if f.metadata.get("owner") and not f.metadata.get("always")}
 
 
 @dataclass(frozen=True)
@@ -257,6 +275,7 @@ class MoMConfig:
             raise InvalidConfig(f"capacity must be null or > 0, got {self.capacity}", "capacity")
         if self.aux_loss_weight < 0:
             raise InvalidConfig(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}", "aux_loss_weight")
+        check_compat({**self.memory.to_dict(), "type": "memory", "mom": {"memories": self.memories}})
 
     @property
     def d_model(self) -> int:

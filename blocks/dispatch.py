@@ -5,7 +5,8 @@
 Every caller goes through it: the plain mixer (blocks/memory.py), the Mixture-of-Memories (blocks/mom.py),
 Titans (through its memory mixer), the accounting's kernel-path column (``kernel_paths``, logged with every run)
 and the export (its model card). The op family comes from the axes: the hierarchy's kernel if it has one
-(log_linear), else the bias' (dot -> gla, l2 -> delta_rule). ``cfg.path`` then picks the whole-sequence op of
+(log_linear), else the update's (householder -> delta_product), else the retention's (hgrn2), else the bias'
+(dot -> gla, l2 -> delta_rule, rwkv7 -> dplr, mlstm -> mlstm). ``cfg.path`` then picks the whole-sequence op of
 that family: "chunk" (the chunked PyTorch form, for training), "reference" (the token-by-token loop), "triton"
 (kernels/triton_chunk.py forward and backward, kernels/triton_recurrent.py for decoding; the gla and delta_rule
 families, scalar gates with the delta rule) or "auto" (triton on a CUDA device where the design and device allow
@@ -26,9 +27,12 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from ..kernels.delta_product import chunk_delta_product, delta_product_step, naive_recurrent_delta_product
 from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step, naive_recurrent_delta_rule
-from ..kernels.gla import chunk_gla, gla_step, naive_recurrent_gla
+from ..kernels.dplr import chunk_dplr, dplr_step, naive_recurrent_dplr
+from ..kernels.gla import chunk_gla, chunk_hgrn2, gla_step, naive_recurrent_gla
 from ..kernels.log_linear import chunk_log_linear, log_linear_step, log_linear_step_slots, naive_recurrent_log_linear
+from ..kernels.mlstm import chunk_mlstm, mlstm_step, naive_recurrent_mlstm
 from ..kernels.triton_support import CHUNK_SIZES as TRITON_CHUNK_SIZES
 from ..kernels.triton_support import MAX_HEAD_DIM_K as TRITON_MAX_K
 from ..kernels.triton_support import triton_available
@@ -101,6 +105,8 @@ FAMILIES = {
     "gla": MemoryOps("gla", {"chunk": Path(chunk_gla, True), "reference": Path(naive_recurrent_gla, False),
                              "triton": Path(_triton_chunk, True)},
                      gla_step, fused_step=_fused_step(gla_step)),
+    "hgrn2": MemoryOps("hgrn2", {"chunk": Path(chunk_hgrn2, True), "reference": Path(naive_recurrent_gla, False)},
+                       gla_step),
     "delta_rule": MemoryOps("delta_rule", {"chunk": Path(chunk_delta_rule, True),
                                            "reference": Path(naive_recurrent_delta_rule, False),
                                            "triton": Path(_triton_chunk, True)},
@@ -108,6 +114,13 @@ FAMILIES = {
     "log_linear": MemoryOps("log_linear", {"chunk": Path(chunk_log_linear, True),
                                            "reference": Path(naive_recurrent_log_linear, False)},
                             log_linear_step, rows_step=log_linear_step_slots),
+    "delta_product": MemoryOps("delta_product", {"chunk": Path(chunk_delta_product, True),
+                                                 "reference": Path(naive_recurrent_delta_product, False)},
+                               delta_product_step),
+    "dplr": MemoryOps("dplr", {"chunk": Path(chunk_dplr, True), "reference": Path(naive_recurrent_dplr, False)},
+                      dplr_step),
+    "mlstm": MemoryOps("mlstm", {"chunk": Path(chunk_mlstm, True), "reference": Path(naive_recurrent_mlstm, False)},
+                       mlstm_step),
 }
 
 
@@ -119,7 +132,7 @@ _WITHOUT_TRITON = {name: dataclasses.replace(ops, paths={p: f for p, f in ops.pa
 def kernel_family(cfg) -> str:
     """The op family of a MemoryConfig (see the module docstring)."""
     axes = cfg.axes
-    return axes.hierarchy.kernel or axes.bias.kernel
+    return axes.hierarchy.kernel or axes.update.kernel or axes.retention.kernel or axes.bias.kernel
 
 
 def memory_ops(cfg) -> MemoryOps:

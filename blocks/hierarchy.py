@@ -70,20 +70,35 @@ class Hierarchy(AxisValue):
         raise NotImplementedError
 
 
+def _entry(prefix: str, key: str) -> str:
+    """A memory's state entry in a mixer's state dict: "memory" (or ``prefix``) for the matrix, "normalizer" (or
+    "<prefix>_normalizer") for a part beside it (the mLSTM's, blocks/bias.py)."""
+    if key == "memory":
+        return prefix or "memory"
+    return f"{prefix}_{key}" if prefix else key
+
+
+EXTRA_STATE = ("normalizer", "stabilizer")  # entries a memory may hold beside its matrix (bias mlstm)
+
+
 class Flat(Hierarchy):
     """one state per memory"""
 
     def init_state(self, cfg, batch_size, device=None, prefix=""):
-        return {prefix or "memory": cfg.axes.structure.init_state(cfg, batch_size, device)}
+        return {_entry(prefix, k): t for k, t in cfg.axes.bias.init_memory(cfg, batch_size, device).items()}
 
     def kernel_state(self, state, prefix=""):
-        return state.get(prefix or "memory")
+        extra = {k: state[_entry(prefix, k)] for k in EXTRA_STATE if _entry(prefix, k) in state}
+        base = state.get(prefix or "memory")
+        return {"memory": base, **extra} if extra else base  # a dict for kernels whose state has several parts
 
     def state_entries(self, kstate, prefix=""):
+        if isinstance(kstate, dict):
+            return {_entry(prefix, k): t for k, t in kstate.items()}
         return {prefix or "memory": kstate}
 
     def state_numel(self, cfg, seq_len):
-        return cfg.axes.structure.state_numel(cfg)
+        return cfg.axes.structure.state_numel(cfg) + cfg.axes.bias.extra_state_numel(cfg)
 
     def recurrence_flops(self, cfg, seq_len):
         ax = cfg.axes

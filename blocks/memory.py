@@ -46,9 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .axis import linear
+from .bias import SHIFT_STREAMS
 from .config import Cost, MemoryConfig
 from .dispatch import memory_ops
-from .norm import GroupRMSNorm
+from .norm import GROUPNORM_EPS, GroupLayerNorm, GroupRMSNorm
 from .short_conv import ShortConv
 
 __all__ = ["MemoryMixer", "PathCost", "add_projections", "add_gate_params", "add_output_params", "query",
@@ -56,10 +57,21 @@ __all__ = ["MemoryMixer", "PathCost", "add_projections", "add_gate_params", "add
 
 
 # ---------------------------------------------------------------------------------------------- the paths
+def stream_widths(cfg: MemoryConfig) -> dict:
+    """Channels of the projected streams: q H*K; k and v n*H*K and n*H*V (n write steps per token, blocks/update.py);
+    no k when the key is tied to the retention gate (HGRN2)."""
+    H, n = cfg.heads, cfg.axes.update.steps(cfg)
+    width = {"q": H * cfg.key_dim, "k": n * H * cfg.key_dim, "v": n * H * cfg.value_dim}
+    if cfg.axes.retention.ties_key:
+        del width["k"]
+    return width
+
+
 def add_projections(host: nn.Module, cfg: MemoryConfig, streams: str) -> None:
     """W_q / W_k / W_v of ``streams`` (a subset of "qkv", in that order) and then their short convs on ``host``."""
-    D, H = cfg.d_model, cfg.heads
-    width = {"q": H * cfg.key_dim, "k": H * cfg.key_dim, "v": H * cfg.value_dim}
+    D = cfg.d_model
+    width = stream_widths(cfg)
+    streams = [s for s in streams if s in width]
     for s in streams:
         setattr(host, f"{s}_proj", linear(D, width[s]))
     if cfg.short_conv > 0:
@@ -81,15 +93,25 @@ def add_output_params(host: nn.Module, cfg: MemoryConfig) -> None:
     H, V = cfg.heads, cfg.value_dim
     if cfg.norm == "rmsnorm":
         host.o_norm = GroupRMSNorm(H, V) if cfg.norm_group == "head" else GroupRMSNorm(1, H * V)
+    elif cfg.norm == "groupnorm":
+        host.o_norm = GroupLayerNorm(H, V, eps=GROUPNORM_EPS)
     if cfg.output_gate:
         host.g_proj = linear(cfg.d_model, H * V)
     host.o_proj = linear(H * V, cfg.d_model)
 
 
-def features(t: torch.Tensor, cfg: MemoryConfig, host: nn.Module, stream: str) -> torch.Tensor:
+def heads(t: torch.Tensor, cfg: MemoryConfig, dim: int, steps: bool = False) -> torch.Tensor:
+    """[..., H*dim] -> [..., H, dim]; a write stream (``steps``) of an update with a step axis (householder):
+    [..., n*H*dim] -> [..., n, H, dim]."""
+    if steps and cfg.axes.update.step_axis:
+        return t.view(*t.shape[:-1], cfg.axes.update.steps(cfg), cfg.heads, dim)
+    return t.view(*t.shape[:-1], cfg.heads, dim)
+
+
+def features(t: torch.Tensor, cfg: MemoryConfig, host: nn.Module, stream: str, steps: bool = False) -> torch.Tensor:
     """[..., H*key_dim] after the conv -> phi: [..., H, K] (stream "q" or "k"; a learned map's parameters are on
-    ``host``)."""
-    return cfg.axes.feature_map.apply(host, cfg, t.view(*t.shape[:-1], cfg.heads, cfg.key_dim), stream)
+    ``host``; keys with ``steps``: see ``heads``)."""
+    return cfg.axes.feature_map.apply(host, cfg, heads(t, cfg, cfg.key_dim, steps), stream)
 
 
 def key_norm(t: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
@@ -102,6 +124,11 @@ def query_scale(q: torch.Tensor, cfg: MemoryConfig) -> torch.Tensor:
     return q if cfg.scale is None else q * (cfg.scale * cfg.state_key_dim ** 0.5)
 
 
+def qk_features(t: torch.Tensor, cfg: MemoryConfig, host: nn.Module, stream: str, steps: bool = False) -> torch.Tensor:
+    """[..., H*K] after the conv -> phi, then the optional per-head l2 norm: [..., H, K] (see ``heads``)."""
+    return key_norm(features(t, cfg, host, stream, steps), cfg)
+
+
 def query(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, conv_state: Optional[torch.Tensor], step: bool):
     """The query path on x [B, T, D] (or, ``step``, [B, D]) -> (q [..., H, K], new conv state or None)."""
     q = host.q_proj(x)
@@ -111,37 +138,57 @@ def query(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, conv_state: Optio
     return query_scale(key_norm(features(q, cfg, host, "q"), cfg), cfg), new
 
 
-def write_gates(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor) -> dict:
-    """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule)}, and
-    "k_scale" [..., H] when the retention scales the write (Mamba2's dt): ``write_finish`` consumes it."""
+def write_gates(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, xs: Optional[dict] = None) -> dict:
+    """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule), ...}, and
+    "k_scale" [..., H] when the retention scales the write (Mamba2's dt): ``scaled_write`` consumes it. With a
+    token shift (``xs``, see ``stream_inputs``) the decay reads stream "w" and the bias' gates stream "a"."""
     axes = cfg.axes
-    gates = {"g": axes.retention.log_decay(host, cfg, x), **axes.bias.step_size(host, cfg, x)}
-    k_scale = axes.retention.write_scale(host, cfg, x)
+    x_w, x_a = (x, x) if xs is None else (xs["w"], xs["a"])
+    gates = {"g": axes.retention.log_decay(host, cfg, x_w), **axes.bias.step_size(host, cfg, x_a)}
+    k_scale = axes.retention.write_scale(host, cfg, x_w)
     if k_scale is not None:
         gates["k_scale"] = k_scale
     return gates
 
 
+def stream_inputs(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, prev: Optional[torch.Tensor], step: bool):
+    """RWKV's token shift (bias rwkv7, option token_shift; Peng et al. 2025, Sec. 4): every stream c of
+    SHIFT_STREAMS (q = r, w, k, v, a, g) reads x_c = x + (x_{t-1} - x_t) * mu_c, mu_c [D] learned, x_{-1} from the
+    state (zeros for a fresh sequence). x [B, T, D] (``step``: [B, D]) -> ({stream: input}, last x [B, D] for the
+    state), or (None, None) without a token shift."""
+    if not cfg.axes.bias.token_shift(cfg):
+        return None, None
+    if step:
+        before, last = (x.new_zeros(x.shape) if prev is None else prev.to(x.dtype)), x
+    else:
+        first = x.new_zeros(x[:, :1].shape) if prev is None else prev[:, None].to(x.dtype)
+        before, last = torch.cat([first, x[:, :-1]], dim=1), x[:, -1]
+    xx = before - x
+    return {name: x + xx * host.shift_mu[i] for i, name in enumerate(SHIFT_STREAMS)}, last
+
+
 def write_project(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor):
-    """The pointwise part of the write path, x [..., D] -> k [..., H*K], v [..., H*V] (before the conv) and the
-    gates. Commutes with gathering tokens."""
+    """The pointwise part of the write path, x [..., D] -> k [..., n*H*K] (None when the key is tied to the gate),
+    v [..., n*H*V] (before the conv) and the gates. Commutes with gathering tokens."""
     gates = write_gates(host, cfg, x)
-    return host.k_proj(x), host.v_proj(x), gates
+    return (None if cfg.axes.retention.ties_key else host.k_proj(x)), host.v_proj(x), gates
 
 
-def write_finish(host: nn.Module, cfg: MemoryConfig, k: torch.Tensor, v: torch.Tensor, gates: dict):
-    """After the conv: k -> phi, key norm, [..., H, K]; v -> [..., H, V]; then the write's scale (taken out of
+def write_finish(host: nn.Module, cfg: MemoryConfig, k: Optional[torch.Tensor], v: torch.Tensor, gates: dict):
+    """After the conv: k -> phi, key norm, [..., H, K] (or [..., n, H, K]); v -> [..., H, V] (or [..., n, H, V]);
+    a key tied to the gate (k None: HGRN2) is 1 - exp(g) from ``gates``; then the write's scale (taken out of
     ``gates``) and the normaliser's column (``scaled_write``)."""
-    k = key_norm(features(k, cfg, host, "k"), cfg)
-    return scaled_write(cfg, k, v.view(*v.shape[:-1], cfg.heads, cfg.value_dim), gates)
+    k = -torch.expm1(gates["g"]) if k is None else qk_features(k, cfg, host, "k", steps=True)
+    return scaled_write(cfg, k, heads(v, cfg, cfg.value_dim, steps=True), gates)
 
 
 def scaled_write(cfg: MemoryConfig, k: torch.Tensor, v: torch.Tensor, gates: dict):
-    """k [..., H, K] times the write's scale ``gates.pop("k_scale")`` [..., H] (Mamba2: dt k v^T), and v [..., H, V]
-    with a column of ones appended under the sum normaliser (its read is the denominator)."""
+    """k [..., H, K] (or [..., n, H, K]) times the write's scale ``gates.pop("k_scale")`` [..., H] (Mamba2: dt k v^T),
+    and v [..., H, V] with a column of ones appended under the sum normaliser (its read is the denominator)."""
     k_scale = gates.pop("k_scale", None)
     if k_scale is not None:
-        k = k * k_scale.unsqueeze(-1).to(k.dtype)
+        k_scale = k_scale.unsqueeze(-1).to(k.dtype)
+        k = k * (k_scale.unsqueeze(-3) if k.dim() == k_scale.dim() + 1 else k_scale)
     if cfg.normalizer == "sum":
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
     return k, v
@@ -152,20 +199,31 @@ def scaled_write(cfg: MemoryConfig, k: torch.Tensor, v: torch.Tensor, gates: dic
 NORMALIZER_EPS = 1e-12
 
 
-def output(host: nn.Module, cfg: MemoryConfig, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The output path: memory read o [..., H, V] (V + 1 with the sum normaliser) -> [..., D]."""
+def _gate_act(cfg: MemoryConfig, z: torch.Tensor) -> torch.Tensor:
+    """The output gate's activation (cfg.output_gate_act)."""
+    return F.silu(z) if cfg.output_gate_act == "silu" else torch.sigmoid(z)
+
+
+def output(host: nn.Module, cfg: MemoryConfig, o: torch.Tensor, x: torch.Tensor,
+           bonus: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The output path: memory read o [..., H, V] (V + 1 with the sum normaliser) -> [..., D]; ``bonus``
+    [..., H, V] is added after the norm."""
     if cfg.normalizer == "sum":
         o = o[..., :-1] / (o[..., -1:] + NORMALIZER_EPS)
     o = o.to(x.dtype)
     HV = cfg.heads * cfg.value_dim
     gate_first = cfg.output_gate and cfg.gate_position == "before_norm"
     if gate_first:  # Mamba2: y * silu(z), then the norm
-        o = o * F.silu(host.g_proj(x)).view(o.shape)
+        o = o * _gate_act(cfg, host.g_proj(x)).view(o.shape)
     if cfg.norm == "rmsnorm":
         o = host.o_norm(o) if cfg.norm_group == "head" else host.o_norm(o.reshape(*o.shape[:-2], 1, HV))
+    elif cfg.norm == "groupnorm":
+        o = host.o_norm(o)
     o = o.reshape(*o.shape[:-2], HV)
+    if bonus is not None:
+        o = o + bonus.to(o.dtype).reshape(o.shape)
     if cfg.output_gate and not gate_first:
-        o = o * F.silu(host.g_proj(x))
+        o = o * _gate_act(cfg, host.g_proj(x))
     return host.o_proj(o)
 
 
@@ -202,20 +260,23 @@ def query_cost(cfg: MemoryConfig) -> PathCost:
 
 def write_cost(cfg: MemoryConfig) -> PathCost:
     """W_k, W_v, their convs, the keys' learned feature map (if any) and the gates of the retention and bias
-    axes."""
-    axes, D, H = cfg.axes, cfg.d_model, cfg.heads
-    conv_params, conv_flops = _conv_cost(cfg, H * cfg.key_dim + H * cfg.value_dim)
-    linears = [(D, H * cfg.key_dim), (D, H * cfg.value_dim)] + axes.retention.linears(cfg) + axes.bias.linears(cfg)
+    axes (RWKV-7's token-shift gains among the bias' parameters; its lerps, elementwise, are left out of the FLOPs
+    like every nonlinearity)."""
+    axes, D = cfg.axes, cfg.d_model
+    width = stream_widths(cfg)
+    kv = [width[s] for s in "kv" if s in width]
+    conv_params, conv_flops = _conv_cost(cfg, sum(kv))
+    linears = [(D, w) for w in kv] + axes.retention.linears(cfg) + axes.bias.linears(cfg)
     extra = conv_params + axes.retention.extra_params(cfg) + axes.bias.extra_params(cfg)
     return PathCost(linears, extra + axes.feature_map.stream_params(cfg),
                     conv_flops + axes.feature_map.stream_flops(cfg))
 
 
 def output_cost(cfg: MemoryConfig) -> PathCost:
-    """The per-head norm, the output gate and W_o."""
+    """The per-head norm (RMSNorm: a gain per channel; groupnorm: a gain and a bias), the output gate and W_o."""
     HV = cfg.heads * cfg.value_dim
     linears = [(HV, cfg.d_model)] + ([(cfg.d_model, HV)] if cfg.output_gate else [])
-    return PathCost(linears, HV if cfg.norm == "rmsnorm" else 0, 0)
+    return PathCost(linears, {"rmsnorm": HV, "groupnorm": 2 * HV}.get(cfg.norm, 0), 0)
 
 
 # ---------------------------------------------------------------------------------------------- the mixer
@@ -241,7 +302,9 @@ class MemoryMixer(nn.Module):
         hier = cfg.axes.hierarchy
         state = hier.state_numel(cfg, seq_len)
         if cfg.short_conv > 0:
-            state += ShortConv.state_size(2 * cfg.heads * cfg.key_dim + cfg.heads * cfg.value_dim, cfg.short_conv)
+            state += ShortConv.state_size(sum(stream_widths(cfg).values()), cfg.short_conv)
+        if cfg.axes.bias.token_shift(cfg):
+            state += cfg.d_model  # the last token's x
         flops = float(sum(p.flops for p in paths)) + hier.recurrence_flops(cfg, seq_len)
         return Cost(params=sum(p.params for p in paths), state=state, flops_per_token=flops)
 
@@ -249,34 +312,53 @@ class MemoryMixer(nn.Module):
     def init_state(self, batch_size: int, device=None) -> dict:
         device = device if device is not None else self.q_proj.weight.device
         state = self.axes.hierarchy.init_state(self.cfg, batch_size, device)
+        dtype = self.q_proj.weight.dtype
         if self.use_conv:
-            dtype = self.q_proj.weight.dtype
-            for s in "qkv":
+            for s in stream_widths(self.cfg):
                 state[f"conv_{s}"] = getattr(self, f"{s}_conv").init_state(batch_size, device, dtype)
+        if self.axes.bias.token_shift(self.cfg):
+            state["shift"] = torch.zeros(batch_size, self.cfg.d_model, device=device, dtype=dtype)
         return state
 
     # ------------------------------------------------------------------ forward / step
     def _inputs(self, x: torch.Tensor, state: Optional[dict], step: bool):
         """Query and write paths on [B, T, D] or (step) [B, D] -> q, k, v, the kernels' gates, new conv states."""
+        return self._paths(x, state, step)[:5]
+
+    def _paths(self, x: torch.Tensor, state: Optional[dict], step: bool):
+        """``_inputs`` and the output gate's input: q, k, v, gates, the new conv (and token-shift) state entries,
+        x_g."""
         # The paths of the functions above, interleaved in this order: it is the order in which the gradients
         # of x accumulate, so a seeded run reproduces bit for bit across versions.
-        cfg = self.cfg
+        cfg, axes = self.cfg, self.axes
         get = (lambda n: None) if state is None else state.get
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        xs, last = stream_inputs(self, cfg, x, get("shift"), step)
+        X = (lambda name: x) if xs is None else xs.__getitem__
+        tied = axes.retention.ties_key  # HGRN2: the key comes from the gate below, no W_k
+        q = self.q_proj(X("q"))
+        k = None if tied else self.k_proj(X("k"))
+        v = self.v_proj(X("v"))
         convs = {}
         if self.use_conv:
             fn = "step" if step else "forward"
             q, convs["conv_q"] = getattr(self.q_conv, fn)(q, get("conv_q"))
-            k, convs["conv_k"] = getattr(self.k_conv, fn)(k, get("conv_k"))
+            if k is not None:
+                k, convs["conv_k"] = getattr(self.k_conv, fn)(k, get("conv_k"))
             v, convs["conv_v"] = getattr(self.v_conv, fn)(v, get("conv_v"))
-        q, k = features(q, cfg, self, "q"), features(k, cfg, self, "k")
-        v = v.view(*v.shape[:-1], cfg.heads, cfg.value_dim)
-        q, k = key_norm(q, cfg), key_norm(k, cfg)
+        q = features(q, cfg, self, "q")
+        k = None if tied else features(k, cfg, self, "k", steps=True)
+        v = heads(v, cfg, cfg.value_dim, steps=True)
+        q, k = key_norm(q, cfg), (None if tied else key_norm(k, cfg))
         q = query_scale(q, cfg)
-        gates = write_gates(self, cfg, x)
+        gates = write_gates(self, cfg, x, xs)
+        if tied:
+            k = -torch.expm1(gates["g"])  # k = 1 - f, as -expm1(log f): no cancellation for f near 1
         k, v = scaled_write(cfg, k, v, gates)
-        gates.update(self.axes.hierarchy.read_inputs(self, cfg, x))
-        return q, k, v, gates, convs
+        k, gates = axes.bias.finish_write(self, cfg, k, gates)
+        gates.update(axes.hierarchy.read_inputs(self, cfg, x))
+        if last is not None:
+            convs["shift"] = last
+        return q, k, v, gates, convs, X("g")
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False):
         """x [B, T, D] -> y [B, T, D] (or (y, state) when return_state).
@@ -285,11 +367,11 @@ class MemoryMixer(nn.Module):
         entries the last k-1 inputs of each convolved stream.
         """
         cfg, hier = self.cfg, self.axes.hierarchy
-        q, k, v, gates, convs = self._inputs(x, state, step=False)
+        q, k, v, gates, convs, x_g = self._paths(x, state, step=False)
         init = None if state is None else hier.kernel_state(state)
         o, final = self.ops.forward(cfg.path, q, k, v, gates, initial_state=init, output_final_state=return_state,
                                     chunk_size=cfg.chunk_size)
-        y = output(self, cfg, o, x)
+        y = output(self, cfg, o, x_g, self.axes.bias.bonus(self, cfg, q, k, v))
         if not return_state:
             return y
         return y, {**hier.state_entries(final), **convs}
@@ -299,14 +381,16 @@ class MemoryMixer(nn.Module):
         if state is None:
             state = self.init_state(x.shape[0], x.device)
         hier = self.axes.hierarchy
-        q, k, v, gates, convs = self._inputs(x, state, step=True)
+        q, k, v, gates, convs, x_g = self._paths(x, state, step=True)
         o, new = self.ops.stepper(self.cfg.path, x.device, self.cfg.chunk_size)(q, k, v, **gates,
                                                                                  state=hier.kernel_state(state))
-        return output(self, self.cfg, o, x), {**hier.state_entries(new), **convs}
+        return output(self, self.cfg, o, x_g, self.axes.bias.bonus(self, self.cfg, q, k, v)), \
+            {**hier.state_entries(new), **convs}
 
     def extra_repr(self) -> str:
         c = self.cfg
-        return (f"bias={c.bias}, retention={c.retention}, feature_map={c.feature_map}, key_norm={c.key_norm}, "
+        return (f"bias={c.bias}, retention={c.retention}, update={c.update}, feature_map={c.feature_map}, "
+                f"key_norm={c.key_norm}, "
                 + (f"normalizer={c.normalizer}, " if c.normalizer != "none" else "")
                 + f"short_conv={c.short_conv}, path={c.path}, chunk_size={c.chunk_size}, kernels={self.ops.family}"
                 + (f", hierarchy={c.hierarchy}, levels={c.levels}" if c.hierarchy != "none" else ""))

@@ -106,7 +106,7 @@ from .axis import linear
 from .config import Cost, MemoryConfig, MoMConfig
 from .dispatch import memory_ops
 from .memory import (add_gate_params, add_output_params, add_projections, output, output_cost, query, query_cost,
-                     write_cost, write_finish, write_project)
+                     stream_widths, write_cost, write_finish, write_project)
 from .short_conv import ShortConv
 
 __all__ = ["MoMMixer"]
@@ -173,6 +173,7 @@ class MoMMixer(nn.Module):
         mem = cfg.memory
         H, K, V, M, k = mem.heads, mem.key_dim, mem.value_dim, cfg.memories, cfg.top_k
         c = mem.short_conv
+        width = stream_widths(mem)
         hier = mem.axes.hierarchy
         read, out, write = query_cost(mem), output_cost(mem), write_cost(mem)
         router = mem.d_model * M
@@ -186,7 +187,7 @@ class MoMMixer(nn.Module):
         routed_len = math.ceil(seq_len * k / M)  # tokens one memory sees under balanced routing
         state = M * hier.state_numel(mem, routed_len) + (hier.state_numel(mem, seq_len) if cfg.shared_memory else 0)
         if c > 0:
-            state += ShortConv.state_size(H * K + n_mem * (H * K + H * V), c)
+            state += ShortConv.state_size(width["q"] + n_mem * (width.get("k", 0) + width["v"]), c)
 
         write_linear = write.flops - write.conv_flops  # the k/v convs run per routed memory, on its own tokens
         flops = 2 * router + read.flops + out.flops
@@ -207,12 +208,13 @@ class MoMMixer(nn.Module):
             state.update(self.hier.init_state(mem, batch_size, device, prefix="shared"))
         if self.use_conv:
             c1 = mem.short_conv - 1
-            state["conv_q"] = torch.zeros(batch_size, H * K, c1, device=device, dtype=dtype)
-            state["conv_k"] = torch.zeros(batch_size, M, H * K, c1, device=device, dtype=dtype)
-            state["conv_v"] = torch.zeros(batch_size, M, H * V, c1, device=device, dtype=dtype)
-            if self.shared is not None:
-                state["shared_conv_k"] = torch.zeros(batch_size, H * K, c1, device=device, dtype=dtype)
-                state["shared_conv_v"] = torch.zeros(batch_size, H * V, c1, device=device, dtype=dtype)
+            width = stream_widths(mem)  # n*H*K, n*H*V; no k when the key is tied to the gate (HGRN2)
+            state["conv_q"] = torch.zeros(batch_size, width["q"], c1, device=device, dtype=dtype)
+            for s in ("k", "v"):
+                if s in width:
+                    state[f"conv_{s}"] = torch.zeros(batch_size, M, width[s], c1, device=device, dtype=dtype)
+                    if self.shared is not None:
+                        state[f"shared_conv_{s}"] = torch.zeros(batch_size, width[s], c1, device=device, dtype=dtype)
         return state
 
     # ------------------------------------------------------------------ shared pieces
@@ -282,24 +284,26 @@ class MoMMixer(nn.Module):
             for m in range(M):
                 idx = order[:, m]  # [B, L]
                 if cfg.share_kv:
-                    k, v = _gather_time(full[0], idx), _gather_time(full[1], idx)
+                    k, v = _gather_time(full[0], idx) if full[0] is not None else None, _gather_time(full[1], idx)
                     g_m = {name: None if t is None else _gather_time(t, idx) for name, t in full[2].items()}
                 else:
                     k, v, g_m = self.writers[m].project(_gather_time(x, idx))
                 writer = self._writer(m)
                 if self.use_conv:
-                    k, s_k = _conv_packed(writer.k_conv, k, state["conv_k"][:, m], n[:, m])
+                    if k is not None:
+                        k, s_k = _conv_packed(writer.k_conv, k, state["conv_k"][:, m], n[:, m])
+                        ck.append(s_k)
                     v, s_v = _conv_packed(writer.v_conv, v, state["conv_v"][:, m], n[:, m])
-                    ck.append(s_k)
                     cv.append(s_v)
                 k, v = write_finish(writer, mem, k, v, g_m)
                 mask = valid[:, m]  # [B, L]; padding: k = v = 0 and every gate 0 leave S unchanged
-                ks.append(k * mask[..., None, None])
-                vs.append(v * mask[..., None, None])
+                ks.append(k * _mask_like(mask, k))
+                vs.append(v * _mask_like(mask, v))
                 for name, t in g_m.items():
                     gates.setdefault(name, []).append(None if t is None else _pad_gate(name, t, mask))
             if self.use_conv:
-                new_state["conv_k"] = torch.stack(ck, 1)
+                if ck:
+                    new_state["conv_k"] = torch.stack(ck, 1)
                 new_state["conv_v"] = torch.stack(cv, 1)
 
             def stack(ts):  # M tensors [B, L, ...] -> [B*M, L, ...]
@@ -325,12 +329,13 @@ class MoMMixer(nn.Module):
             for key in self.hier.row_keys:
                 new_state[key] = state[key]
             if self.use_conv:
-                new_state["conv_k"], new_state["conv_v"] = state["conv_k"], state["conv_v"]
+                new_state.update({key: state[key] for key in ("conv_k", "conv_v") if key in state})
 
         if self.shared is not None:  # always-on memory: a plain recurrence over the full sequence
             k, v, g_s = self.shared.project(x)
             if self.use_conv:
-                k, new_state["shared_conv_k"] = self.shared.k_conv(k, state["shared_conv_k"])
+                if k is not None:
+                    k, new_state["shared_conv_k"] = self.shared.k_conv(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv(v, state["shared_conv_v"])
             k, v = write_finish(self.shared, mem, k, v, g_s)
             init = None if state is None else self.hier.kernel_state(state, "shared")
@@ -377,9 +382,10 @@ class MoMMixer(nn.Module):
             g_m = dict(g_m)  # write_finish takes the write's scale out; with share_kv the memories share proj[0]
             sel = keep[:, m]
             if self.use_conv:
-                k, s_k = writer.k_conv.step(k, state["conv_k"][:, m])
+                if k is not None:
+                    k, s_k = writer.k_conv.step(k, state["conv_k"][:, m])
+                    ck.append(torch.where(sel[:, None, None], s_k, state["conv_k"][:, m]))
                 v, s_v = writer.v_conv.step(v, state["conv_v"][:, m])
-                ck.append(torch.where(sel[:, None, None], s_k, state["conv_k"][:, m]))
                 cv.append(torch.where(sel[:, None, None], s_v, state["conv_v"][:, m]))
             k, v = write_finish(writer, mem, k, v, g_m)
             o_m, S_new, S_old = self.hier.step_row(self.ops, q, k, v, {**g_m, **read}, state, m)
@@ -387,11 +393,14 @@ class MoMMixer(nn.Module):
             o = o + w[:, m, None, None].to(o_m.dtype) * o_m
         new_state.update(self.hier.finish_rows(S_all, state, keep))
         if self.use_conv:
-            new_state["conv_k"], new_state["conv_v"] = torch.stack(ck, 1), torch.stack(cv, 1)
+            if ck:
+                new_state["conv_k"] = torch.stack(ck, 1)
+            new_state["conv_v"] = torch.stack(cv, 1)
         if self.shared is not None:
             k, v, g_s = self.shared.project(x)
             if self.use_conv:
-                k, new_state["shared_conv_k"] = self.shared.k_conv.step(k, state["shared_conv_k"])
+                if k is not None:
+                    k, new_state["shared_conv_k"] = self.shared.k_conv.step(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv.step(v, state["shared_conv_v"])
             k, v = write_finish(self.shared, mem, k, v, g_s)
             o_s, S = self.ops.step(q, k, v, **g_s, **read, state=self.hier.kernel_state(state, "shared"))
@@ -419,8 +428,13 @@ def _pad_gate(name: str, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """A write gate [B, L, H(, K)] with its padding positions (mask False) set to 0: beta = 0 (no write, no
     transition) and log-decay g = 0 (decay 1) leave the state unchanged."""
     if name == "beta":
-        return t * mask[..., None]
-    return torch.where(mask.view(*mask.shape, *([1] * (t.dim() - 2))), t, 0.0)
+        return t * _mask_like(mask, t)
+    return torch.where(_mask_like(mask, t), t, 0.0)
+
+
+def _mask_like(mask: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A [B, L] token mask viewed to broadcast against t [B, L, ...] (a write step axis n included)."""
+    return mask.view(*mask.shape, *([1] * (t.dim() - 2)))
 
 
 def _gather_time(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

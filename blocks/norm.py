@@ -2,14 +2,16 @@
 
 RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and
 cast back to the input dtype. ``group_rms_norm`` normalises each head's slice independently
-(used on the read-out of the matrix memory, shape [..., H, V]).
+(used on the read-out of the matrix memory, shape [..., H, V]). ``GroupLayerNorm`` is a LayerNorm per head
+(mean and variance of each head's slice, a gain and a bias per channel): torch's GroupNorm with one group per
+head, as RWKV-7 normalises its read-out.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["RMSNorm", "GroupRMSNorm", "rms_norm", "group_rms_norm"]
+__all__ = ["RMSNorm", "GroupRMSNorm", "GroupLayerNorm", "GROUPNORM_EPS", "rms_norm", "group_rms_norm"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
@@ -57,6 +59,28 @@ class GroupRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return group_rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, dim={self.dim}, eps={self.eps}"
+
+
+GROUPNORM_EPS = 64e-5  # RWKV-7's GroupNorm epsilon (RWKV-LM x070: 1e-5 * head_size_divisor^2 = 64e-5)
+
+
+class GroupLayerNorm(nn.Module):
+    """LayerNorm per head on [..., H, V] with a gain and a bias per channel (``2 * heads * dim`` parameters), in
+    fp32: nn.GroupNorm(H, H*V) applied to the heads of one token."""
+
+    def __init__(self, heads: int, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.heads, self.dim, self.eps = heads, dim, eps
+        self.weight = nn.Parameter(torch.ones(heads, dim))
+        self.bias = nn.Parameter(torch.zeros(heads, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = torch.nn.functional.layer_norm(xf, (self.dim,), eps=self.eps)
+        return (y * self.weight.float() + self.bias.float()).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, dim={self.dim}, eps={self.eps}"

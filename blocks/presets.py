@@ -79,6 +79,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Zoology's BaseConv (Arora et al. 2023, https://arxiv.org/abs/2312.04927; ZOO mixers/base_conv.py):
     # conv_3(u) * (W u + b) + u, depthwise conv with bias, no activation (blocks/conv.py).
     "base_conv": dict(type="conv", short_conv=3, conv_bias=True),
+    # Kimi Delta Attention (Kimi Linear, Moonshot AI 2025, https://arxiv.org/abs/2510.26692): the delta rule with
+    # a per-key-channel decay (Mamba2's gate per channel); sigmoid output gate (fla: low rank, here full rank)
+    "kda": {**_memory("l2", "kda", "identity", "l2", 4, True), "output_gate_act": "sigmoid"},
+    # DeltaProduct, Siems et al. 2025, https://arxiv.org/abs/2502.10297: 2 Householder steps per token with step
+    # sizes in (0, 2) (the paper's [-1, 1] eigenvalues, fla's default), no decay; gated: Gated DeltaNet's scalar gate
+    "deltaproduct": {**_memory("l2", "none", "identity", "l2", 4, False), "update": "householder", "n_householder": 2,
+                     "beta_range": [0.0, 2.0]},
+    "gated_deltaproduct": {**_memory("l2", "scalar", "identity", "l2", 4, True, A_init_min=0.0), "update": "householder",
+                           "n_householder": 2, "beta_range": [0.0, 2.0]},
+    # RWKV-7 "Goose", Peng et al. 2025, https://arxiv.org/abs/2503.14456: the diagonal-plus-low-rank transition with
+    # its decay LoRA (rank gate_rank), token shift, bonus and per-head GroupNorm; output gate silu (RWKV-7: a LoRA)
+    "rwkv7": {**_memory("rwkv7", "rwkv7", "identity", "none", 0, True), "norm": "groupnorm", "gate_rank": 32},
+    # HGRN2, Qin et al. 2024, https://arxiv.org/abs/2404.07904: GLA with the key tied to the forget gate (k = 1 - f),
+    # silu queries (fla's HGRN2); the lower bound of the forget gate is a field (0 = none)
+    "hgrn2": _memory("dot", "hgrn2", "silu", "none", 0, False),
+    # mLSTM, Beck et al. 2024, https://arxiv.org/abs/2405.04517 (gates as in xLSTM 7B, arXiv 2503.13427): exponential
+    # input gate, sigmoid forget gate per head, normaliser and max-stabiliser; sigmoid output gate
+    "mlstm": {**_memory("mlstm", "forget", "identity", "none", 0, True), "output_gate_act": "sigmoid"},
     # Causal softmax attention (global) and sliding-window attention
     "attention": dict(type="attention", window=None),
     "swa": dict(type="attention", window=128),

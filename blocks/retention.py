@@ -8,6 +8,9 @@ A gate is a log-decay g <= 0 that multiplies the state by exp(g) at every write 
     scalar    g = -exp(A_log) * softplus(W_dt x + dt_bias)         (Mamba2 / SSD)
     vector    g = logsigmoid(W_up W_down x + b) / temperature      (GLA, low-rank gate)
     forget    g = logsigmoid(W_f x + b_f)                          (FoX's data-dependent forget gate)
+    kda       g = -exp(A_log) * softplus(W_up W_down x + dt_bias)  (KDA: Mamba2's gate per key channel)
+    hgrn2     g = log(l + (1 - l) sigmoid(W_f x)), key k = 1 - exp(g)   (HGRN2: lower bound l, key tied to the gate)
+    rwkv7     g = -exp(-1/2) sigmoid(w0 + tanh(x W_1) W_2)         (RWKV-7: w in (0.545, 1) per key channel)
 
 How fast a gate forgets at the start of training is set by its initialisation, and that is a design choice
 with measurable effects (a gate that keeps under 10% of a write after 16 tokens cannot recall a key 60
@@ -34,6 +37,8 @@ class Retention(AxisValue):
     """A retention gate: its parameters and the log-decay it gives each token."""
 
     gate: Optional[str] = None  # what the kernels receive: None, "scalar" [..., H] or "vector" [..., H, K]
+    ties_key = False  # the write's key is 1 - exp(g), not a projection (HGRN2): the mixer has no W_k
+    kernel: Optional[str] = None  # an op family of blocks/dispatch.py that replaces the bias' (None: the bias decides)
 
     def log_decay(self, host, cfg, x):
         """Log-decay g of tokens x [..., D] (None, [..., H] or [..., H, K]) from the parameters on ``host``."""
@@ -80,6 +85,13 @@ class Constant(Retention):
 
     def initial_decay(self, host, cfg):
         return host.log_gamma.exp()
+
+
+def _mamba_dt_bias(n: int):
+    """Mamba2's dt_bias init: softplus(dt_bias) = dt ~ logU(1e-3, 1e-1), clamped >= 1e-4 (inverse softplus)."""
+    dt_min, dt_max = 1e-3, 1e-1
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
+    return dt + torch.log(-torch.expm1(-dt))
 
 
 class Scalar(Retention):
@@ -143,7 +155,8 @@ class Vector(Retention):
 
     gate = "vector"
     options = (
-        Option("gate_rank", int, 16, "rank of the vector (GLA) gate projection", {"ge": 1, "le": 1024}, always=True),
+        Option("gate_rank", int, 16, "rank of the low-rank vector gate projection (GLA; also KDA's and RWKV-7's "
+               "decay)", {"ge": 1, "le": 1024}, always=True),
         Option("gate_temperature", float, 16.0, "GLA gate: log a = logsigmoid(.) / temperature", {"gt": 0},
                always=True),
         Option("gate_bias_init", float, 0.0, "GLA gate init: the bias b of logsigmoid(W_up W_down x + b) (GLA 0: "
@@ -207,10 +220,101 @@ class Forget(Retention):
         return torch.sigmoid(host.f_proj.bias)
 
 
+class KDA(Retention):
+    """Kimi Delta Attention's decay per key channel -exp(A_log) softplus(W_up W_down x + dt_bias) (Kimi Linear,
+    Moonshot AI 2025, https://arxiv.org/abs/2510.26692)"""
+
+    gate = "vector"
+
+    def add_params(self, host, cfg) -> None:
+        # fla's KDA layer (layers/kda.py): a low-rank projection (rank gate_rank; fla: the head's value dim) to one
+        # pre-activation per (head, key channel); A_log per head ~ log U(1, 16) and dt_bias per (head, key channel)
+        # initialised as Mamba2's (softplus(dt_bias) ~ logU(1e-3, 1e-1))
+        H, HK = cfg.heads, cfg.heads * cfg.key_dim
+        host.f_down = linear(cfg.d_model, cfg.gate_rank)
+        host.f_up = linear(cfg.gate_rank, HK)
+        host.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
+        host.dt_bias = nn.Parameter(_mamba_dt_bias(HK))
+
+    def linears(self, cfg) -> list:
+        return [(cfg.d_model, cfg.gate_rank), (cfg.gate_rank, cfg.heads * cfg.key_dim)]
+
+    def extra_params(self, cfg) -> int:
+        return cfg.heads + cfg.heads * cfg.key_dim  # A_log, dt_bias
+
+    def log_decay(self, host, cfg, x):
+        H, K = cfg.heads, cfg.key_dim
+        f = host.f_up(host.f_down(x)).view(*x.shape[:-1], H, K)
+        return -torch.exp(host.A_log)[:, None] * F.softplus(f + host.dt_bias.view(H, K))
+
+
+class HGRN2(Retention):
+    """HGRN2's forget gate per key channel f = l + (1 - l) sigmoid(W_f x) with the key tied to it, k = 1 - f (Qin
+    et al. 2024, https://arxiv.org/abs/2404.07904)"""
+
+    gate = "vector"
+    ties_key = True
+    kernel = "hgrn2"  # GLA's maths, its intra-chunk scores block-factored for HGRN2's strong gates
+    options = (
+        Option("lower_bound", float, 0.0, "the forget gate's lower bound l: f in (l, 1) (HGRN's gates are bounded "
+               "below, the bound rising with depth; here one fixed value per mixer, set per layer through a "
+               "pattern's mixers)", {"ge": 0.0, "le": 1.0}),
+    )
+
+    def check(self, cfg):
+        if not 0.0 <= cfg.lower_bound < 1.0:
+            return "lower_bound", f"lower_bound must be in [0, 1) (f in (l, 1)), got {cfg.lower_bound}"
+        return None
+
+    def add_params(self, host, cfg) -> None:
+        host.f_proj = linear(cfg.d_model, cfg.heads * cfg.key_dim)  # no bias (fla's HGRN2)
+
+    def linears(self, cfg) -> list:
+        return [(cfg.d_model, cfg.heads * cfg.key_dim)]
+
+    def log_decay(self, host, cfg, x):
+        g = F.logsigmoid(host.f_proj(x)).view(*x.shape[:-1], cfg.heads, cfg.key_dim)
+        lb = cfg.lower_bound
+        if lb == 0.0:
+            return g
+        # log(l + (1 - l) sigmoid(z)) without leaving log space
+        return torch.logaddexp(torch.full_like(g, math.log(lb)), math.log1p(-lb) + g)
+
+
+class RWKV7Decay(Retention):
+    """RWKV-7's decay per key channel w = exp(-exp(-1/2) sigmoid(w0 + tanh(x W_1) W_2)), w in (0.545, 1) (Peng et
+    al. 2025, https://arxiv.org/abs/2503.14456)"""
+
+    gate = "vector"
+
+    def add_params(self, host, cfg) -> None:
+        # RWKV-LM x070: LoRA down 0, up orthogonal * 0.1, w0 = -6 + 6 (i / (C-1)) + 0.5 + 2.5 zz (its layer-0 profile)
+        from .bias import _lora, _rwkv_profile
+
+        HK = cfg.heads * cfg.key_dim
+        lin, zz = _rwkv_profile(HK, cfg.key_dim)
+        up = _lora(host, "w", cfg.d_model, cfg.gate_rank, HK, bias=True)
+        with torch.no_grad():
+            up.bias.copy_(-6.0 + 6.0 * (lin + 0.5) + 0.5 + 2.5 * zz)
+
+    def linears(self, cfg) -> list:
+        return [(cfg.d_model, cfg.gate_rank), (cfg.gate_rank, cfg.heads * cfg.key_dim)]
+
+    def extra_params(self, cfg) -> int:
+        return cfg.heads * cfg.key_dim  # w0 (w_up's bias)
+
+    def log_decay(self, host, cfg, x):
+        d = host.w_up(torch.tanh(host.w_down(x)))
+        return (-math.exp(-0.5) * torch.sigmoid(d)).view(*x.shape[:-1], cfg.heads, cfg.key_dim)
+
+
 RETENTION = Axis("retention", "retention gate", "none", {
     "none": NoRetention(),
     "constant": Constant(),
     "scalar": Scalar(),
     "vector": Vector(),
     "forget": Forget(),
+    "kda": KDA(),
+    "hgrn2": HGRN2(),
+    "rwkv7": RWKV7Decay(),
 })

@@ -4,13 +4,19 @@ Shapes and the op contract: kernels/common.py.
 
 Recurrence (per batch and head, state S in R^{K x V}, float32):
 
-    S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T ,   a_t = exp(g_t)
+    S_t = (I - b_t k_t k_t^T) Diag(a_t) S_{t-1} + b_t k_t v_t^T ,   a_t = exp(g_t)
     o_t = scale * S_t^T q_t
 
-    beta (b) : [B, T, H], in (0, 1)
+    beta (b) : [B, T, H], in (0, 1), or in (0, 2) for negative eigenvalues of the transition (its eigenvalue
+               along k is 1 - b: Grazzi et al. 2024, https://arxiv.org/abs/2411.12537); any b is computed exactly
     g        : None  -> DeltaNet        (Yang et al. 2024, https://arxiv.org/abs/2406.06484)
                [B, T, H] scalar log-decay -> Gated DeltaNet (Yang et al. 2024,
-                                             https://arxiv.org/abs/2412.06464)
+                                             https://arxiv.org/abs/2412.06464); a scalar commutes with the
+                                             Householder factor: a (I - b k k^T) S
+               [B, T, H, K] per key channel -> Kimi Delta Attention (KDA, Kimi Linear, Moonshot AI 2025,
+                                             https://arxiv.org/abs/2510.26692): the decay acts FIRST,
+                                             (I - b k k^T) Diag(a) S, which differs from Diag(a) (I - b k k^T) S
+                                             for a vector gate
 
 Keys are expected to be l2-normalised by the caller; the kernels are exact for any k.
 
@@ -26,8 +32,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .common import (_bmm_add, _decay, _init_state, _needs_flush, _to_chunks, chunk_operands, oracle_start,
-                     unit_lower_inverse)
+from .common import (_bmm_add, _decay, _init_state, _intra_scores, _needs_flush, _to_chunks, chunk_operands,
+                     oracle_start, unit_lower_inverse)
 
 Tensor = torch.Tensor
 
@@ -40,20 +46,23 @@ __all__ = ["naive_recurrent_delta_rule", "chunk_delta_rule", "delta_rule_step"]
 def naive_recurrent_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Optional[Tensor] = None,
                                scale: Optional[float] = None, initial_state: Optional[Tensor] = None,
                                output_final_state: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-    """Oracle: S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T, o_t = scale S_t^T q_t.
+    """Oracle: S_t = (I - b_t k_t k_t^T) Diag(a_t) S_{t-1} + b_t k_t v_t^T, o_t = scale S_t^T q_t.
 
-    q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]; g: None | [B, T, H]
+    q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]; g: None | [B, T, H] | [B, T, H, K]
     returns o [B, T, H, V] (v.dtype) and final state [B, H, K, V] float32 (or None).
     """
     scale, S = oracle_start(q, v, scale, initial_state)  # S: [B, H, K, V]
+    vector = g is not None and g.dim() == q.dim()
     outs = []
     for t in range(q.shape[1]):
         q_t, k_t, v_t = q[:, t].float(), k[:, t].float(), v[:, t].float()  # [B, H, K|V]
         b_t = beta[:, t].float()[:, :, None, None]  # [B, H, 1, 1]
+        if vector:
+            S = torch.exp(g[:, t].float())[:, :, :, None] * S  # KDA: Diag(a_t) S_{t-1} first, row i by a_t[i]
         # (I - b k k^T) S = S - b k (k^T S): the rank-one product, without forming a K x K matrix
         kTS = torch.einsum("bhk,bhkv->bhv", k_t, S)  # k_t^T S_{t-1}
         S = S - b_t * k_t[:, :, :, None] * kTS[:, :, None, :]
-        if g is not None:
+        if g is not None and not vector:
             S = torch.exp(g[:, t].float())[:, :, None, None] * S  # a_t (...)
         S = S + b_t * k_t[:, :, :, None] * v_t[:, :, None, :]  # + b_t k_t v_t^T
         outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q_t))  # scale * S_t^T q_t
@@ -66,7 +75,7 @@ def naive_recurrent_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor,
 # --------------------------------------------------------------------------------------
 def delta_rule_step(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Optional[Tensor] = None,
                     state: Optional[Tensor] = None, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
-    """One token. q, k: [B, H, K]; v: [B, H, V]; beta: [B, H]; g: None | [B, H];
+    """One token. q, k: [B, H, K]; v: [B, H, V]; beta: [B, H]; g: None | [B, H] | [B, H, K];
     state: [B, H, K, V] float32 or None (zeros). Returns o [B, H, V] (v.dtype), new state fp32."""
     B, H, K = q.shape
     V = v.shape[-1]
@@ -76,7 +85,8 @@ def delta_rule_step(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Optiona
     S = _init_state(state, B, H, K, V, q.device)
     k, v, b = k.float(), v.float(), beta.float()[:, :, None]  # b: [B, H, 1]
     if g is not None:
-        S = torch.exp(g.float())[:, :, None, None] * S  # a_t S_{t-1}
+        a = torch.exp(g.float())
+        S = (a[:, :, :, None] if a.dim() == 3 else a[:, :, None, None]) * S  # Diag(a_t) S_{t-1} (or a_t S_{t-1})
     # a (I - b k k^T) S + b k v^T = aS + k (b (v - (aS)^T k))^T : the "delta" form
     u = b * (v - torch.einsum("bhkv,bhk->bhv", S, k))  # [B, H, V]
     S = S + k[:, :, :, None] * u[:, :, None, :]
@@ -108,6 +118,7 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Option
         S_C    = gamma_C S_0 + (K * exp(G_C - G))^T D
     Only the D / S_C recurrence over chunks is sequential (two matmuls per chunk); the output
     is computed for all chunks at once afterwards. All exponents are <= 0 (masked before exp).
+    A vector gate g [B, T, H, K] (KDA) runs the same steps with per-channel factors (see the branch below).
     Padding of T uses k = v = q = 0, b = 0, g = 0, which leaves the state unchanged.
     """
     B, T, H, K = q.shape
@@ -118,14 +129,31 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Option
     bc = _to_chunks(beta, C)  # [B, H, N, C]
     N = qc.shape[2]
 
-    kk = kc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
-    qk = qc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
-    if g is None:
+    if g is not None and g.dim() == q.dim():
+        # KDA: the same algebra with per-channel factors (Gamma_ij a vector over d, gamma_i = exp(G_i)):
+        #   L_ij = b_i sum_d k_id k_jd exp(G_id - G_jd) (i > j),  A_ij = sum_d q_id k_jd exp(G_id - G_jd) (i >= j),
+        #   W = (I + L)^{-1} diag(b) (K * gamma),  S_C = Diag(gamma_C) S_0 + (K * exp(G_C - G))^T D.
+        # The score matrices are matmuls through reference rows (kernels/common.py; no overflow for any gate).
+        G = _to_chunks(g, C).cumsum(-2)  # [B, H, N, C, K]
+        g_max = float(g.detach().abs().amax()) if g.numel() else 0.0
+        L = _intra_scores(kc, kc, G, g_max, strict=True) * bc[..., :, None]
+        A = _intra_scores(qc, kc, G, g_max)
+        gamma = _decay(G)  # [B, H, N, C, K]
+        kb = kc * gamma * bc[..., None]  # b (k * gamma)
+        G_last = G[..., -1:, :]  # [B, H, N, 1, K]
+        q_in = qc * gamma
+        k_st = kc * _decay(G_last - G)
+        decay_last = _decay(G_last).transpose(-1, -2)  # [B, H, N, K, 1]
+    elif g is None:
+        kk = kc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
+        qk = qc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
         L = (kk * bc[..., :, None]).tril(-1)
         A = qk.tril()
         kb = kc * bc[..., None]  # b k
         q_in, k_st, decay_last = qc, kc, None
     else:
+        kk = kc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
+        qk = qc @ kc.transpose(-1, -2)  # [B, H, N, C, C]
         G = _to_chunks(g, C).cumsum(-1)  # [B, H, N, C]
         D = G[..., :, None] - G[..., None, :]  # G_i - G_j
         Gamma = _decay(D, tril, _needs_flush(G))  # exp(G_i - G_j), 0 above the diagonal (masked before the exp)
@@ -150,14 +178,14 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Option
     U_n = U.transpose(1, 2).reshape(B, N, H, C, V).unbind(1)
     W_n = W.transpose(1, 2).reshape(B, N, H, C, K).unbind(1)
     Kst_n = k_st_T.transpose(1, 2).reshape(B, N, H, K, C).unbind(1)
-    a_n = None if decay_last is None else decay_last.reshape(B, H, N, 1, 1).transpose(1, 2).reshape(B, N, H, 1, 1).unbind(1)
+    a_n = None if decay_last is None else decay_last.transpose(1, 2).unbind(1)  # each [B, H, 1 | K, 1]
     states, deltas = [], []
     for n in range(N):
         states.append(S)
         # one fused GEMM each: d = U - W S ; S = a S + K_st d
         d = torch.baddbmm(U_n[n].reshape(B * H, C, V), W_n[n].reshape(B * H, C, K), S, alpha=-1.0)
         deltas.append(d)
-        S_dec = S if a_n is None else a_n[n].reshape(B * H, 1, 1) * S
+        S_dec = S if a_n is None else a_n[n].reshape(B * H, -1, 1) * S
         S = torch.baddbmm(S_dec, Kst_n[n].reshape(B * H, K, C), d)
     states = [st.view(B, H, K, V) for st in states]
     deltas = [dd.view(B, H, C, V) for dd in deltas]

@@ -28,11 +28,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from .common import _bmm_add, _decay, _init_state, _needs_flush, _to_chunks, chunk_operands, oracle_start
+from .common import (_bmm_add, _decay, _init_state, _intra_scores, _intra_vector, _needs_flush, _sub_chunk_len,
+                     _to_chunks, chunk_operands, oracle_start)
 
 Tensor = torch.Tensor
 
-__all__ = ["naive_recurrent_gla", "chunk_gla", "gla_step"]
+__all__ = ["naive_recurrent_gla", "chunk_gla", "chunk_hgrn2", "gla_step"]
 
 
 def _gate_kind(g: Optional[Tensor], q: Tensor) -> str:
@@ -96,55 +97,15 @@ def gla_step(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, sta
 # --------------------------------------------------------------------------------------
 # chunkwise parallel form
 # --------------------------------------------------------------------------------------
-def _sub_chunk_len(C: int, target: int = 16) -> int:
-    """Largest divisor of C that is <= target."""
-    return max(d for d in range(1, min(C, target) + 1) if C % d == 0)
-
-
-def _intra_vector(q: Tensor, k: Tensor, G: Tensor, c: int) -> Tensor:
-    """Causal intra-chunk score matrix for vector gates, without overflow.
-
-    q, k, G: [B, H, N, C, K] (q already scaled, G the inclusive in-chunk cumsum of g).
-    Returns A [B, H, N, C, C] with A_ij = sum_d q_id k_jd exp(G_id - G_jd) for i >= j, 0 otherwise.
-
-    A direct "q * exp(G), k * exp(-G)" factorisation overflows when the decay is strong
-    (exp(-G) grows like exp(5 C)). GLA (Yang et al. 2023, Sec. 4, secondary chunking) splits
-    the chunk into sub-chunks of length c:
-      * diagonal sub-blocks use the exact [c, c, K] tensor exp(G_i - G_j), masked to i >= j
-        before the exp, so every exponent is <= 0;
-      * an off-diagonal block (I > J) factors through the last position r of sub-chunk J:
-        exp(G_i - G_j) = exp(G_i - G_r) * exp(G_r - G_j), both exponents <= 0.
-    """
-    B, H, N, C, K = q.shape
-    m = C // c
-    qs = q.view(B, H, N, m, c, K)
-    ks = k.view(B, H, N, m, c, K)
-    Gs = G.view(B, H, N, m, c, K)
-
-    # diagonal sub-blocks: [B, H, N, m, c, c, K]
-    tril_c = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    D = Gs[..., :, None, :] - Gs[..., None, :, :]
-    A_diag = (qs[..., :, None, :] * ks[..., None, :, :] * _decay(D, tril_c[:, :, None])).sum(-1)  # [B,H,N,m,c,c]
-    if m == 1:
-        return A_diag.view(B, H, N, C, C)
-
-    # off-diagonal sub-blocks I > J through the reference row r = last of sub-chunk J
-    Gr = Gs[..., -1, :]  # [B, H, N, m, K]
-    k_ref = ks * _decay(Gr[..., None, :] - Gs)  # [B,H,N,m(J),c,K], exponent <= 0
-    E = Gs[..., :, None, :, :] - Gr[..., None, :, None, :]  # [B,H,N,m(I),m(J),c,K]
-    lower_m = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)
-    q_ref = qs[..., :, None, :, :] * _decay(E, lower_m[:, :, None, None])  # [B,H,N,m(I),m(J),c,K]
-    A_off = torch.einsum("bhnIJck,bhnJdk->bhnIJcd", q_ref, k_ref)  # [B,H,N,m,m,c,c]
-
-    eye_m = torch.eye(m, dtype=q.dtype, device=q.device)
-    A_blocks = A_off + A_diag[:, :, :, :, None] * eye_m[:, :, None, None]
-    return A_blocks.permute(0, 1, 2, 3, 5, 4, 6).reshape(B, H, N, C, C)
-
-
 def chunk_gla(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, scale: Optional[float] = None,
               initial_state: Optional[Tensor] = None, output_final_state: bool = False,
-              chunk_size: int = 64) -> Tuple[Tensor, Optional[Tensor]]:
+              chunk_size: int = 64, scores: str = "sub_chunks") -> Tuple[Tensor, Optional[Tensor]]:
     """Chunkwise-parallel gated linear attention (same contract as ``naive_recurrent_gla``).
+
+    ``scores`` picks the intra-chunk scores of a vector gate: "sub_chunks" (GLA's secondary chunking,
+    ``_intra_vector``; GLA's path, kept bit for bit) or "blocks" (the block-factored matmuls of KDA and DPLR,
+    ``_intra_scores``: exact for any gate and several times faster under the strong gates of HGRN2, see
+    ``chunk_hgrn2``).
 
     Chunkwise form (linear attention: Katharopoulos et al. 2020; with decay: RetNet
     Sun et al. 2023 Sec. 2.2 / Mamba2 SSD Dao & Gu 2024 Sec. 6; vector gates: GLA Yang
@@ -178,7 +139,10 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, sc
         k_st = kc * _decay(G_last - G)[..., None]
     else:  # vector
         G = _to_chunks(g, C).cumsum(-2)  # [B, H, N, C, K]
-        A = _intra_vector(qc, kc, G, _sub_chunk_len(C))
+        if scores == "blocks":
+            A = _intra_scores(qc, kc, G, float(g.detach().abs().amax()) if g.numel() else 0.0)
+        else:
+            A = _intra_vector(qc, kc, G, _sub_chunk_len(C))
         G_last = G[..., -1:, :]  # [B, H, N, 1, K]
         q_in = qc * _decay(G)
         k_st = kc * _decay(G_last - G)
@@ -218,3 +182,13 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, sc
     o = _bmm_add(o_intra, q_in, S_prev)  # o_intra + q_in @ S_prev  [B, H, N, C, V]
     o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
     return o.to(v.dtype), (S if output_final_state else None)
+
+
+def chunk_hgrn2(q: Tensor, k: Tensor, v: Tensor, *, g: Optional[Tensor] = None, scale: Optional[float] = None,
+                initial_state: Optional[Tensor] = None, output_final_state: bool = False,
+                chunk_size: int = 64) -> Tuple[Tensor, Optional[Tensor]]:
+    """HGRN2's chunked form (Qin et al. 2024): GLA with a per-channel gate (the caller ties k = 1 - exp(g)), its
+    intra-chunk scores block-factored. HGRN2's forget gates f = sigmoid(.) start near 1/2 (log-decay about -0.7
+    per token, far below GLA's logsigmoid(.)/16), where GLA's elementwise sub-chunks cost most."""
+    return chunk_gla(q, k, v, g=g, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+                     chunk_size=chunk_size, scores="blocks")

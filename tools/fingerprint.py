@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 MEMORY_PRESETS = ("linear_attention", "retnet", "mamba2", "gla", "deltanet", "gated_deltanet")
+NEW_TRANSITIONS = ("kda", "deltaproduct", "gated_deltaproduct", "rwkv7", "hgrn2", "mlstm")
 SCALAR_FORMS = ("mamba2", "gated_deltanet", "retnet", "deltanet")  # log-linear admits these retentions
 
 
@@ -73,6 +74,18 @@ def _cases() -> dict[str, dict]:
                          "chunk_size": 8}
                 if not violations(mixer):
                     add(f"axes/{bias}-{ret}-{fm}", mixer)
+    # the presets of the richer transitions (issue 13), in every composition the compatibility table allows
+    from archspace.blocks.presets import PRESETS
+
+    for p in NEW_TRANSITIONS:
+        add(f"plain/{p}", {"preset": p, "heads": 2, "chunk_size": 8})
+        add(f"plain-ref/{p}", {"preset": p, "heads": 2, "path": "reference"})
+        add(f"hybrid/{p}", {"preset": p, "heads": 2, "chunk_size": 8}, hybrid={"pattern": "MA"})
+        composed = {"mom": {"mom": {"memories": 3, "top_k": 2}}, **{
+            f"titans-{v}": {"titans": {"variant": v, "segment": 8, "window": 8}} for v in ("mac", "mag", "mal")}}
+        for label, extra in composed.items():
+            if not violations({**PRESETS[p], **extra}):
+                add(f"{label}/{p}", {"preset": p, "heads": 2, "chunk_size": 8, **extra})
     add("attention", {"preset": "attention", "heads": 2}, hybrid={"ratio": "0:1"})
     add("swa-conv", {"preset": "swa", "heads": 2, "window": 8, "short_conv": 4}, hybrid={"ratio": "0:1"})
     add("moe", {"preset": "gated_deltanet", "heads": 2}, mlp={"kind": "moe", "experts": 4, "top_k": 2})

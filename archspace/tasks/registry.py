@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .specs import (LMTaskSpec, MADCompressionSpec, MADFuzzyInContextRecallSpec, MADInContextRecallSpec,
-                    MADMemorizationSpec, MADNoisyInContextRecallSpec, MADSelectiveCopyingSpec, MQARTaskSpec, check_lm,
-                    check_mad, check_mqar)
+                    MADMemorizationSpec, MADNoisyInContextRecallSpec, MADSelectiveCopyingSpec, ModularAdditionSpec,
+                    MQARTaskSpec, ParitySpec, PermutationSpec, check_lm, check_mad, check_mqar, check_state_tracking)
 
 __all__ = ["Task", "TASKS"]
 
@@ -61,6 +61,16 @@ def _lm_data(task: dict, batch_size: int):
     return LMDataModule(task, batch_size=batch_size)
 
 
+def _state_tracking_data(task: dict, batch_size: int):
+    from .state_tracking import StateTrackingDataModule
+
+    return StateTrackingDataModule(task, batch_size=batch_size)
+
+
+def _state_tracking_seq_len(task: dict) -> int:
+    return int(task["train_lengths"][1])
+
+
 def _fixed_seq_len(task: dict) -> int:
     return int(task["seq_len"])
 
@@ -77,4 +87,6 @@ TASKS: dict[str, Task] = {
     **{_name(spec): Task(spec, _mad_data, _fixed_seq_len, check=check_mad,
                          readout=_compression_readout if spec is MADCompressionSpec else None) for spec in _MAD},
     "lm": Task(LMTaskSpec, _lm_data, _fixed_seq_len, check=check_lm, language_model=True),
+    **{_name(spec): Task(spec, _state_tracking_data, _state_tracking_seq_len, check=check_state_tracking)
+       for spec in (ParitySpec, ModularAdditionSpec, PermutationSpec)},
 }

@@ -187,3 +187,74 @@ def check_lm(task: LMTaskSpec, marks: yamlio.Marks) -> None:
         if missing:
             raise marks.error(f"no such corpus file {missing[0]!r}", ("task", "files", i),
                               hint=f"Relative paths and globs are taken from the current folder ({Path.cwd()}).")
+
+
+class _StateTrackingSpec(_Spec):
+    """Common keys of the state-tracking tasks (archspace/tasks/state_tracking.py): group word problems, trained on
+    short sequences and tested on longer ones."""
+
+    train_lengths: list[int] = Field(default_factory=lambda: [3, 40], min_length=2, max_length=2,
+                                     description="[lo, hi]: training lengths, uniform in lo..hi")
+    test_lengths: list[int] = Field(default_factory=lambda: [40, 64, 128, 256], min_length=1,
+                                    description="validation and test lengths, one slice each (len<L>)")
+    num_train_examples: int = Field(20000, ge=1, description="training sequences (generated once)")
+    num_test_examples: int = Field(500, ge=1, description="validation and test sequences per length")
+    train_labels: Literal["all", "final"] = Field(
+        "all", description="training targets: the prefix product at every position (all) or at the last (final)")
+    eval_labels: Literal["final", "all"] = Field(
+        "final", description="validation and test targets: final (a slice's accuracy is the fraction of sequences whose "
+        "whole product is right) or all")
+    vocab_size: Optional[int] = Field(None, ge=2, description="|G| (derived; must equal it if given)")
+    seed: int = Field(0, ge=0, description="data seed (train, validation and test use distinct child seeds)")
+
+    def _order(self) -> int:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _vocab(self):
+        if self.vocab_size is None:  # a wrong one is refused at its key by check_state_tracking
+            self.__dict__["vocab_size"] = self._order()
+        return self
+
+
+class ParitySpec(_StateTrackingSpec):
+    """Parity (Z_2 word problem): bits in, the parity of the ones so far out."""
+
+    name: Literal["parity"] = Field(description="task name")
+
+    def _order(self) -> int:
+        return 2
+
+
+class ModularAdditionSpec(_StateTrackingSpec):
+    """Modular addition (Z_m word problem): residues in, the running sum mod m out."""
+
+    name: Literal["modular_addition"] = Field(description="task name")
+    modulus: int = Field(5, ge=2, le=4096, description="m")
+
+    def _order(self) -> int:
+        return self.modulus
+
+
+class PermutationSpec(_StateTrackingSpec):
+    """Permutation composition (S_3 or S_5 word problem): permutations in, their running composition out."""
+
+    name: Literal["permutation"] = Field(description="task name")
+    group: Literal["s3", "s5"] = Field("s5", description="S_3 (6 elements, solvable) or S_5 (120, not solvable)")
+
+    def _order(self) -> int:
+        return {"s3": 6, "s5": 120}[self.group]
+
+
+def check_state_tracking(task: BaseModel, marks: yamlio.Marks) -> None:
+    """Cross-key constraints of the state-tracking generators."""
+    order = task._order()
+    if task.vocab_size != order:
+        raise marks.error(f"vocab_size {task.vocab_size}: this task's vocabulary is its group's {order} elements; "
+                          "leave vocab_size out", ("task", "vocab_size"))
+    lo, hi = task.train_lengths
+    if lo < 1 or hi < lo:
+        raise marks.error(f"train_lengths [{lo}, {hi}] must be [lo, hi] with 1 <= lo <= hi", ("task", "train_lengths"))
+    for i, L in enumerate(task.test_lengths):
+        if L < 1:
+            raise marks.error(f"test length {L} must be >= 1", ("task", "test_lengths", i))

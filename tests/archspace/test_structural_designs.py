@@ -88,7 +88,7 @@ def test_zoo_resolves_per_layer_and_accounts(tmp_path):
 
 
 @pytest.mark.parametrize("mixer, message", [
-    ("{preset: gla, hierarchy: log_linear}", "log-linear memory is defined for scalar"),
+    ("{preset: gla, hierarchy: log_linear}", "log-linear memory is implemented for scalar"),
     ("{preset: mamba2, mom: {memories: 2, top_k: 1}, titans: {variant: mal}}", "Titans composition takes one memory"),
 ])
 def test_incompatible_structures_exit_2(tmp_path, mixer, message):

@@ -26,3 +26,113 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     denom = b.abs().max().item()
     diff = (a - b).abs().max().item()
     return diff / denom if denom > 0 else diff
+
+
+def perturbed(mod: torch.nn.Module, std: float = 0.3, seed: int = 3) -> torch.nn.Module:
+    """Move every weight off its initialisation (zero LoRA downs, unit gains, constant biases), so that every
+    parameter gets a gradient and every path matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.add_(std * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return mod
+
+
+def check_against_formula(mod: torch.nn.Module, formula, T: int = 29, tol: float = 1e-5, seed: int = 0,
+                          grad_scale=None) -> None:
+    """The fp32 mixer against ``formula(mod64, x64)``, its recurrence written in the test and run in fp64 on a
+    float64 copy: outputs, and the gradients of the input and of every parameter (each nonzero). ``tol`` bounds
+    max |diff| / max |reference|: ~100 fp32 ulps accumulated over the T steps, as the other block tests.
+    ``grad_scale(name)`` may give another denominator for a parameter whose gradient is a sum of terms that cancel
+    (the size of those terms), called after the formula's backward."""
+    import copy
+
+    gen = torch.Generator().manual_seed(seed)
+    mod64 = copy.deepcopy(mod).double()
+    x = torch.randn(2, T, mod.cfg.d_model, generator=gen).requires_grad_(True)
+    x64 = x.detach().double().requires_grad_(True)
+    w = torch.randn(2, T, mod.cfg.d_model, generator=gen)
+    y, y_ref = mod(x), formula(mod64, x64)
+    assert y.shape == x.shape
+    assert rel_err(y.detach(), y_ref.detach()) <= tol
+    (y * w).sum().backward()
+    (y_ref * w.double()).sum().backward()
+    assert rel_err(x.grad, x64.grad) <= tol
+    ref = dict(mod64.named_parameters())
+    for name, p in mod.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} gets no gradient"
+        scale = None if grad_scale is None else grad_scale(name)
+        err = rel_err(p.grad, ref[name].grad) if scale is None else (p.grad - ref[name].grad).abs().max().item() / scale
+        assert err <= tol, (name, err)
+
+
+def check_decoding(mod: torch.nn.Module, T: int = 13, tol: float = 1e-5) -> None:
+    """Token-by-token ``step`` equals the parallel forward, outputs and every final state entry; a forward continued
+    from a state equals the whole sequence."""
+    x = torch.randn(2, T, mod.cfg.d_model)
+    with torch.no_grad():
+        y, final = mod(x, return_state=True)
+        state, outs = None, []
+        for t in range(T):
+            y_t, state = mod.step(x[:, t], state)
+            outs.append(y_t)
+        a, s = mod(x[:, : T // 2], return_state=True)
+        b = mod(x[:, T // 2:], state=s)
+    assert rel_err(torch.stack(outs, 1), y) <= tol
+    _same_state(state, final, tol, "state")
+    assert rel_err(torch.cat([a, b], 1), y) <= tol
+
+
+def check_mom(mem, T: int = 19, **extra) -> None:
+    """A Mixture-of-Memories of ``mem`` memories (3 of them, top 2 unless ``extra`` says otherwise): the chunked path
+    equals the reference path, decoding equals the forward, and the accounting counts the module's parameters and
+    state."""
+    import dataclasses
+
+    from archspace.blocks.config import MoMConfig
+    from archspace.blocks.mom import MoMMixer
+
+    mom = MoMConfig(mem, memories=3, **{"top_k": 2, **extra})
+    a = perturbed(MoMMixer(mom))
+    b = MoMMixer(dataclasses.replace(mom, memory=dataclasses.replace(mem, path="reference")))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, T, mem.d_model)
+    with torch.no_grad():
+        assert rel_err(a(x), b(x)) <= 1e-5
+        assert state_numel(a(x[:1], return_state=True)[1]) == MoMMixer.cost(mom, T).state
+    check_decoding(a)
+    assert MoMMixer.cost(mom, T).params == sum(p.numel() for p in a.parameters())
+
+
+def _same_state(a, b, tol: float, where: str) -> None:
+    """Two (nested) state dicts: the same keys, tensors within ``tol``, other entries (positions) equal."""
+    if isinstance(b, dict):
+        assert set(a) == set(b), where
+        for key in b:
+            _same_state(a[key], b[key], tol, f"{where}.{key}")
+    elif isinstance(b, torch.Tensor) and b.is_floating_point() and b.numel():
+        assert rel_err(a, b) <= tol, where
+    elif isinstance(b, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def state_numel(state: dict) -> int:
+    return sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+def design_error(tmp_path, mixer_yaml: str, extra_model: str = ""):
+    """The ConfigError of a design whose model.mixer is ``mixer_yaml`` (a flow mapping), or None if it validates."""
+    from archspace.errors import ConfigError
+    from archspace.grammar import load_design
+
+    f = tmp_path / "d.yaml"
+    f.write_text(f"model:\n  d_model: 16\n  mixer: {mixer_yaml}\n{extra_model}"
+                 "task: {vocab_size: 64, train: [{seq_len: 16, num_kv_pairs: 2, num_examples: 8}],"
+                 " test: [{seq_len: 16, num_kv_pairs: 2, num_examples: 8}]}\n")
+    try:
+        load_design(f)
+    except ConfigError as exc:
+        return exc
+    return None

@@ -120,11 +120,13 @@ def test_vector_gate_shape_and_sign():
     assert (g < 0).all() and (g >= torch.nn.functional.logsigmoid(torch.tensor(-1e4)) / cfg.gate_temperature).all()
 
 
-def test_vector_retention_with_delta_rule_is_rejected():
-    with pytest.raises(ValueError):
-        MemoryMixer(MemoryConfig(16, 2, 4, 4, bias="l2", retention="vector"))
-    with pytest.raises(ValueError):
-        MemoryMixer.cost(MemoryConfig(16, 2, 4, 4, bias="l2", retention="vector"), 8)
+def test_vector_retention_with_delta_rule_builds():
+    """The delta rule with a per-key-channel gate (KDA's transition, issue 13) is a point of the grammar; the delta
+    rule still needs l2-normalised keys."""
+    mod = MemoryMixer(MemoryConfig(16, 2, 4, 4, bias="l2", retention="vector", key_norm="l2"))
+    assert mod.ops.family == "delta_rule"
+    with pytest.raises(ValueError, match="key_norm"):
+        MemoryConfig(16, 2, 4, 4, bias="l2", retention="vector")
 
 
 @pytest.mark.parametrize("fmap", ["identity", "elu1", "silu", "relu"])

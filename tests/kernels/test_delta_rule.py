@@ -1,8 +1,11 @@
-"""chunk_delta_rule / delta_rule_step against the token-by-token oracle (fp32, CPU)."""
+"""chunk_delta_rule / delta_rule_step against the token-by-token oracle (fp32, CPU): DeltaNet, Gated DeltaNet and
+the vector-gated delta rule of Kimi Delta Attention (KDA), with step sizes in (0, 1) and in (0, 2)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from kernel_testutil import TOL, rel, rel_grad
 
 from archspace.kernels.delta_rule import (
     chunk_delta_rule,
@@ -11,18 +14,13 @@ from archspace.kernels.delta_rule import (
 )
 
 B, H, K, V = 2, 2, 16, 12  # K != V so that a transposed state cannot pass
-TOL = 1e-5
 
-GATES = ["none", "scalar", "scalar_strong"]
+# KDA (vector) gates: GLA-like logsigmoid, strong (down to -5 per step, exp(-cumsum) overflows a chunk), near zero
+# (a = exp(-10 .. -20): the state is wiped every step), near one (g ~ -1e-4); "beta2": step sizes in (0, 2)
+# (negative eigenvalues, Grazzi et al. 2024)
+GATES = ["none", "scalar", "scalar_strong", "vector", "vector_strong", "vector_zero", "vector_near_one", "vector_beta2",
+         "none_beta2"]
 T_CHUNK = [(1, 16), (37, 16), (64, 32), (100, 32), (100, 64)]
-
-
-def rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    nb = b.norm()
-    if nb == 0:
-        return a.norm().item()
-    return ((a - b).norm() / nb).item()
 
 
 def make_inputs(T, gate, init, seed=0, dtype=torch.float32, normalise_k=True):
@@ -39,8 +37,18 @@ def make_inputs(T, gate, init, seed=0, dtype=torch.float32, normalise_k=True):
         x["g"] = F.logsigmoid(r(B, T, H))
     elif gate == "scalar_strong":  # down to -5 per step
         x["g"] = -5.0 * torch.rand(B, T, H, generator=gen)
+    elif gate in ("vector", "vector_beta2"):
+        x["g"] = F.logsigmoid(r(B, T, H, K))
+    elif gate == "vector_strong":
+        x["g"] = -5.0 * torch.rand(B, T, H, K, generator=gen)
+    elif gate == "vector_zero":
+        x["g"] = -10.0 - 10.0 * torch.rand(B, T, H, K, generator=gen)
+    elif gate == "vector_near_one":
+        x["g"] = -1e-4 * torch.rand(B, T, H, K, generator=gen)
     else:
         x["g"] = None
+    if gate.endswith("beta2"):
+        x["beta"] = 2.0 * x["beta"]
     x["initial_state"] = r(B, H, K, V) if init else None
     return {n: (t.to(dtype) if t is not None else None) for n, t in x.items()}
 
@@ -74,7 +82,8 @@ def test_chunk_matches_naive_fwd_bwd(gate, T, C, init):
     assert set(grads) == set(g_ref)
     for n in g_ref:
         assert torch.isfinite(grads[n]).all(), n
-        assert rel(grads[n], g_ref[n]) <= TOL, (n, rel(grads[n], g_ref[n]))
+        err = rel_grad(n, grads[n], g_ref[n], x, g_ref, gate.endswith("_zero"))
+        assert err <= TOL, (n, err)
 
 
 @pytest.mark.parametrize("gate", ["none", "scalar"])

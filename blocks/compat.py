@@ -85,6 +85,16 @@ INCOMPATIBLE: tuple = (
         "Titans' memory as context reads the memory of the segment start with the queries, a single state "
         "S^T q that a log-linear memory does not have; use titans.variant mag or mal",
     ),
+    Incompatibility(
+        {"type": "memory", "feature_map": ("taylor2", "hedgehog"), "bias": ("rwkv7", "mlstm")},
+        "RWKV-7's and the mLSTM's per-key-channel parameters (removal and replacement keys, bonus, normaliser) "
+        "follow key_dim; a feature map that widens the keys (taylor2, hedgehog) is not defined for them",
+    ),
+    Incompatibility(
+        {"type": "memory", "feature_map": ("taylor2", "hedgehog"), "update": "householder"},
+        "DeltaProduct's n keys per token are l2-normalised key_dim vectors; a widening feature map (taylor2, "
+        "hedgehog) over its step axis is not implemented",
+    ),
 )
 
 

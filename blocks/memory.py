@@ -77,7 +77,7 @@ def add_projections(host: nn.Module, cfg: MemoryConfig, streams: str) -> None:
     if cfg.short_conv > 0:
         for s in streams:
             setattr(host, f"{s}_conv", ShortConv(width[s], cfg.short_conv, bias=cfg.conv_bias))
-    for s in streams.replace("v", ""):  # a learned feature map (hedgehog): one per stream, beside its projection
+    for s in [s for s in streams if s != "v"]:  # a learned feature map (hedgehog): one per stream, beside its projection
         cfg.axes.feature_map.add_stream_params(host, cfg, s)
 
 

@@ -230,20 +230,20 @@ class KDA(Retention):
         # fla's KDA layer (layers/kda.py): a low-rank projection (rank gate_rank; fla: the head's value dim) to one
         # pre-activation per (head, key channel); A_log per head ~ log U(1, 16) and dt_bias per (head, key channel)
         # initialised as Mamba2's (softplus(dt_bias) ~ logU(1e-3, 1e-1))
-        H, HK = cfg.heads, cfg.heads * cfg.key_dim
+        H, HK = cfg.heads, cfg.heads * cfg.state_key_dim
         host.f_down = linear(cfg.d_model, cfg.gate_rank)
         host.f_up = linear(cfg.gate_rank, HK)
         host.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
         host.dt_bias = nn.Parameter(_mamba_dt_bias(HK))
 
     def linears(self, cfg) -> list:
-        return [(cfg.d_model, cfg.gate_rank), (cfg.gate_rank, cfg.heads * cfg.key_dim)]
+        return [(cfg.d_model, cfg.gate_rank), (cfg.gate_rank, cfg.heads * cfg.state_key_dim)]
 
     def extra_params(self, cfg) -> int:
-        return cfg.heads + cfg.heads * cfg.key_dim  # A_log, dt_bias
+        return cfg.heads + cfg.heads * cfg.state_key_dim  # A_log, dt_bias
 
     def log_decay(self, host, cfg, x):
-        H, K = cfg.heads, cfg.key_dim
+        H, K = cfg.heads, cfg.state_key_dim
         f = host.f_up(host.f_down(x)).view(*x.shape[:-1], H, K)
         return -torch.exp(host.A_log)[:, None] * F.softplus(f + host.dt_bias.view(H, K))
 
@@ -267,13 +267,13 @@ class HGRN2(Retention):
         return None
 
     def add_params(self, host, cfg) -> None:
-        host.f_proj = linear(cfg.d_model, cfg.heads * cfg.key_dim)  # no bias (fla's HGRN2)
+        host.f_proj = linear(cfg.d_model, cfg.heads * cfg.state_key_dim)  # no bias (fla's HGRN2)
 
     def linears(self, cfg) -> list:
-        return [(cfg.d_model, cfg.heads * cfg.key_dim)]
+        return [(cfg.d_model, cfg.heads * cfg.state_key_dim)]
 
     def log_decay(self, host, cfg, x):
-        g = F.logsigmoid(host.f_proj(x)).view(*x.shape[:-1], cfg.heads, cfg.key_dim)
+        g = F.logsigmoid(host.f_proj(x)).view(*x.shape[:-1], cfg.heads, cfg.state_key_dim)
         lb = cfg.lower_bound
         if lb == 0.0:
             return g
@@ -291,21 +291,21 @@ class RWKV7Decay(Retention):
         # RWKV-LM x070: LoRA down 0, up orthogonal * 0.1, w0 = -6 + 6 (i / (C-1)) + 0.5 + 2.5 zz (its layer-0 profile)
         from .bias import _lora, _rwkv_profile
 
-        HK = cfg.heads * cfg.key_dim
-        lin, zz = _rwkv_profile(HK, cfg.key_dim)
+        HK = cfg.heads * cfg.state_key_dim
+        lin, zz = _rwkv_profile(HK, cfg.state_key_dim)
         up = _lora(host, "w", cfg.d_model, cfg.gate_rank, HK, bias=True)
         with torch.no_grad():
             up.bias.copy_(-6.0 + 6.0 * (lin + 0.5) + 0.5 + 2.5 * zz)
 
     def linears(self, cfg) -> list:
-        return [(cfg.d_model, cfg.gate_rank), (cfg.gate_rank, cfg.heads * cfg.key_dim)]
+        return [(cfg.d_model, cfg.gate_rank), (cfg.gate_rank, cfg.heads * cfg.state_key_dim)]
 
     def extra_params(self, cfg) -> int:
-        return cfg.heads * cfg.key_dim  # w0 (w_up's bias)
+        return cfg.heads * cfg.state_key_dim  # w0 (w_up's bias)
 
     def log_decay(self, host, cfg, x):
         d = host.w_up(torch.tanh(host.w_down(x)))
-        return (-math.exp(-0.5) * torch.sigmoid(d)).view(*x.shape[:-1], cfg.heads, cfg.key_dim)
+        return (-math.exp(-0.5) * torch.sigmoid(d)).view(*x.shape[:-1], cfg.heads, cfg.state_key_dim)
 
 
 RETENTION = Axis("retention", "retention gate", "none", {

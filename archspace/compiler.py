@@ -16,7 +16,8 @@ from .budget import apply_budget
 from .grammar import Design, HybridSpec, MixerSpec, parse_pattern
 
 # Fields that choose how a layer is computed, not what it computes: excluded from the design hash,
-# so the chunked and reference paths of one design share a hash.
+# so the chunked and reference paths of one design share a hash. A mini-batch memory's chunk_size is its
+# mini-batch size, which changes the function (blocks/dispatch.py): it stays in the hash.
 EXECUTION_FIELDS = ("path", "chunk_size")
 
 
@@ -135,9 +136,12 @@ def _memory_config(spec: MixerSpec, d_model: int):
 def design_hash(model_dict: dict) -> str:
     """Canonical hash of a resolved model: same architecture, same hash, whatever the spelling."""
 
+    from .blocks.config import is_minibatch
+
     def strip(node):
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k not in EXECUTION_FIELDS}
+            model = {"chunk_size"} if node.get("kind") == "memory" and is_minibatch(node) else set()
+            return {k: strip(v) for k, v in node.items() if k not in EXECUTION_FIELDS or k in model}
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node

@@ -81,6 +81,8 @@ class Option:
     doc: str
     bounds: dict = field(default_factory=dict)  # pydantic-style ge / gt / le for the grammar
     always: bool = False  # grammar v1 wrote it for every memory: keep it in every resolved config
+    sparse: bool = False  # written only when it differs from its default (added to a grammar-v1 value: the
+    #                       resolved configs, and design hashes, of designs that leave it alone stay as they were)
 
 
 class AxisValue:
@@ -88,6 +90,13 @@ class AxisValue:
 
     name: str = ""  # the grammar name, set by the axis table
     options: tuple = ()
+    # False: no exact online kernel computes this value; the memory runs on the mini-batch engine
+    # (kernels/minibatch.py), whose chunk_size is a hyperparameter of the model (see blocks/dispatch.py)
+    online: bool = True
+
+    def is_online(self, memory: dict) -> bool:
+        """``online`` for a memory's mapping (a value whose options decide it overrides this)."""
+        return self.online
 
     @property
     def summary(self) -> str:
@@ -110,6 +119,19 @@ class AxisValue:
 
     def extra_params(self, cfg) -> int:
         return 0
+
+    def spec(self, cfg) -> dict:
+        """This value's fields of the mini-batch engine's MemorySpec (kernels/minibatch.py)."""
+        return {}
+
+    def gates(self, host, cfg, x) -> dict:
+        """Per-token keyword inputs of the kernels from tokens x [..., D] (beyond the retention's log-decay
+        and the bias' step size), from ``add_params``."""
+        return {}
+
+    def statics(self, host, cfg) -> dict:
+        """Learned tensors the mini-batch engine reads at every token, per head: {name: [H, ...]}."""
+        return {}
 
 
 class Axis(dict):

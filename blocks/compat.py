@@ -4,7 +4,8 @@ Read by the block configs (blocks/config.py refuses to build such a memory), by 
 gets the reason at file:line:col), by the compiler (through the configs), by the study sampler (never samples
 such a design) and by the tests. A rule fires when every key of ``when`` matches the mixer's mapping: a value,
 a tuple of values, or SET (the key is present and not null, e.g. a ``mom:`` section); a dotted key reaches into
-a nested section (``titans.variant``).
+a nested section (``titans.variant``). An axis key the mapping leaves out (a partial mapping) takes its axis'
+default, so ``structure: matrix`` matches a mapping that does not name a structure.
 """
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .axis import InvalidConfig
+from .bias import BIAS
+from .feature_map import FEATURE_MAP
+from .hierarchy import HIERARCHY
+from .retention import RETENTION
+from .structure import STRUCTURE
+from .update import UPDATE
+
+_AXIS_DEFAULTS = {a.key: a.default for a in (STRUCTURE, BIAS, RETENTION, UPDATE, FEATURE_MAP, HIERARCHY)}
 
 __all__ = ["SET", "Incompatibility", "INCOMPATIBLE", "violations", "check"]
 
@@ -31,12 +40,72 @@ INCOMPATIBLE: tuple = (
         "use retention: scalar (Gated DeltaNet) or bias: dot (GLA)",
     ),
     Incompatibility(
-        {"type": "memory", "bias": "l2", "key_norm": "none"},
+        {"type": "memory", "bias": "l2", "key_norm": "none", "structure": ("matrix", "vector"),
+         "update": ("gd", "momentum", "newton_schulz")},
         "the delta rule needs l2-normalised keys (key_norm: l2): with ||k|| > 1 the transition "
-        "I - b k k^T can expand the state and training diverges",
+        "I - b k k^T can expand the state and training diverges (Longhorn's implicit step does not: "
+        "update: implicit; a deep memory's LayerNorm bounds its output: structure: mlp)",
     ),
     Incompatibility(
         {"type": "memory", "hierarchy": "log_linear", "retention": "vector"},
+        "log-linear memory is defined for scalar (or no / constant) retention: the Mamba2 and Gated DeltaNet "
+        "forms of Guo et al. 2025; use retention: scalar",
+    ),
+    # -- the Miras axes (issue 12): what the mini-batch engine and the exact kernels cannot combine
+    Incompatibility(
+        {"type": "memory", "update": "implicit", "bias": ("dot", "l1", "lp", "huber", "omega")},
+        "Longhorn's implicit update is the closed-form minimiser of the l2 loss's proximal step; use bias: l2",
+    ),
+    Incompatibility(
+        {"type": "memory", "update": "implicit", "structure": "mlp"},
+        "the implicit update has a closed form for linear memories only (vector, matrix); a deep memory's "
+        "proximal step has none",
+    ),
+    Incompatibility(
+        {"type": "memory", "update": "newton_schulz", "structure": "vector"},
+        "Newton-Schulz orthogonalises weight matrices; a vector memory has none: use update momentum",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": "vector", "structure": "mlp"},
+        "a per-key-channel (vector) retention gate decays the rows of a matrix memory; a deep memory's decay is "
+        "one number per head: use retention: weight_decay or scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": "vector", "bias": ("l1", "lp", "huber", "omega")},
+        "a per-key-channel (vector) retention gate has no mini-batch form (the engine decays whole weight tensors); "
+        "use retention: weight_decay or scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": "vector", "update": ("momentum", "newton_schulz")},
+        "a per-key-channel (vector) retention gate has no mini-batch form (the engine decays whole weight tensors); "
+        "use retention: weight_decay or scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": "vector", "update": "implicit", "structure": "matrix"},
+        "a per-key-channel (vector) retention gate with the delta rule (KDA) is not in grammar version 1; "
+        "use retention: scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "token_scale": True, "retention": ("constant", "scalar", "vector", "forget",
+                                                             "weight_decay", "lq", "kl", "elastic_net")},
+        "TTT's token scale rescales a plain gradient sum inside each mini-batch (TTT has no retention); with a "
+        "decaying or mapped memory that sum is not the memory's displacement: use retention: none",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "structure": ("vector", "mlp")},
+        "log-linear memory keeps Fenwick levels of matrix states (Guo et al. 2025); use structure: matrix",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "bias": ("l1", "lp", "huber", "omega")},
+        "log-linear memory is defined for the dot and delta-rule writes of Mamba2 and Gated DeltaNet; use bias: dot "
+        "or l2",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "update": ("momentum", "newton_schulz", "implicit")},
+        "log-linear memory is defined for one gradient step per token (Mamba2, Gated DeltaNet); use update: gd",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "retention": ("weight_decay", "lq", "kl", "elastic_net")},
         "log-linear memory is defined for scalar (or no / constant) retention: the Mamba2 and Gated DeltaNet "
         "forms of Guo et al. 2025; use retention: scalar",
     ),
@@ -53,6 +122,8 @@ INCOMPATIBLE: tuple = (
 
 
 def _lookup(mixer: dict, key: str) -> tuple[bool, Any]:
+    if key in _AXIS_DEFAULTS and key not in mixer and mixer.get("type", "memory") == "memory":
+        return True, _AXIS_DEFAULTS[key]
     node: Any = mixer
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:

@@ -40,12 +40,13 @@ from torch import nn
 
 from .axis import linear
 from .config import Cost, MemoryConfig
-from .dispatch import memory_ops
+from .dispatch import memory_ops, memory_statics
 from .norm import GroupRMSNorm
 from .short_conv import ShortConv
 
 __all__ = ["MemoryMixer", "PathCost", "add_projections", "add_gate_params", "add_output_params", "qk_features",
-           "query", "write_project", "write_finish", "output", "query_cost", "write_cost", "output_cost"]
+           "query", "write_project", "write_finish", "output", "query_cost", "write_cost", "output_cost",
+           "with_statics"]
 
 
 # ---------------------------------------------------------------------------------------------- the paths
@@ -61,11 +62,14 @@ def add_projections(host: nn.Module, cfg: MemoryConfig, streams: str) -> None:
 
 
 def add_gate_params(host: nn.Module, cfg: MemoryConfig) -> None:
-    """The write's gates: the retention gate's parameters, then the bias' (the same names on a MemoryMixer and on
-    each write path of a Mixture-of-Memories, so weights map one to one)."""
+    """The write's gates: the retention gate's parameters, then the bias', the update's and the structure's (a deep
+    memory's initial weights and LayerNorm) (the same names on a MemoryMixer and on each write path of a
+    Mixture-of-Memories, so weights map one to one: every memory of a mixture has its own)."""
     axes = cfg.axes
     axes.retention.add_params(host, cfg)
     axes.bias.add_params(host, cfg)
+    axes.update.add_params(host, cfg)
+    axes.structure.add_params(host, cfg)
 
 
 def add_output_params(host: nn.Module, cfg: MemoryConfig) -> None:
@@ -102,9 +106,16 @@ def query(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, conv_state: Optio
 
 
 def write_gates(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor) -> dict:
-    """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule)}."""
+    """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule), and the
+    bias' and update's other inputs (Huber threshold, Omega weights, momentum, Longhorn's eps)}."""
     axes = cfg.axes
-    return {"g": axes.retention.log_decay(host, cfg, x), **axes.bias.step_size(host, cfg, x)}
+    return {"g": axes.retention.log_decay(host, cfg, x), **axes.bias.step_size(host, cfg, x),
+            **axes.update.gates(host, cfg, x)}
+
+
+def with_statics(gates: dict, host: nn.Module, cfg: MemoryConfig, batch_size: int) -> dict:
+    """The gates plus, for a mini-batch memory, the learned tensors its kernels read ("statics")."""
+    return {**gates, "statics": memory_statics(host, cfg, batch_size)} if cfg.minibatch else gates
 
 
 def write_project(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor):
@@ -164,9 +175,9 @@ def write_cost(cfg: MemoryConfig) -> PathCost:
     """W_k, W_v, their convs and the gates of the retention and bias axes."""
     axes, D, H = cfg.axes, cfg.d_model, cfg.heads
     conv_params, conv_flops = _conv_cost(cfg, H * cfg.key_dim + H * cfg.value_dim)
-    linears = [(D, H * cfg.key_dim), (D, H * cfg.value_dim)] + axes.retention.linears(cfg) + axes.bias.linears(cfg)
-    return PathCost(linears, conv_params + axes.retention.extra_params(cfg) + axes.bias.extra_params(cfg),
-                    conv_flops)
+    owners = (axes.retention, axes.bias, axes.update, axes.structure)
+    linears = [(D, H * cfg.key_dim), (D, H * cfg.value_dim)] + [lin for v in owners for lin in v.linears(cfg)]
+    return PathCost(linears, conv_params + sum(v.extra_params(cfg) for v in owners), conv_flops)
 
 
 def output_cost(cfg: MemoryConfig) -> PathCost:
@@ -206,7 +217,7 @@ class MemoryMixer(nn.Module):
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int, device=None) -> dict:
         device = device if device is not None else self.q_proj.weight.device
-        state = self.axes.hierarchy.init_state(self.cfg, batch_size, device)
+        state = self.axes.hierarchy.init_state(self.cfg, batch_size, device, host=self)
         if self.use_conv:
             dtype = self.q_proj.weight.dtype
             for s in "qkv":
@@ -232,7 +243,7 @@ class MemoryMixer(nn.Module):
         q, k = key_norm(q, cfg), key_norm(k, cfg)
         gates = write_gates(self, cfg, x)
         gates.update(self.axes.hierarchy.read_inputs(self, cfg, x))
-        return q, k, v, gates, convs
+        return q, k, v, with_statics(gates, self, cfg, x.shape[0]), convs
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False):
         """x [B, T, D] -> y [B, T, D] (or (y, state) when return_state).
@@ -261,6 +272,7 @@ class MemoryMixer(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.cfg
-        return (f"bias={c.bias}, retention={c.retention}, feature_map={c.feature_map}, key_norm={c.key_norm}, "
+        return (f"structure={c.structure}, bias={c.bias}, retention={c.retention}, update={c.update}, "
+                f"feature_map={c.feature_map}, key_norm={c.key_norm}, "
                 f"short_conv={c.short_conv}, path={c.path}, chunk_size={c.chunk_size}, kernels={self.ops.family}"
                 + (f", hierarchy={c.hierarchy}, levels={c.levels}" if c.hierarchy != "none" else ""))

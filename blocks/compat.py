@@ -35,7 +35,7 @@ class Incompatibility:
 
 INCOMPATIBLE: tuple = (
     Incompatibility(
-        {"type": "memory", "bias": "l2", "retention": "vector"},
+        {"type": "memory", "bias": "l2", "retention": "vector", "structure": "matrix"},
         "a per-channel (vector) retention gate with the delta rule (KDA) is not in grammar version 1; "
         "use retention: scalar (Gated DeltaNet) or bias: dot (GLA)",
     ),

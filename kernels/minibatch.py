@@ -578,6 +578,18 @@ def _finish(spec, st, pos, B, H, output_final_state):
     return {"memory": _pack(spec, st).view(B, H, -1), "pos": pos}
 
 
+def _prologue(spec, q, k, v, beta, g, log_eta, gamma, delta, statics, initial_state, chunk_size):
+    """What both whole-sequence paths start from: the state, its position, the statics' rows, the compute dtype,
+    q, k, v and every gate as rows [N, T, ...] (absent gates filled with their neutral value)."""
+    if chunk_size != spec.chunk:
+        raise ValueError(f"chunk_size {chunk_size} differs from the memory's mini-batch size {spec.chunk}")
+    st, pos, S_rows, dt = _begin(spec, q, k, v, statics or {}, initial_state)
+    qr, kr, vr = (_rows(t).to(dt) for t in (q, k, v))
+    dl = None if delta is None else _rows(delta).to(dt)
+    return (st, pos, S_rows, dt, qr, kr, vr, _gate_rows(g, dt, qr, 0.0), _gate_rows(beta, dt, qr, 1.0),
+            _gate_rows(log_eta, dt, qr, 0.0), _gate_rows(gamma, dt, qr, 1.0), dl)
+
+
 def chunk_minibatch(q: Tensor, k: Tensor, v: Tensor, *, spec: MemorySpec, beta: Optional[Tensor] = None,
                     g: Optional[Tensor] = None, log_eta: Optional[Tensor] = None, gamma: Optional[Tensor] = None,
                     delta: Optional[Tensor] = None, statics: Optional[dict] = None, initial_state=None,
@@ -585,16 +597,11 @@ def chunk_minibatch(q: Tensor, k: Tensor, v: Tensor, *, spec: MemorySpec, beta: 
     """Chunked mini-batch memory (module docstring): q, k [B, T, H, K], v [B, T, H, V], gates [B, T, H];
     ``initial_state`` {"memory": [B, H, P], "pos": int} or None (the learned init ``statics["w0"]``).
     Returns o [B, T, H, V] (v.dtype) and the final state (or None). ``chunk_size`` must be the spec's C."""
-    if chunk_size != spec.chunk:
-        raise ValueError(f"chunk_size {chunk_size} differs from the memory's mini-batch size {spec.chunk}")
-    B, T, H, _ = q.shape
-    st, pos, S_rows, dt = _begin(spec, q, k, v, statics or {}, initial_state)
-    qr, kr, vr = (_rows(t).to(dt) for t in (q, k, v))
-    gr = _gate_rows(g, dt, qr, 0.0)
-    th = _gate_rows(beta, dt, qr, 1.0)
-    le = None if spec.update == "gd" else _gate_rows(log_eta, dt, qr, 0.0)
-    gam = None if spec.window == 1 else _gate_rows(gamma, dt, qr, 1.0)
-    dl = None if delta is None else _rows(delta).to(dt)
+    B, T, H = q.shape[:3]
+    st, pos, S_rows, dt, qr, kr, vr, gr, th, le, gam, dl = _prologue(spec, q, k, v, beta, g, log_eta, gamma, delta,
+                                                                     statics, initial_state, chunk_size)
+    le = None if spec.update == "gd" else le
+    gam = None if spec.window == 1 else gam
     outs, t = [], 0
     C = spec.chunk
     while t < T:
@@ -670,16 +677,9 @@ def naive_minibatch(q: Tensor, k: Tensor, v: Tensor, *, spec: MemorySpec, beta: 
                     delta: Optional[Tensor] = None, statics: Optional[dict] = None, initial_state=None,
                     output_final_state: bool = False, chunk_size: int = 1):
     """Oracle: the token loop of the module docstring (same contract as ``chunk_minibatch``)."""
-    if chunk_size != spec.chunk:
-        raise ValueError(f"chunk_size {chunk_size} differs from the memory's mini-batch size {spec.chunk}")
-    B, T, H, _ = q.shape
-    st, pos, S_rows, dt = _begin(spec, q, k, v, statics or {}, initial_state)
-    qr, kr, vr = (_rows(t).to(dt) for t in (q, k, v))
-    gr = _gate_rows(g, dt, qr, 0.0)
-    th = _gate_rows(beta, dt, qr, 1.0)
-    le = _gate_rows(log_eta, dt, qr, 0.0)
-    gam = _gate_rows(gamma, dt, qr, 1.0)
-    dl = None if delta is None else _rows(delta).to(dt)
+    B, T, H = q.shape[:3]
+    st, pos, S_rows, dt, qr, kr, vr, gr, th, le, gam, dl = _prologue(spec, q, k, v, beta, g, log_eta, gamma, delta,
+                                                                     statics, initial_state, chunk_size)
     outs = []
     for t in range(T):
         p = torch.full((B * H,), pos + t, dtype=torch.long, device=q.device)

@@ -22,3 +22,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     denom = b.abs().max().item()
     diff = (a - b).abs().max().item()
     return diff / denom if denom > 0 else diff
+
+
+def outputs_and_input_grads(mods, x: torch.Tensor, w: torch.Tensor):
+    """Run each module on its own leaf copy of x and back-propagate <y, w>: ([y], [dx]) per module."""
+    xs = [x.clone().requires_grad_(True) for _ in mods]
+    ys = []
+    for mod, xi in zip(mods, xs):
+        y = mod(xi)
+        (y * w).sum().backward()
+        ys.append(y.detach())
+    return ys, [xi.grad for xi in xs]

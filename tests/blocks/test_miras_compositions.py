@@ -13,7 +13,7 @@ from archspace.blocks.config import AttentionConfig, MemoryConfig, MoMConfig, Ti
 from archspace.blocks.mom import MoMMixer
 from archspace.blocks.titans import TitansMixer
 
-from blocks_testutil import MINIBATCH_PRESETS, rel_err
+from blocks_testutil import MINIBATCH_PRESETS, outputs_and_input_grads, rel_err
 
 DT = torch.float64
 TOL = 1e6 * torch.finfo(DT).eps
@@ -45,14 +45,9 @@ def _pair(make, cfg, memory_of):
 
 def _same_outputs_and_grads(a, b, x, tol=TOL):
     w = torch.randn_like(x)
-    xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    ys = []
-    for mod, xi in zip((a, b), xs):
-        y = mod(xi)
-        (y * w).sum().backward()
-        ys.append(y.detach())
+    ys, dxs = outputs_and_input_grads((a, b), x, w)
     assert rel_err(ys[0], ys[1]) <= tol
-    assert rel_err(xs[0].grad, xs[1].grad) <= tol
+    assert rel_err(dxs[0], dxs[1]) <= tol
     ref = dict(b.named_parameters())
     for name, p in a.named_parameters():
         if p.grad is None:  # top-1 routing: the router learns through the load-balancing loss only

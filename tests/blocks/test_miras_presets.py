@@ -14,7 +14,7 @@ from archspace.blocks.dispatch import kernel_family
 from archspace.blocks.memory import MemoryMixer, output
 from archspace.blocks.presets import PRESETS
 
-from blocks_testutil import MINIBATCH_PRESETS, rel_err
+from blocks_testutil import MINIBATCH_PRESETS, outputs_and_input_grads, rel_err
 
 T = 11
 # The chunked path and the token loop are the same function (tests/kernels/test_minibatch.py); here every identity
@@ -50,14 +50,9 @@ def test_chunk_equals_reference_outputs_and_gradients(name):
     ref.load_state_dict(chunk.state_dict())
     x = torch.randn(2, T, cfg.d_model, dtype=DT)
     w = torch.randn(2, T, cfg.d_model, dtype=DT)
-    xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    ys = []
-    for mod, xi in zip((chunk, ref), xs):
-        y = mod(xi)
-        (y * w).sum().backward()
-        ys.append(y.detach())
+    ys, dxs = outputs_and_input_grads((chunk, ref), x, w)
     assert rel_err(ys[0], ys[1]) <= TOL
-    assert rel_err(xs[0].grad, xs[1].grad) <= TOL
+    assert rel_err(dxs[0], dxs[1]) <= TOL
     grads = dict(ref.named_parameters())
     for pname, p in chunk.named_parameters():
         assert p.grad is not None and p.grad.abs().max() > 0, f"{pname} gets no gradient"

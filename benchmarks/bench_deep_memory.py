@@ -14,7 +14,9 @@ mini-batch start):
     fwd+bwd      the chunked path with autograd; the token loop with autograd and each mini-batch of the loop under
                  torch.utils.checkpoint (without it the loop keeps every token's weight, momentum and gradient
                  copies for backward: about 12 MB per token at this size, 12 GB at T = 1024, more than a shared
-                 24 GB machine can hold), so its backward recomputes its forward once
+                 24 GB machine can hold), so its backward recomputes its forward once. Measured: this does not
+                 bound the loop's memory as intended (the process held 3.4 GB at T = 128 and grew past 14 GB at
+                 T = 1024 before it was stopped; not diagnosed), so fwd+bwd is run at T = 128 (README)
 
 Times are medians over ``--repeats`` runs after a warm-up (the loop: one run; it takes minutes).
 """

@@ -35,13 +35,13 @@ class Incompatibility:
 
 INCOMPATIBLE: tuple = (
     Incompatibility(
-        {"type": "memory", "bias": "l2", "retention": "vector", "structure": "matrix"},
+        {"type": "memory", "bias": "l2", "structure": "matrix", "retention": "vector"},
         "a per-channel (vector) retention gate with the delta rule (KDA) is not in grammar version 1; "
         "use retention: scalar (Gated DeltaNet) or bias: dot (GLA)",
     ),
     Incompatibility(
-        {"type": "memory", "bias": "l2", "key_norm": "none", "structure": ("matrix", "vector"),
-         "update": ("gd", "momentum", "newton_schulz")},
+        {"type": "memory", "bias": "l2", "structure": ("matrix", "vector"),
+         "update": ("gd", "momentum", "newton_schulz"), "key_norm": "none"},
         "the delta rule needs l2-normalised keys (key_norm: l2): with ||k|| > 1 the transition "
         "I - b k k^T can expand the state and training diverges (Longhorn's implicit step does not: "
         "update: implicit; a deep memory's LayerNorm bounds its output: structure: mlp)",
@@ -81,7 +81,7 @@ INCOMPATIBLE: tuple = (
         "use retention: weight_decay or scalar",
     ),
     Incompatibility(
-        {"type": "memory", "retention": "vector", "update": "implicit", "structure": "matrix"},
+        {"type": "memory", "update": "implicit", "structure": "matrix", "retention": "vector"},
         "a per-key-channel (vector) retention gate with the delta rule (KDA) is not in grammar version 1; "
         "use retention: scalar",
     ),

@@ -22,13 +22,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from ..kernels.minibatch import minibatch_read, packed_numel, state_parts, weight_numel
 from .axis import INIT_STD, Axis, AxisValue, InvalidConfig, Option, nn, torch
-
-
-def _engine():
-    from ..kernels import minibatch
-
-    return minibatch
 
 
 def _spec(cfg):
@@ -59,7 +54,7 @@ class Structure(AxisValue):
     def state_shape(self, cfg) -> tuple:
         """Shape of one memory's state per sequence (without the batch dim); a mini-batch memory: packed."""
         if cfg.minibatch:
-            return (cfg.heads, _engine().packed_numel(_spec(cfg)))
+            return (cfg.heads, packed_numel(_spec(cfg)))
         return self.online_shape(cfg)
 
     def online_shape(self, cfg) -> tuple:
@@ -73,10 +68,10 @@ class Structure(AxisValue):
         parameters on ``host``)."""
         if not cfg.minibatch:
             return torch.zeros(batch_size, *self.state_shape(cfg), device=device, dtype=torch.float32)
-        eng, spec = _engine(), _spec(cfg)
+        spec = _spec(cfg)
         w0 = (self.statics(host, cfg) if host is not None else {}).get("w0")
-        flat = torch.zeros(cfg.heads, eng.weight_numel(spec), device=device) if w0 is None else w0.float()
-        parts = eng.state_parts(spec)  # A, then S = 0, the anchor = A, an empty Omega window
+        flat = torch.zeros(cfg.heads, weight_numel(spec), device=device) if w0 is None else w0.float()
+        parts = state_parts(spec)  # A, then S = 0, the anchor = A, an empty Omega window
         packed = torch.cat([flat] + ([torch.zeros_like(flat)] if parts["S"] else []) + ([flat] if parts["Wa"] else [])
                            + ([flat.new_zeros(cfg.heads, parts["window"])] if parts["window"] else []), dim=1)
         return packed.to(device).unsqueeze(0).expand(batch_size, *packed.shape).clone()
@@ -88,7 +83,7 @@ class Structure(AxisValue):
             return self.read_online(cfg, state, q)
         from .dispatch import memory_statics
 
-        return _engine().minibatch_read(q, {"memory": state, "pos": 0}, spec=_spec(cfg),
+        return minibatch_read(q, {"memory": state, "pos": 0}, spec=_spec(cfg),
                                         statics=memory_statics(host, cfg, q.shape[0]))
 
     def read_online(self, cfg, state, q):
@@ -97,7 +92,7 @@ class Structure(AxisValue):
     def read_flops(self, cfg) -> int:
         """FLOPs of one read, per head: 2 per multiply-add of the memory's forward (a bias entry counts as one)."""
         if cfg.minibatch:
-            return 2 * _engine().weight_numel(_spec(cfg))
+            return 2 * weight_numel(_spec(cfg))
         return 2 * self.cells(cfg)
 
 
@@ -206,7 +201,7 @@ class MLP(Structure):
             host.memory_ln_bias = nn.Parameter(torch.zeros(H * cfg.value_dim))
 
     def extra_params(self, cfg) -> int:
-        n = cfg.heads * _engine().weight_numel(_spec(cfg)) if cfg.memory_init == "learned" else 0
+        n = cfg.heads * weight_numel(_spec(cfg)) if cfg.memory_init == "learned" else 0
         return n + (2 * cfg.heads * cfg.value_dim if cfg.memory_norm == "layernorm" else 0)
 
     def statics(self, host, cfg) -> dict:

@@ -16,7 +16,8 @@ from .budget import apply_budget
 from .grammar import Design, HybridSpec, MixerSpec, parse_pattern
 
 # Fields that choose how a layer is computed, not what it computes: excluded from the design hash,
-# so the chunked and reference paths of one design share a hash.
+# so the chunked and reference paths of one design share a hash. A mini-batch memory's chunk_size is its
+# mini-batch size, which changes the function (blocks/dispatch.py): it stays in the hash.
 EXECUTION_FIELDS = ("path", "chunk_size")
 
 
@@ -148,14 +149,16 @@ def design_hash(model_dict: dict) -> str:
     """Canonical hash of a resolved model: same architecture, same hash, whatever the spelling. A memory field
     added after grammar v1 (``hash_default=False`` in blocks/config.py) counts only where it differs from its
     default, so the designs hashed before it existed keep their hashes."""
-    from .blocks.config import MemoryConfig, hash_neutral_defaults
+    from .blocks.config import MemoryConfig, hash_neutral_defaults, is_minibatch
 
     neutral = hash_neutral_defaults(MemoryConfig)
 
     def strip(node):
         if isinstance(node, dict):
             memory = node.get("kind") == "memory"
-            return {k: strip(v) for k, v in node.items() if k not in EXECUTION_FIELDS
+            # a mini-batch memory's chunk size is part of its model (the update runs once per mini-batch)
+            model = {"chunk_size"} if memory and is_minibatch(node) else set()
+            return {k: strip(v) for k, v in node.items() if (k not in EXECUTION_FIELDS or k in model)
                     and not (memory and k in neutral and v == neutral[k])}
         if isinstance(node, list):
             return [strip(v) for v in node]

@@ -356,15 +356,17 @@ def _check_options(merged: dict, user: dict, path: tuple, marks: yamlio.Marks) -
     choose that value; one that came with the preset is dropped when the user changed the value it belongs to."""
     from .blocks.config import MEMORY_AXES, option_owners
 
-    for key, (axis, value) in option_owners().items():
+    for key, owners in option_owners().items():  # owners: ((axis, value), ...), the values that share the option
         if key not in merged:
             continue
-        chosen = merged.get(axis, MEMORY_AXES[axis].default)
-        if chosen == value:
+        chosen = {axis: merged.get(axis, MEMORY_AXES[axis].default) for axis, _ in owners}
+        if any(chosen[axis] == value for axis, value in owners):
             continue
         if key in user:
-            raise marks.error(f"'{key}' is an option of {axis}: {value}, and this mixer has {axis}: {chosen}",
-                              path + (key,), at_key=True, hint=f"Set {axis}: {value} or drop '{key}'.")
+            of = " or ".join(f"{axis}: {value}" for axis, value in owners)
+            has = ", ".join(f"{axis}: {value}" for axis, value in chosen.items())
+            raise marks.error(f"'{key}' is an option of {of}, and this mixer has {has}",
+                              path + (key,), at_key=True, hint=f"Set {of} or drop '{key}'.")
         del merged[key]
 
 

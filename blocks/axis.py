@@ -96,6 +96,13 @@ class AxisValue:
 
     name: str = ""  # the grammar name, set by the axis table
     options: tuple = ()
+    # False: no exact online kernel computes this value; the memory runs on the mini-batch engine
+    # (kernels/minibatch.py), whose chunk_size is a hyperparameter of the model (see blocks/dispatch.py)
+    online: bool = True
+
+    def is_online(self, memory: dict) -> bool:
+        """``online`` for a memory's mapping (a value whose options decide it overrides this)."""
+        return self.online
 
     @property
     def summary(self) -> str:
@@ -118,6 +125,19 @@ class AxisValue:
 
     def extra_params(self, cfg) -> int:
         return 0
+
+    def spec(self, cfg) -> dict:
+        """This value's fields of the mini-batch engine's MemorySpec (kernels/minibatch.py)."""
+        return {}
+
+    def gates(self, host, cfg, x) -> dict:
+        """Per-token keyword inputs of the kernels from tokens x [..., D] (beyond the retention's log-decay
+        and the bias' step size), from ``add_params``."""
+        return {}
+
+    def statics(self, host, cfg) -> dict:
+        """Learned tensors the mini-batch engine reads at every token, per head: {name: [H, ...]}."""
+        return {}
 
 
 class Axis(dict):

@@ -1,10 +1,12 @@
-"""Attentional bias axis (``bias:``): the inner loss whose one gradient step is the memory's write (Miras,
+"""Attentional bias axis (``bias:``): the inner loss whose gradient step is the memory's write (Miras,
 Behrouz et al. 2025, https://arxiv.org/abs/2504.13173, Sec. 3). See blocks/axis.py for what a value owns.
 
-dot    <S^T k, v> (Hebbian):    S <- S + k v^T                                  (linear attention, GLA, Mamba2, HGRN2)
-l2     ||S^T k - v||^2 / 2 (delta rule, one step of size b = sigmoid(W_b x), or b in ``beta_range``):
-                                S <- (I - b k k^T) S + b k v^T                  (DeltaNet, Gated DeltaNet, KDA,
-                                                                                 DeltaProduct with update householder)
+r = M(k) - v is the memory's error on a key, psi = dl/dM(k) what the write back-propagates:
+
+dot    -<M(k), v>, psi = -v (Hebbian):  S <- S + k v^T                    (linear attention, GLA, Mamba2, HGRN2)
+l2     ||r||^2 / 2, psi = r (delta rule, one step of size b = sigmoid(W_b x), or b in ``beta_range``):
+                                        S <- (I - b k k^T) S + b k v^T    (DeltaNet, Gated DeltaNet, KDA, TTT,
+                                                                           DeltaProduct with update householder)
 rwkv7  the generalised delta rule of RWKV-7 (Peng et al. 2025, https://arxiv.org/abs/2503.14456): remove what is
        stored under the unit key kh = normalize(k * k_k) at a per-channel rate a = sigmoid(a0 + LoRA(x)), then write
        the replacement key k~ = k * (1 + (a - 1) * k_a):
@@ -14,8 +16,25 @@ rwkv7  the generalised delta rule of RWKV-7 (Peng et al. 2025, https://arxiv.org
 mlstm  Hebbian write scaled by an exponential input gate, with a normaliser and a max-stabiliser (xLSTM's mLSTM,
        Beck et al. 2024, https://arxiv.org/abs/2405.04517; kernels/mlstm.py):
                                 S <- f S + exp(i~) k v^T,  n <- f n + exp(i~) k,  read S^T q / max(|n^T q|, 1)
+lp     ||r||_p^p with |r| = sqrt(r^2 + eps): psi = p r (r^2 + eps)^((p-2)/2)  (Moneta: p = 3; Miras Sec. 3.1,
+       Eq. 10-11; the smooth |.| makes p < 2 differentiable at 0)
+l1     lp with p = 1: psi = r / sqrt(r^2 + eps), a smooth sign                 (Miras Sec. 3.1)
+huber  the Huber loss with threshold d, fixed or data-dependent d_t = softplus(W_d x + b_d) (Yaad; Miras
+       Sec. 3.1, Eq. 13-16): huber_form yaad (psi = r inside ||r|| <= d, else d r/|r|_eps: the paper's mixture of
+       l2 and l1, discontinuous at the threshold), coordinate (sum_j H_d(r_j): clamp(r, -d, d)) or norm
+       (H_d(||r||): r min(1, d/||r||))
+omega  the Omega rule (ATLAS, Behrouz et al. 2025, https://arxiv.org/abs/2505.23735, Sec. 3): the l2 loss summed
+       over the last `omega_window` tokens with data-dependent weights gamma_i = sigmoid(W_g x_i + b_g)
+       (or 1), every term's gradient at the memory of the mini-batch start
+
+dot and l2 on a vector or matrix memory, rwkv7 and mlstm on a matrix memory have exact online kernels; the others
+run on the mini-batch engine (kernels/minibatch.py). Every bias but dot, rwkv7 and mlstm has a step size
+b_t = lr_max * sigmoid(W_b x_t) per head (the update's learning rate theta_t).
 """
 from __future__ import annotations
+
+import math
+from typing import Literal
 
 from .axis import Axis, AxisValue, F, Option, linear, nn, torch
 
@@ -43,16 +62,17 @@ class Bias(AxisValue):
         return None
 
     def write_flops(self, cfg) -> int:
-        """FLOPs of one token's write into one head's memory (the transition included)."""
+        """FLOPs of one token's write into one head's memory (the transition included); exact kernels only."""
         raise NotImplementedError
 
     def transition_flops(self, cfg) -> int:
         """FLOPs of the state-dependent part of the transition alone (applied to every log-linear level)."""
         return 0
 
-    def init_memory(self, cfg, batch_size: int, device=None) -> dict:
-        """One memory's state entries before the first token."""
-        return {"memory": cfg.axes.structure.init_state(cfg, batch_size, device)}
+    def init_memory(self, cfg, batch_size: int, device=None, host=None) -> dict:
+        """One memory's state entries before the first token (``host``: the module whose parameters hold a
+        mini-batch memory's learned initial weights)."""
+        return {"memory": cfg.axes.structure.init_state(cfg, batch_size, device, host)}
 
     def extra_state_numel(self, cfg) -> int:
         """Numbers one memory holds beside its structure's state (mLSTM's normaliser and stabiliser)."""
@@ -64,8 +84,16 @@ class Dot(Bias):
 
     kernel = "gla"
 
+    def step_size(self, host, cfg, x) -> dict:
+        if cfg.lr_max == 1.0:
+            return {}
+        return {"beta": x.new_full((*x.shape[:-1], cfg.heads), cfg.lr_max)}  # a mini-batch memory's constant step
+
+    def spec(self, cfg) -> dict:
+        return {"loss": "dot"}
+
     def write_flops(self, cfg) -> int:
-        return 2 * cfg.state_key_dim * cfg.state_value_dim
+        return 2 * cfg.axes.structure.cells(cfg)
 
 
 DEFAULT_BETA_RANGE = (0.0, 1.0)
@@ -90,23 +118,31 @@ class L2(Bias):
         return None
 
     def add_params(self, host, cfg) -> None:
-        host.b_proj = linear(cfg.d_model, cfg.heads * cfg.axes.update.steps(cfg))
+        if not cfg.axes.update.owns_step:
+            host.b_proj = linear(cfg.d_model, cfg.heads * cfg.axes.update.steps(cfg))
 
     def linears(self, cfg) -> list:
-        return [(cfg.d_model, cfg.heads * cfg.axes.update.steps(cfg))]
+        return [] if cfg.axes.update.owns_step else [(cfg.d_model, cfg.heads * cfg.axes.update.steps(cfg))]
 
     def step_size(self, host, cfg, x) -> dict:
+        if cfg.axes.update.owns_step:
+            return {}
         b = torch.sigmoid(host.b_proj(x))
         lo, hi = cfg.beta_range
         if (lo, hi) != DEFAULT_BETA_RANGE:
             b = lo + (hi - lo) * b
+        if cfg.lr_max != 1.0:
+            b = cfg.lr_max * b  # a mini-batch memory's step size theta_t
         if cfg.axes.update.step_axis:
             b = b.view(*x.shape[:-1], cfg.axes.update.steps(cfg), cfg.heads)
         return {"beta": b}
 
+    def spec(self, cfg) -> dict:
+        return {"loss": "l2"}
+
     def write_flops(self, cfg) -> int:
         # S^T k, then the rank-one write, per step
-        return 4 * cfg.state_key_dim * cfg.state_value_dim * cfg.axes.update.steps(cfg)
+        return 4 * cfg.axes.structure.cells(cfg) * cfg.axes.update.steps(cfg)
 
     def transition_flops(self, cfg) -> int:
         return 4 * cfg.state_key_dim * cfg.state_value_dim  # (I - b k k^T) S: k^T S and the rank-one update
@@ -234,7 +270,7 @@ class MLSTM(Bias):
         # S += i k v^T (2KV); the normaliser: decay (K), write (2K), read n^T q (2K)
         return 2 * cfg.key_dim * cfg.value_dim + 5 * cfg.key_dim
 
-    def init_memory(self, cfg, batch_size: int, device=None) -> dict:
+    def init_memory(self, cfg, batch_size: int, device=None, host=None) -> dict:
         from ..kernels.mlstm import mlstm_init_state
 
         return mlstm_init_state(batch_size, cfg.heads, cfg.key_dim, cfg.value_dim, device)
@@ -243,9 +279,112 @@ class MLSTM(Bias):
         return cfg.heads * cfg.key_dim + cfg.heads  # n [H, K], m [H]
 
 
+ABS_EPS = Option("abs_eps", float, 1e-6, "eps of the smooth |r| = sqrt(r^2 + eps) in the lp / l1 / huber "
+                 "gradients (Miras' smooth approximation; 0 = the exact, non-smooth form)", {"ge": 0})
+
+
+class LP(L2):
+    """l_p regression ||M(k) - v||_p^p, smooth |r| (Moneta)"""
+
+    kernel = None
+    online = False
+    options = (Option("p", float, 3.0, "the p of the l_p attentional bias (Moneta: 3)", {"ge": 1, "le": 16}),
+               ABS_EPS)
+
+    def spec(self, cfg) -> dict:
+        return {"loss": "lp", "p": float(cfg.p), "abs_eps": float(cfg.abs_eps)}
+
+
+class L1(LP):
+    """l_1 regression ||M(k) - v||_1, smooth |r| (lp with p = 1)"""
+
+    options = (ABS_EPS,)
+
+    def spec(self, cfg) -> dict:
+        return {"loss": "lp", "p": 1.0, "abs_eps": float(cfg.abs_eps)}
+
+
+class Huber(L2):
+    """Huber regression with a fixed or data-dependent threshold (Yaad)"""
+
+    kernel = None
+    online = False
+    options = (
+        Option("huber_form", Literal["yaad", "coordinate", "norm"], "yaad",
+               "yaad: l2 inside ||r|| <= d, d * l1 outside (Miras Eq. 16, Yaad); coordinate: per-entry Huber; "
+               "norm: Huber of ||r||"),
+        Option("huber_threshold", Literal["data", "fixed"], "data",
+               "the threshold d: data-dependent softplus(W_d x + b_d) per head (Yaad) or the constant huber_delta"),
+        Option("huber_delta", float, 1.0, "the fixed threshold, or the initial data-dependent one (b_d = "
+               "softplus^-1 of it; archspace's choice, the paper gives none)", {"gt": 0}),
+        ABS_EPS,
+    )
+
+    def add_params(self, host, cfg) -> None:
+        super().add_params(host, cfg)
+        if cfg.huber_threshold == "data":
+            host.delta_proj = linear(cfg.d_model, cfg.heads, bias=True)
+            nn.init.constant_(host.delta_proj.bias, math.log(math.expm1(cfg.huber_delta)))
+
+    def linears(self, cfg) -> list:
+        return super().linears(cfg) + ([(cfg.d_model, cfg.heads)] if cfg.huber_threshold == "data" else [])
+
+    def extra_params(self, cfg) -> int:
+        return cfg.heads if cfg.huber_threshold == "data" else 0
+
+    def step_size(self, host, cfg, x) -> dict:
+        if cfg.huber_threshold == "data":
+            delta = F.softplus(host.delta_proj(x))
+        else:
+            delta = x.new_full((*x.shape[:-1], cfg.heads), cfg.huber_delta)
+        return {**super().step_size(host, cfg, x), "delta": delta}
+
+    def spec(self, cfg) -> dict:
+        return {"loss": "huber", "huber_form": cfg.huber_form, "abs_eps": float(cfg.abs_eps)}
+
+
+class Omega(L2):
+    """the Omega rule: l2 over a sliding window of tokens with learned weights (ATLAS)"""
+
+    kernel = None
+    online = False
+    options = (
+        Option("omega_window", int, 4, "Omega rule: tokens c whose l2 losses each write sums (1 = l2; ATLAS Eq. 9)",
+               {"ge": 1, "le": 256}),
+        Option("omega_gamma", Literal["learned", "ones"], "learned",
+               "Omega rule: the weight of each token in the window, sigmoid(W_g x + b_g) per head (b_g = 3, "
+               "archspace's choice: weights near 1 at the start) or 1"),
+    )
+
+    def add_params(self, host, cfg) -> None:
+        super().add_params(host, cfg)
+        if cfg.omega_gamma == "learned":
+            host.gamma_proj = linear(cfg.d_model, cfg.heads, bias=True)
+            nn.init.constant_(host.gamma_proj.bias, 3.0)
+
+    def linears(self, cfg) -> list:
+        return super().linears(cfg) + ([(cfg.d_model, cfg.heads)] if cfg.omega_gamma == "learned" else [])
+
+    def extra_params(self, cfg) -> int:
+        return cfg.heads if cfg.omega_gamma == "learned" else 0
+
+    def step_size(self, host, cfg, x) -> dict:
+        out = super().step_size(host, cfg, x)
+        if cfg.omega_gamma == "learned":
+            out["gamma"] = torch.sigmoid(host.gamma_proj(x))
+        return out
+
+    def spec(self, cfg) -> dict:
+        return {"loss": "l2", "window": cfg.omega_window}
+
+
 BIAS = Axis("bias", "attentional bias", "dot", {
     "dot": Dot(),
     "l2": L2(),
     "rwkv7": RWKV7(),
     "mlstm": MLSTM(),
+    "l1": L1(),
+    "lp": LP(),
+    "huber": Huber(),
+    "omega": Omega(),
 })

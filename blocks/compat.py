@@ -4,7 +4,8 @@ Read by the block configs (blocks/config.py refuses to build such a memory), by 
 gets the reason at file:line:col), by the compiler (through the configs), by the study sampler (never samples
 such a design) and by the tests. A rule fires when every key of ``when`` matches the mixer's mapping: a value,
 a tuple of values, or SET (the key is present and not null, e.g. a ``mom:`` section); a dotted key reaches into
-a nested section (``titans.variant``).
+a nested section (``titans.variant``). An axis key the mapping leaves out (a partial mapping) takes its axis'
+default, so ``structure: matrix`` matches a mapping that does not name a structure.
 """
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .axis import InvalidConfig
+from .bias import BIAS
+from .feature_map import FEATURE_MAP
+from .hierarchy import HIERARCHY
+from .retention import RETENTION
+from .structure import STRUCTURE
+from .update import UPDATE
+
+_AXIS_DEFAULTS = {a.key: a.default for a in (STRUCTURE, BIAS, RETENTION, UPDATE, FEATURE_MAP, HIERARCHY)}
 
 __all__ = ["SET", "VECTOR_GATES", "Incompatibility", "INCOMPATIBLE", "violations", "check"]
 
@@ -28,9 +37,11 @@ VECTOR_GATES = ("vector", "kda", "hgrn2", "rwkv7")  # retention values that deca
 
 INCOMPATIBLE: tuple = (
     Incompatibility(
-        {"type": "memory", "bias": "l2", "key_norm": "none"},
+        {"type": "memory", "bias": "l2", "structure": ("matrix", "vector"),
+         "update": ("gd", "householder", "momentum", "newton_schulz"), "key_norm": "none"},
         "the delta rule needs l2-normalised keys (key_norm: l2): with ||k|| > 1 the transition "
-        "I - b k k^T can expand the state and training diverges",
+        "I - b k k^T can expand the state and training diverges (Longhorn's implicit step does not: "
+        "update: implicit; a deep memory's LayerNorm bounds its output: structure: mlp)",
     ),
     Incompatibility(
         {"type": "memory", "hierarchy": "log_linear", "retention": VECTOR_GATES},
@@ -76,6 +87,132 @@ INCOMPATIBLE: tuple = (
         "Titans' memory as context reads the segment-start state as K**-0.5 S^T q without a write; RWKV-7 reads "
         "through its token shift with scale 1 and the mLSTM through its normaliser: use titans.variant mag or mal",
     ),
+    # -- the Miras axes (issue 12): what the mini-batch engine and the exact kernels cannot combine
+    Incompatibility(
+        {"type": "memory", "update": "implicit", "bias": ("dot", "rwkv7", "mlstm", "l1", "lp", "huber", "omega")},
+        "Longhorn's implicit update is the closed-form minimiser of the l2 loss's proximal step; use bias: l2",
+    ),
+    Incompatibility(
+        {"type": "memory", "update": "implicit", "structure": "mlp"},
+        "the implicit update has a closed form for linear memories only (vector, matrix); a deep memory's "
+        "proximal step has none",
+    ),
+    Incompatibility(
+        {"type": "memory", "update": "newton_schulz", "structure": "vector"},
+        "Newton-Schulz orthogonalises weight matrices; a vector memory has none: use update momentum",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": VECTOR_GATES, "structure": "mlp"},
+        "a per-key-channel retention gate (vector, kda, hgrn2, rwkv7) decays the rows of a matrix memory; a deep memory's decay is "
+        "one number per head: use retention: weight_decay or scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": VECTOR_GATES, "bias": ("l1", "lp", "huber", "omega")},
+        "a per-key-channel retention gate (vector, kda, hgrn2, rwkv7) has no mini-batch form (the engine decays whole weight tensors); "
+        "use retention: weight_decay or scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": VECTOR_GATES, "update": ("momentum", "newton_schulz")},
+        "a per-key-channel retention gate (vector, kda, hgrn2, rwkv7) has no mini-batch form (the engine decays whole weight tensors); "
+        "use retention: weight_decay or scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "update": "implicit", "structure": "matrix", "retention": VECTOR_GATES},
+        "Longhorn's implicit step under a per-key-channel decay (KDA's transition (I - b k k^T) Diag(a) S, one step "
+        "per value column) is not implemented; use retention: scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "token_scale": True, "retention": ("constant", "scalar", "vector", "forget", "kda", "hgrn2",
+                                                             "rwkv7", "weight_decay", "lq", "kl", "elastic_net")},
+        "TTT's token scale rescales a plain gradient sum inside each mini-batch (TTT has no retention); with a "
+        "decaying or mapped memory that sum is not the memory's displacement: use retention: none",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "structure": ("vector", "mlp")},
+        "log-linear memory keeps Fenwick levels of matrix states (Guo et al. 2025); use structure: matrix",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "bias": ("l1", "lp", "huber", "omega")},
+        "log-linear memory is defined for the dot and delta-rule writes of Mamba2 and Gated DeltaNet; use bias: dot "
+        "or l2",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "update": ("momentum", "newton_schulz", "implicit")},
+        "log-linear memory is defined for one gradient step per token (Mamba2, Gated DeltaNet); use update: gd",
+    ),
+    Incompatibility(
+        {"type": "memory", "hierarchy": "log_linear", "retention": ("weight_decay", "lq", "kl", "elastic_net")},
+        "log-linear memory is defined for scalar (or no / constant) retention: the Mamba2 and Gated DeltaNet "
+        "forms of Guo et al. 2025; use retention: scalar",
+    ),
+    # -- the Miras axes against the transitions of issue 13 (RWKV-7, mLSTM, KDA, HGRN2, DeltaProduct): their kernels
+    #    (kernels/dplr.py, mlstm.py, delta_product.py, hgrn2.py) keep one matrix S in R^{K x V} per head
+    Incompatibility(
+        {"type": "memory", "structure": ("vector", "mlp"), "bias": ("rwkv7", "mlstm")},
+        "RWKV-7's diagonal-plus-low-rank write and the mLSTM's normalised read have exact kernels for matrix "
+        "memories only (kernels/dplr.py, kernels/mlstm.py); use structure: matrix",
+    ),
+    Incompatibility(
+        {"type": "memory", "structure": ("vector", "mlp"), "retention": ("kda", "hgrn2", "rwkv7")},
+        "the KDA, HGRN2 and RWKV-7 gates decay the key rows of a matrix memory (and HGRN2 ties its key to the gate); "
+        "on a vector or deep memory they are not implemented: use retention: vector (vector memory) or "
+        "weight_decay / scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "structure": ("vector", "mlp"), "update": "householder"},
+        "DeltaProduct's Householder steps act on a matrix memory (kernels/delta_product.py); use structure: matrix",
+    ),
+    Incompatibility(
+        {"type": "memory", "update": ("momentum", "newton_schulz"), "bias": ("rwkv7", "mlstm")},
+        "the mini-batch engine (kernels/minibatch.py) has no form of RWKV-7's write or the mLSTM's normaliser and "
+        "stabiliser; use update: gd",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": ("lq", "kl", "elastic_net"), "bias": ("rwkv7", "mlstm")},
+        "the mapped retentions (lq, kl, elastic_net) run on the mini-batch engine, which has no form of RWKV-7's "
+        "write or the mLSTM's normaliser and stabiliser; use retention: weight_decay or scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": ("lq", "kl", "elastic_net"), "update": "householder"},
+        "the mapped retentions (lq, kl, elastic_net) run on the mini-batch engine, which takes one step per token, "
+        "not DeltaProduct's n Householder steps; use retention: weight_decay or scalar",
+    ),
+    Incompatibility(
+        {"type": "memory", "structure": ("vector", "mlp"), "feature_map": ("taylor2", "hedgehog")},
+        "a vector memory is elementwise (key width = value width) and a deep memory's first layer reads key_dim "
+        "inputs; a feature map that widens the keys (taylor2, hedgehog) is defined for matrix memories only",
+    ),
+    Incompatibility(
+        {"type": "memory", "bias": ("l1", "lp", "huber", "omega"), "feature_map": ("taylor2", "hedgehog")},
+        "the mini-batch engine's memory reads key_dim inputs; a feature map that widens the keys (taylor2, "
+        "hedgehog) runs on the exact kernels only: use bias dot or l2",
+    ),
+    Incompatibility(
+        {"type": "memory", "retention": ("lq", "kl", "elastic_net"), "feature_map": ("taylor2", "hedgehog")},
+        "the mapped retentions run on the mini-batch engine, whose memory reads key_dim inputs; a feature map that "
+        "widens the keys (taylor2, hedgehog) runs on the exact kernels only",
+    ),
+    Incompatibility(
+        {"type": "memory", "update": ("momentum", "newton_schulz", "implicit"), "feature_map": ("taylor2", "hedgehog")},
+        "the momentum and Newton-Schulz updates run on the mini-batch engine, whose memory reads key_dim inputs, and "
+        "Longhorn's step is not implemented over widened keys; a feature map that widens the keys (taylor2, "
+        "hedgehog) runs with update gd",
+    ),
+    Incompatibility(
+        {"type": "memory", "normalizer": "sum", "structure": ("vector", "mlp")},
+        "the sum normaliser is the linear-attention denominator, a column z of a matrix memory (Katharopoulos et al. "
+        "2020); use structure: matrix",
+    ),
+    Incompatibility(
+        {"type": "memory", "normalizer": "sum", "update": ("momentum", "newton_schulz")},
+        "the sum normaliser's column z is kept by the exact kernels; the mini-batch engine (momentum, Newton-Schulz) "
+        "has none: use update gd",
+    ),
+    Incompatibility(
+        {"type": "memory", "normalizer": "sum", "retention": ("lq", "kl", "elastic_net")},
+        "the sum normaliser's column z is kept by the exact kernels; the mapped retentions run on the mini-batch "
+        "engine, which has none: use retention weight_decay or scalar",
+    ),
     Incompatibility(
         {"type": "memory", "mom": SET, "titans": SET},
         "a Titans composition takes one memory mixer, not a Mixture-of-Memories, in grammar version 1",
@@ -99,6 +236,8 @@ INCOMPATIBLE: tuple = (
 
 
 def _lookup(mixer: dict, key: str) -> tuple[bool, Any]:
+    if key in _AXIS_DEFAULTS and key not in mixer and mixer.get("type", "memory") == "memory":
+        return True, _AXIS_DEFAULTS[key]
     node: Any = mixer
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:

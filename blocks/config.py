@@ -48,17 +48,24 @@ def _axis_field(axis):
 
 
 def _with_axis_options(cls):
-    """Add each axis value's options right after its axis field (before @dataclass reads the fields)."""
-    annotations = {}
+    """Add each axis value's options right after its axis field (before @dataclass reads the fields). An option
+    that several values declare (the same Option) is one field, owned by all of them."""
+    annotations, owners, decl = {}, {}, {}
     for name, typ in cls.__annotations__.items():
         annotations[name] = typ
         axis = MEMORY_AXES.get(name)
         for value in (axis.values() if axis is not None else ()):
             for opt in value.options:
+                if opt.name in decl and decl[opt.name] != opt:
+                    raise ValueError(f"option {opt.name!r} is declared twice with different definitions")
+                decl[opt.name] = opt
+                owners.setdefault(opt.name, []).append((name, value.name))
                 annotations[opt.name] = opt.type
-                setattr(cls, opt.name, spec(opt.default, f"{opt.doc} ({name}: {value.name})", **opt.bounds,
-                                            owner=(name, value.name), always=opt.always,
-                                            hash_default=opt.hash_default, omit_default=opt.omit_default))
+    for oname, opt in decl.items():
+        own = tuple(owners[oname])
+        shown = "; ".join(f"{a}: {', '.join(v for a2, v in own if a2 == a)}" for a in dict.fromkeys(a for a, _ in own))
+        setattr(cls, oname, spec(opt.default, f"{opt.doc} ({shown})", **opt.bounds, owner=own, always=opt.always,
+                                 hash_default=opt.hash_default, omit_default=opt.omit_default))
     cls.__annotations__ = annotations
     return cls
 
@@ -125,6 +132,16 @@ class MemoryConfig:
         "delta_rule families; an error where they cannot run) or auto (triton on a GPU, else chunk); "
         "which ops each path runs: blocks/dispatch.py")
     hierarchy: HIERARCHY.literal = _axis_field(HIERARCHY)
+    # How a mini-batch memory (a deep memory, or any axis value without an exact online kernel; ``minibatch``) is
+    # trained and read: choices its papers leave open, each a field at the paper's value. Written in a resolved
+    # config only when set to something else (``omit_default``).
+    read: Literal["after", "before"] = spec("after", "mini-batch memories: read the memory after this token's "
+                                            "write (TTT, Miras) or before it (Titans' M*_{t-1}, Eq. 15/21)",
+                                            omit_default=True)
+    lr_max: float = spec(1.0, "mini-batch memories: the step size is lr_max * sigmoid(W_b x) (Titans' theta, TTT's "
+                         "base_lr / head_dim)", gt=0, le=100, omit_default=True)
+    inner_grad_clip: Optional[float] = spec(None, "mini-batch memories: scale each token's inner gradient to norm "
+                                            "m tanh(|u| / m) (null = no clipping, as the papers)", gt=0, omit_default=True)
     kind: Literal["memory"] = "memory"
 
     def __post_init__(self):
@@ -161,6 +178,13 @@ class MemoryConfig:
         if self.gate_position == "before_norm" and not self.output_gate:
             raise InvalidConfig("gate_position 'before_norm' places the output gate: set output_gate: true",
                                 "gate_position")
+        if not self.minibatch:
+            for key in ("read", "lr_max", "inner_grad_clip"):
+                if getattr(self, key) != _DEFAULTS[key]:
+                    raise InvalidConfig(
+                        f"{key} applies to mini-batch memories (a deep memory, or a bias, retention or update "
+                        "without an exact online kernel); this memory runs an exact kernel "
+                        "(blocks/dispatch.py), which reads after the write with the bias' own step size", key)
 
     @property
     def state_key_dim(self) -> int:
@@ -176,6 +200,11 @@ class MemoryConfig:
     def axes(self) -> MemoryAxes:
         return MemoryAxes(*(axis[getattr(self, key)] for key, axis in MEMORY_AXES.items()))
 
+    @property
+    def minibatch(self) -> bool:
+        """Whether the mini-batch engine computes this memory (chunk_size is then part of the model)."""
+        return is_minibatch(self.to_dict())
+
     def to_dict(self) -> dict:
         """The fields as a dict, without the options of axis values that are not chosen and without the fields added
         after grammar v1 (``omit_default``) where they hold their default (the design hashes of v1 designs stay)."""
@@ -185,16 +214,27 @@ class MemoryConfig:
             value = getattr(self, f.name)
             if f.metadata.get("omit_default") and value == f.default:
                 continue
-            if owner is None or f.metadata.get("always") or getattr(self, owner[0]) == owner[1]:
+            if owner is None or f.metadata.get("always") or any(getattr(self, a) == v for a, v in owner):
                 out[f.name] = list(value) if isinstance(value, tuple) else copy.deepcopy(value)
         return out
 
 
 def option_owners() -> dict:
-    """name -> (axis, value) of every option added after grammar v1 (written only where its value is chosen): the
-    grammar refuses such a key where its value is not chosen, and drops a preset's where the user changed it."""
+    """name -> ((axis, value), ...) of every option added after grammar v1 (written only where one of its values is
+    chosen): the grammar refuses such a key where none of its values is chosen, and drops a preset's where the user
+    changed the value it belongs to."""
     return {f.name: f.metadata["owner"] for f in fields(MemoryConfig)
             if f.metadata.get("owner") and not f.metadata.get("always")}
+
+
+_DEFAULTS = {f.name: f.default for f in fields(MemoryConfig)}
+
+
+def is_minibatch(memory: dict) -> bool:
+    """Whether a memory mixer's mapping (a resolved MemoryConfig dict, or a partial one: missing axes take their
+    defaults) runs on the mini-batch engine: some chosen axis value has no exact online kernel."""
+    return not all(axis[memory.get(key, axis.default)].is_online(memory) for key, axis in MEMORY_AXES.items()
+                   if memory.get(key, axis.default) in axis)
 
 
 @dataclass(frozen=True)
@@ -311,6 +351,10 @@ class TitansConfig:
             raise InvalidConfig(f"persistent_tokens must be >= 0, got {self.persistent_tokens}", "persistent_tokens")
         if self.segment < 1:
             raise InvalidConfig(f"segment must be >= 1, got {self.segment}", "segment")
+        if self.variant == "mac" and self.memory.minibatch and self.segment % self.memory.chunk_size:
+            raise InvalidConfig(f"memory as context reads the memory of each segment start: with a mini-batch memory "
+                                f"(its weights move per mini-batch of chunk_size {self.memory.chunk_size} tokens) the "
+                                f"segment ({self.segment}) must be a multiple of chunk_size", "segment")
         check_compat({**self.memory.to_dict(), "type": "memory", "titans": {"variant": self.variant}})
 
     @property

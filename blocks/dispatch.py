@@ -5,33 +5,45 @@
 Every caller goes through it: the plain mixer (blocks/memory.py), the Mixture-of-Memories (blocks/mom.py),
 Titans (through its memory mixer), the accounting's kernel-path column (``kernel_paths``, logged with every run)
 and the export (its model card). The op family comes from the axes: the hierarchy's kernel if it has one
-(log_linear), else the update's (householder -> delta_product), else the retention's (hgrn2), else the bias'
-(dot -> gla, l2 -> delta_rule, rwkv7 -> dplr, mlstm -> mlstm). ``cfg.path`` then picks the whole-sequence op of
-that family: "chunk" (the chunked PyTorch form, for training), "reference" (the token-by-token loop), "triton"
-(kernels/triton_chunk.py forward and backward, kernels/triton_recurrent.py for decoding; the gla and delta_rule
-families, scalar gates with the delta rule) or "auto" (triton on a CUDA device where the design and device allow
-it, else chunk; ``resolve_path``). A new path is one more entry of a family's ``paths``; a new family (a new
-transition or memory structure) is one more entry of FAMILIES and the axis value that names it.
+(log_linear); else "minibatch" when some chosen axis value has no exact online kernel (``cfg.minibatch``: a deep
+memory, the lp / l1 / huber / omega biases, the lq / kl / elastic_net retentions, the momentum and newton_schulz
+updates, TTT's token scale); else the structure's (vector -> elementwise), the update's (householder ->
+delta_product, implicit), the retention's (hgrn2) or the bias' (dot -> gla, l2 -> delta_rule, rwkv7 -> dplr,
+mlstm -> mlstm). ``cfg.path`` then picks the whole-sequence op of that family: "chunk" (the chunked PyTorch form,
+for training), "reference" (the token-by-token loop), "triton" (kernels/triton_chunk.py forward and backward,
+kernels/triton_recurrent.py for decoding; the gla and delta_rule families on a matrix memory, scalar gates with
+the delta rule) or "auto" (triton on a CUDA device where the design and device allow it, else chunk;
+``resolve_path``). A new path is one more entry of a family's ``paths``; a new family (a new transition or memory
+structure) is one more entry of FAMILIES and the axis value that names it.
 
 Asking for "triton" where it cannot run is an error, never a silent switch: a design the kernels do not cover is
 refused when its config is built (``path_problem``), a device they cannot run on when training starts
 (``check_device``) and, for direct calls, by the kernels themselves (kernels/triton_support.TritonUnavailable).
+
+The mini-batch family is one engine for the whole Miras grid (kernels/minibatch.py): ``spec_of(cfg)`` collects
+what each axis value contributes to its MemorySpec (the structure its layers, the bias its loss, the retention its
+map Phi, the update its algorithm), bound to the family's ops; ``memory_statics`` collects the learned tensors it
+reads (initial weights, the memory's LayerNorm, ...). Its chunk_size is the mini-batch size: part of the model.
 
 Calls follow the op contract of kernels/common.py: q, k, v positionally, the gates as keywords.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from ..kernels.delta_product import chunk_delta_product, delta_product_step, naive_recurrent_delta_product
-from ..kernels.delta_rule import chunk_delta_rule, delta_rule_step, naive_recurrent_delta_rule
+from ..kernels.delta_rule import (chunk_delta_rule, chunk_implicit_delta_rule, delta_rule_step,
+                                  implicit_delta_rule_step, naive_implicit_delta_rule, naive_recurrent_delta_rule)
 from ..kernels.dplr import chunk_dplr, dplr_step, naive_recurrent_dplr
+from ..kernels.elementwise import chunk_elementwise, elementwise_step, naive_recurrent_elementwise
 from ..kernels.gla import chunk_gla, chunk_hgrn2, gla_step, naive_recurrent_gla
 from ..kernels.log_linear import chunk_log_linear, log_linear_step, log_linear_step_slots, naive_recurrent_log_linear
+from ..kernels.minibatch import MemorySpec, chunk_minibatch, minibatch_step, naive_minibatch
 from ..kernels.mlstm import chunk_mlstm, mlstm_step, naive_recurrent_mlstm
 from ..kernels.triton_support import CHUNK_SIZES as TRITON_CHUNK_SIZES
 from ..kernels.triton_support import MAX_HEAD_DIM_K as TRITON_MAX_K
@@ -39,7 +51,7 @@ from ..kernels.triton_support import triton_available
 from .config import leaf_mixers
 
 __all__ = ["MemoryOps", "Path", "FAMILIES", "kernel_family", "memory_ops", "kernel_paths", "resolve_path",
-           "path_problem", "check_device"]
+           "path_problem", "check_device", "spec_of", "memory_statics"]
 
 
 class Path(NamedTuple):
@@ -65,6 +77,12 @@ class MemoryOps:
         p = self.paths[resolve_path(self, path, q.device, chunk_size)]
         kw = {"chunk_size": chunk_size} if p.chunked else {}
         return p.op(q, k, v, **gates, initial_state=initial_state, output_final_state=output_final_state, **kw)
+
+    def bind(self, **kw) -> "MemoryOps":
+        """These ops with keyword arguments fixed (the mini-batch engine's MemorySpec)."""
+        part = functools.partial
+        return replace(self, paths={n: Path(part(p.op, **kw), p.chunked) for n, p in self.paths.items()},
+                       step=part(self.step, **kw), rows_step=part(self.step, **kw))
 
     def stepper(self, path: str, device, chunk_size: int = 64) -> Callable:
         """The decoding step of ``path`` on ``device``: the fused Triton kernel on the triton path, else ``step``."""
@@ -121,6 +139,16 @@ FAMILIES = {
                       dplr_step),
     "mlstm": MemoryOps("mlstm", {"chunk": Path(chunk_mlstm, True), "reference": Path(naive_recurrent_mlstm, False)},
                        mlstm_step),
+    "elementwise": MemoryOps("elementwise", {"chunk": Path(chunk_elementwise, True),
+                                             "reference": Path(naive_recurrent_elementwise, False)},
+                             elementwise_step),
+    "implicit": MemoryOps("implicit", {"chunk": Path(chunk_implicit_delta_rule, True),
+                                       "reference": Path(naive_implicit_delta_rule, False)},
+                          implicit_delta_rule_step),
+    # the token loop takes chunk_size too: it is the mini-batch size, where the gradients' anchor moves
+    "minibatch": MemoryOps("minibatch", {"chunk": Path(chunk_minibatch, True),
+                                         "reference": Path(naive_minibatch, True)}, minibatch_step,
+                           rows_step=minibatch_step),
 }
 
 
@@ -132,16 +160,43 @@ _WITHOUT_TRITON = {name: dataclasses.replace(ops, paths={p: f for p, f in ops.pa
 def kernel_family(cfg) -> str:
     """The op family of a MemoryConfig (see the module docstring)."""
     axes = cfg.axes
-    return axes.hierarchy.kernel or axes.update.kernel or axes.retention.kernel or axes.bias.kernel
+    if axes.hierarchy.kernel:
+        return axes.hierarchy.kernel
+    if cfg.minibatch:
+        return "minibatch"
+    return axes.structure.kernel or axes.update.kernel or axes.retention.kernel or axes.bias.kernel
 
 
 def memory_ops(cfg) -> MemoryOps:
-    """The ops that compute a MemoryConfig's memory (without the triton path where its kernels do not compute
-    this design, so that "auto" runs it on the chunk path)."""
-    ops = FAMILIES[kernel_family(cfg)]
+    """The ops that compute a MemoryConfig's memory: the mini-batch family's bound to the config's spec; without
+    the triton path where its kernels do not compute this design, so that "auto" runs it on the chunk path."""
+    family = kernel_family(cfg)
+    ops = FAMILIES[family]
+    if family == "minibatch":
+        return ops.bind(spec=spec_of(cfg))
     if "triton" in ops.paths and _triton_problem(cfg) is not None:
         return _WITHOUT_TRITON[ops.family]
     return ops
+
+
+def spec_of(cfg) -> MemorySpec:
+    """The mini-batch engine's MemorySpec of a MemoryConfig: what every chosen axis value contributes, plus the
+    engine-wide fields (chunk_size is the mini-batch size)."""
+    fields = {"chunk": cfg.chunk_size, "read_before": cfg.read == "before", "grad_clip": cfg.inner_grad_clip}
+    for value in cfg.axes:
+        fields.update(value.spec(cfg))
+    return MemorySpec(**fields)
+
+
+def memory_statics(host, cfg, batch_size: int) -> dict:
+    """The learned tensors a mini-batch memory reads at every token ({} for the exact families): every axis
+    value's ``statics`` on ``host`` (per head, [H, ...]), expanded to [B, H, ...]."""
+    if host is None or not cfg.minibatch:
+        return {}
+    out = {}
+    for value in cfg.axes:
+        out.update(value.statics(host, cfg))
+    return {name: t.unsqueeze(0).expand(batch_size, *t.shape) for name, t in out.items()}
 
 
 def path_problem(cfg) -> Optional[tuple]:
@@ -151,6 +206,15 @@ def path_problem(cfg) -> Optional[tuple]:
 
 
 def _triton_problem(cfg) -> Optional[tuple]:
+    # the Triton kernels compute one matrix S in R^{K x V} per head under one linear (gla) or delta-rule write per
+    # token; the Miras structures and the mini-batch engine's values (cfg.minibatch) are not among them
+    if cfg.structure != "matrix":
+        return "path", (f"path 'triton' computes matrix memories only, not structure {cfg.structure!r}; use path "
+                        f"'chunk' or 'auto'")
+    if cfg.minibatch:
+        return "path", ("path 'triton' computes the exact linear and delta-rule recurrences; this memory (bias "
+                        f"{cfg.bias!r}, retention {cfg.retention!r}, update {cfg.update!r}) runs on the mini-batch "
+                        "engine (kernels/minibatch.py): use path 'chunk' or 'auto'")
     family = kernel_family(cfg)
     if "triton" not in FAMILIES[family].paths:
         on_triton = ", ".join(name for name, ops in FAMILIES.items() if "triton" in ops.paths)

@@ -48,12 +48,12 @@ from torch import nn
 from .axis import linear
 from .bias import SHIFT_STREAMS
 from .config import Cost, MemoryConfig
-from .dispatch import memory_ops
+from .dispatch import memory_ops, memory_statics
 from .norm import GROUPNORM_EPS, GroupLayerNorm, GroupRMSNorm
 from .short_conv import ShortConv
 
 __all__ = ["MemoryMixer", "PathCost", "add_projections", "add_gate_params", "add_output_params", "query",
-           "write_project", "write_finish", "output", "query_cost", "write_cost", "output_cost"]
+           "write_project", "write_finish", "output", "query_cost", "write_cost", "output_cost", "with_statics"]
 
 
 # ---------------------------------------------------------------------------------------------- the paths
@@ -82,11 +82,14 @@ def add_projections(host: nn.Module, cfg: MemoryConfig, streams: str) -> None:
 
 
 def add_gate_params(host: nn.Module, cfg: MemoryConfig) -> None:
-    """The write's gates: the retention gate's parameters, then the bias' (the same names on a MemoryMixer and on
-    each write path of a Mixture-of-Memories, so weights map one to one)."""
+    """The write's gates: the retention gate's parameters, then the bias', the update's and the structure's (a deep
+    memory's initial weights and LayerNorm) (the same names on a MemoryMixer and on each write path of a
+    Mixture-of-Memories, so weights map one to one: every memory of a mixture has its own)."""
     axes = cfg.axes
     axes.retention.add_params(host, cfg)
     axes.bias.add_params(host, cfg)
+    axes.update.add_params(host, cfg)
+    axes.structure.add_params(host, cfg)
 
 
 def add_output_params(host: nn.Module, cfg: MemoryConfig) -> None:
@@ -139,16 +142,23 @@ def query(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, conv_state: Optio
 
 
 def write_gates(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, xs: Optional[dict] = None) -> dict:
-    """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule), ...}, and
-    "k_scale" [..., H] when the retention scales the write (Mamba2's dt): ``scaled_write`` consumes it. With a
-    token shift (``xs``, see ``stream_inputs``) the decay reads stream "w" and the bias' gates stream "a"."""
+    """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule), ...}, the
+    bias' and update's other inputs (Huber threshold, Omega weights, momentum, Longhorn's eps), and "k_scale"
+    [..., H] when the retention scales the write (Mamba2's dt): ``scaled_write`` consumes it. With a token shift
+    (``xs``, see ``stream_inputs``) the decay reads stream "w" and the bias' gates stream "a"."""
     axes = cfg.axes
     x_w, x_a = (x, x) if xs is None else (xs["w"], xs["a"])
-    gates = {"g": axes.retention.log_decay(host, cfg, x_w), **axes.bias.step_size(host, cfg, x_a)}
+    gates = {"g": axes.retention.log_decay(host, cfg, x_w), **axes.bias.step_size(host, cfg, x_a),
+             **axes.update.gates(host, cfg, x)}
     k_scale = axes.retention.write_scale(host, cfg, x_w)
     if k_scale is not None:
         gates["k_scale"] = k_scale
     return gates
+
+
+def with_statics(gates: dict, host: nn.Module, cfg: MemoryConfig, batch_size: int) -> dict:
+    """The gates plus, for a mini-batch memory, the learned tensors its kernels read ("statics")."""
+    return {**gates, "statics": memory_statics(host, cfg, batch_size)} if cfg.minibatch else gates
 
 
 def stream_inputs(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, prev: Optional[torch.Tensor], step: bool):
@@ -259,15 +269,16 @@ def query_cost(cfg: MemoryConfig) -> PathCost:
 
 
 def write_cost(cfg: MemoryConfig) -> PathCost:
-    """W_k, W_v, their convs, the keys' learned feature map (if any) and the gates of the retention and bias
-    axes (RWKV-7's token-shift gains among the bias' parameters; its lerps, elementwise, are left out of the FLOPs
-    like every nonlinearity)."""
+    """W_k, W_v, their convs, the keys' learned feature map (if any) and the parameters of the retention, bias,
+    update and structure axes (RWKV-7's token-shift gains among the bias' parameters; its lerps, elementwise, are
+    left out of the FLOPs like every nonlinearity)."""
     axes, D = cfg.axes, cfg.d_model
     width = stream_widths(cfg)
     kv = [width[s] for s in "kv" if s in width]
     conv_params, conv_flops = _conv_cost(cfg, sum(kv))
-    linears = [(D, w) for w in kv] + axes.retention.linears(cfg) + axes.bias.linears(cfg)
-    extra = conv_params + axes.retention.extra_params(cfg) + axes.bias.extra_params(cfg)
+    owners = (axes.retention, axes.bias, axes.update, axes.structure)
+    linears = [(D, w) for w in kv] + [lin for v in owners for lin in v.linears(cfg)]
+    extra = conv_params + sum(v.extra_params(cfg) for v in owners)
     return PathCost(linears, extra + axes.feature_map.stream_params(cfg),
                     conv_flops + axes.feature_map.stream_flops(cfg))
 
@@ -311,7 +322,7 @@ class MemoryMixer(nn.Module):
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int, device=None) -> dict:
         device = device if device is not None else self.q_proj.weight.device
-        state = self.axes.hierarchy.init_state(self.cfg, batch_size, device)
+        state = self.axes.hierarchy.init_state(self.cfg, batch_size, device, host=self)
         dtype = self.q_proj.weight.dtype
         if self.use_conv:
             for s in stream_widths(self.cfg):
@@ -358,7 +369,7 @@ class MemoryMixer(nn.Module):
         gates.update(axes.hierarchy.read_inputs(self, cfg, x))
         if last is not None:
             convs["shift"] = last
-        return q, k, v, gates, convs, X("g")
+        return q, k, v, with_statics(gates, self, cfg, x.shape[0]), convs, X("g")
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False):
         """x [B, T, D] -> y [B, T, D] (or (y, state) when return_state).
@@ -389,8 +400,8 @@ class MemoryMixer(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.cfg
-        return (f"bias={c.bias}, retention={c.retention}, update={c.update}, feature_map={c.feature_map}, "
-                f"key_norm={c.key_norm}, "
+        return (f"structure={c.structure}, bias={c.bias}, retention={c.retention}, update={c.update}, "
+                f"feature_map={c.feature_map}, key_norm={c.key_norm}, "
                 + (f"normalizer={c.normalizer}, " if c.normalizer != "none" else "")
                 + f"short_conv={c.short_conv}, path={c.path}, chunk_size={c.chunk_size}, kernels={self.ops.family}"
                 + (f", hierarchy={c.hierarchy}, levels={c.levels}" if c.hierarchy != "none" else ""))

@@ -104,9 +104,9 @@ from torch import nn
 
 from .axis import linear
 from .config import Cost, MemoryConfig, MoMConfig
-from .dispatch import memory_ops
+from .dispatch import memory_ops, memory_statics
 from .memory import (add_gate_params, add_output_params, add_projections, output, output_cost, query, query_cost,
-                     stream_widths, write_cost, write_finish, write_project)
+                     stream_widths, with_statics, write_cost, write_finish, write_project)
 from .short_conv import ShortConv
 
 __all__ = ["MoMMixer"]
@@ -203,9 +203,9 @@ class MoMMixer(nn.Module):
         H, K, V = mem.heads, mem.key_dim, mem.value_dim
         device = device if device is not None else self.q_proj.weight.device
         dtype = self.q_proj.weight.dtype
-        state = self.hier.init_rows(mem, batch_size, M, device)
+        state = self.hier.init_rows(mem, batch_size, M, device, hosts=[self._writer(m) for m in range(M)])
         if self.shared is not None:  # sees every token: the state of a plain memory
-            state.update(self.hier.init_state(mem, batch_size, device, prefix="shared"))
+            state.update(self.hier.init_state(mem, batch_size, device, prefix="shared", host=self.shared))
         if self.use_conv:
             c1 = mem.short_conv - 1
             width = stream_widths(mem)  # n*H*K, n*H*V; no k when the key is tied to the gate (HGRN2)
@@ -317,6 +317,9 @@ class MoMMixer(nn.Module):
 
             gates = {name: None if ts[0] is None else stack(ts) for name, ts in gates.items()}
             gates.update({name: lists(t) for name, t in read.items()})  # the query's level weights travel with it
+            if mem.minibatch:  # each memory's learned tensors (initial weights, its LayerNorm), per row
+                per_m = [memory_statics(self._writer(m), mem, B) for m in range(M)]
+                gates["statics"] = {name: stack([st[name] for st in per_m]) for name in per_m[0]}
             om, rows = self.hier.run_rows(self.ops, mem, lists(q), stack(ks), stack(vs), gates, state, n.flatten(),
                                           return_state)
             new_state.update({key: t.view(B, M, *t.shape[1:]) for key, t in rows.items()})
@@ -326,7 +329,7 @@ class MoMMixer(nn.Module):
             reads = om.gather(2, pos[..., None, None].expand(B, M, T, H, V))  # [B, M, T, H, V]
             o = torch.einsum("bmthv,btm->bthv", reads, w.to(reads.dtype))
         elif return_state:
-            for key in self.hier.row_keys:
+            for key in self.hier.row_entries(mem):
                 new_state[key] = state[key]
             if self.use_conv:
                 new_state.update({key: state[key] for key in ("conv_k", "conv_v") if key in state})
@@ -339,8 +342,8 @@ class MoMMixer(nn.Module):
                 v, new_state["shared_conv_v"] = self.shared.v_conv(v, state["shared_conv_v"])
             k, v = write_finish(self.shared, mem, k, v, g_s)
             init = None if state is None else self.hier.kernel_state(state, "shared")
-            os_, S = self.ops.forward(mem.path, q, k, v, {**g_s, **read}, initial_state=init,
-                                      output_final_state=return_state, chunk_size=mem.chunk_size)
+            os_, S = self.ops.forward(mem.path, q, k, v, with_statics({**g_s, **read}, self.shared, mem, B),
+                                      initial_state=init, output_final_state=return_state, chunk_size=mem.chunk_size)
             if return_state:
                 new_state.update(self.hier.state_entries(S, "shared"))
             o = o + os_
@@ -388,7 +391,8 @@ class MoMMixer(nn.Module):
                 v, s_v = writer.v_conv.step(v, state["conv_v"][:, m])
                 cv.append(torch.where(sel[:, None, None], s_v, state["conv_v"][:, m]))
             k, v = write_finish(writer, mem, k, v, g_m)
-            o_m, S_new, S_old = self.hier.step_row(self.ops, q, k, v, {**g_m, **read}, state, m)
+            o_m, S_new, S_old = self.hier.step_row(self.ops, q, k, v, with_statics({**g_m, **read}, writer, mem,
+                                                                                 x.shape[0]), state, m)
             S_all.append(torch.where(sel.view(-1, *([1] * (S_new.dim() - 1))), S_new, S_old))  # no decay if not routed
             o = o + w[:, m, None, None].to(o_m.dtype) * o_m
         new_state.update(self.hier.finish_rows(S_all, state, keep))
@@ -403,7 +407,8 @@ class MoMMixer(nn.Module):
                     k, new_state["shared_conv_k"] = self.shared.k_conv.step(k, state["shared_conv_k"])
                 v, new_state["shared_conv_v"] = self.shared.v_conv.step(v, state["shared_conv_v"])
             k, v = write_finish(self.shared, mem, k, v, g_s)
-            o_s, S = self.ops.step(q, k, v, **g_s, **read, state=self.hier.kernel_state(state, "shared"))
+            o_s, S = self.ops.step(q, k, v, **with_statics({**g_s, **read}, self.shared, mem, x.shape[0]),
+                                   state=self.hier.kernel_state(state, "shared"))
             new_state.update(self.hier.state_entries(S, "shared"))
             o = o + o_s
         return output(self, mem, o, x), new_state

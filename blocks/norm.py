@@ -1,7 +1,7 @@
 """Normalisation layers.
 
-RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and
-cast back to the input dtype. ``group_rms_norm`` normalises each head's slice independently
+RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 (fp64 for fp64
+inputs) and cast back to the input dtype. ``group_rms_norm`` normalises each head's slice independently
 (used on the read-out of the matrix memory, shape [..., H, V]). ``GroupLayerNorm`` is a LayerNorm per head
 (mean and variance of each head's slice, a gain and a bias per channel): torch's GroupNorm with one group per
 head, as RWKV-7 normalises its read-out.
@@ -16,10 +16,11 @@ __all__ = ["RMSNorm", "GroupRMSNorm", "GroupLayerNorm", "GROUPNORM_EPS", "rms_no
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
     """RMS-normalise over the last dimension; ``weight`` broadcasts against it (or None)."""
-    xf = x.float()
+    dt = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(dt)
     y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
     if weight is not None:
-        y = y * weight.float()
+        y = y * weight.to(dt)
     return y.to(x.dtype)
 
 

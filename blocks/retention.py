@@ -24,6 +24,20 @@ in the resolved config and the design hash, defaulting to its paper's code:
     forget    forget_bias_init          b_f (FoX: 0, every head starts at a = 1/2)
 
 ``initial_decay(host, cfg)`` gives the per-token decay each head (or channel) starts from, at W x = 0.
+
+The Miras retentions (Behrouz et al. 2025, https://arxiv.org/abs/2504.13173, Sec. 4): each has Titans' data-
+dependent forgetting a_t = 1 - alpha_t, alpha_t = sigmoid(W_a x + b_a) per head (b_a from ``decay_init``; the
+papers give no initial value), and the ones without an identity map keep the memory's weights as
+W = Phi(A) of a state A that follows the linear recurrence A_t = a_t A_{t-1} - theta_t grad (the FTRL /
+mirror-descent form of their learning-retaining objective), so they run on the mini-batch engine:
+
+    weight_decay  W_t = (1 - alpha_t) W_{t-1} + ...: l2 weight decay, the global term of Titans' retention
+                  (Eq. 13; the local, proximal term is the step size theta_t)
+    lq            W = A / ||A||_q^(q-2) per weight tensor, q = ``q`` (Moneta, Miras Sec. 5.3, Eq. 24)
+    kl            W = c softmax(A) over each weight's input axis, c = ``kl_scale``: the memory as a distribution,
+                  the KL-regularised step is linear in the logits A (Memora, Miras Eq. 21 and 27)
+    elastic_net   W = sign(A) max(|A| - lam, 0), lam = softplus(.) learned per head from ``shrink_init``
+                  (l2 + l1 retention, FTRL form of Miras Eq. 22-23)
 """
 from __future__ import annotations
 
@@ -39,14 +53,15 @@ class Retention(AxisValue):
     gate: Optional[str] = None  # what the kernels receive: None, "scalar" [..., H] or "vector" [..., H, K]
     ties_key = False  # the write's key is 1 - exp(g), not a projection (HGRN2): the mixer has no W_k
     kernel: Optional[str] = None  # an op family of blocks/dispatch.py that replaces the bias' (None: the bias decides)
+    phi: str = "identity"  # the map W = Phi(A) of the mini-batch engine (identity: the exact kernels can run)
 
     def log_decay(self, host, cfg, x):
         """Log-decay g of tokens x [..., D] (None, [..., H] or [..., H, K]) from the parameters on ``host``."""
         return None
 
     def decay_flops(self, cfg) -> int:
-        """FLOPs of decaying one head's memory for one token."""
-        return 0 if self.gate is None else cfg.state_key_dim * cfg.state_value_dim
+        """FLOPs of decaying one head's memory for one token (exact kernels)."""
+        return 0 if self.gate is None else cfg.axes.structure.cells(cfg)
 
     def write_scale(self, host, cfg, x):
         """A per-head factor [..., H] on the write of tokens x [..., D] (None: none)."""
@@ -308,6 +323,77 @@ class RWKV7Decay(Retention):
         return (-math.exp(-0.5) * torch.sigmoid(d)).view(*x.shape[:-1], cfg.heads, cfg.state_key_dim)
 
 
+class WeightDecay(Retention):
+    """Titans' data-dependent weight decay, W_t = (1 - alpha_t) W_{t-1} + ..., alpha_t = sigmoid(W_a x + b_a)"""
+
+    gate = "scalar"
+    options = (Option("decay_init", float, 0.01, "the forgetting alpha = sigmoid(W_a x + b_a) at zero input "
+                      "(b_a = logit of it; archspace's choice, the papers give none)", {"gt": 0, "lt": 1}),)
+
+    def add_params(self, host, cfg) -> None:
+        host.a_proj = linear(cfg.d_model, cfg.heads, bias=True)
+        nn.init.constant_(host.a_proj.bias, math.log(cfg.decay_init / (1.0 - cfg.decay_init)))
+
+    def linears(self, cfg) -> list:
+        return [(cfg.d_model, cfg.heads)]
+
+    def extra_params(self, cfg) -> int:
+        return cfg.heads  # a_proj's bias
+
+    def log_decay(self, host, cfg, x):
+        return -F.softplus(host.a_proj(x))  # log(1 - sigmoid(z))
+
+    def initial_decay(self, host, cfg):
+        return torch.sigmoid(-host.a_proj.bias)  # 1 - alpha at zero input
+
+    def spec(self, cfg) -> dict:
+        return {"phi": self.phi}
+
+
+class LQ(WeightDecay):
+    """Moneta's l_q retention: W = A / ||A||_q^(q-2) per weight tensor, with weight decay on A"""
+
+    online = False
+    phi = "lq"
+    options = WeightDecay.options + (
+        Option("q", float, 4.0, "the q of the l_q retention (Moneta: 4; q = 2 is plain weight decay)", {"ge": 1, "le": 16}),)
+
+    def spec(self, cfg) -> dict:
+        return {"phi": "lq", "q": float(cfg.q)}
+
+
+class KL(WeightDecay):
+    """Memora's KL retention: W = c softmax(A) over each weight's input axis, with decay on the logits A"""
+
+    online = False
+    phi = "kl"
+    options = WeightDecay.options + (
+        Option("kl_scale", float, 1.0, "c: every input slice of a weight sums to c (Memora)", {"gt": 0}),)
+
+    def spec(self, cfg) -> dict:
+        return {"phi": "kl", "kl_scale": float(cfg.kl_scale)}
+
+
+class ElasticNet(WeightDecay):
+    """elastic-net retention: W = soft-threshold(A, lam) with weight decay on A (FTRL form)"""
+
+    online = False
+    phi = "shrink"
+    options = WeightDecay.options + (
+        Option("shrink_init", float, 1e-3, "the l1 threshold lam = softplus(raw) learned per head, at init "
+               "(archspace's choice)", {"gt": 0}),)
+
+    def add_params(self, host, cfg) -> None:
+        super().add_params(host, cfg)
+        host.shrink_raw = nn.Parameter(torch.full((cfg.heads,), math.log(math.expm1(cfg.shrink_init))))
+
+    def extra_params(self, cfg) -> int:
+        return 2 * cfg.heads
+
+    def statics(self, host, cfg) -> dict:
+        return {"shrink": F.softplus(host.shrink_raw)}
+
+
 RETENTION = Axis("retention", "retention gate", "none", {
     "none": NoRetention(),
     "constant": Constant(),
@@ -317,4 +403,8 @@ RETENTION = Axis("retention", "retention gate", "none", {
     "kda": KDA(),
     "hgrn2": HGRN2(),
     "rwkv7": RWKV7Decay(),
+    "weight_decay": WeightDecay(),
+    "lq": LQ(),
+    "kl": KL(),
+    "elastic_net": ElasticNet(),
 })

@@ -234,7 +234,7 @@ class TitansMixer(nn.Module):
         #    stream, no write) through its output path
         m_cfg = cfg.memory
         qm, read_conv = query(self.memory, m_cfg, x, state.get("read_conv"), step=False)  # [B, L, H, K]
-        r = m_cfg.axes.structure.read(m_cfg, state["segment_memory"], qm)  # [B, L, H, V]
+        r = m_cfg.axes.structure.read(m_cfg, state["segment_memory"], qm, host=self.memory)  # [B, L, H, V]
         h = output(self.memory, m_cfg, r, x)  # [B, L, D]
         # 2. attention over [P ; h_1..h_{n+L} ; x_1..x_{n+L}] at slot positions
         j = torch.arange(n, n + L, device=dev)  # in-segment indices of the new tokens

@@ -8,7 +8,9 @@ Recurrence (per batch and head, state S in R^{K x V}, float32):
     o_t = scale * S_t^T q_t
 
     beta (b) : [B, T, H], in (0, 1), or in (0, 2) for negative eigenvalues of the transition (its eigenvalue
-               along k is 1 - b: Grazzi et al. 2024, https://arxiv.org/abs/2411.12537); any b is computed exactly
+               along k is 1 - b: Grazzi et al. 2024, https://arxiv.org/abs/2411.12537); any b is computed exactly;
+               or [B, T, H, V], one step per value column (column d of S is an independent delta rule:
+               Longhorn's implicit step, see below)
     g        : None  -> DeltaNet        (Yang et al. 2024, https://arxiv.org/abs/2406.06484)
                [B, T, H] scalar log-decay -> Gated DeltaNet (Yang et al. 2024,
                                              https://arxiv.org/abs/2412.06464); a scalar commutes with the
@@ -20,10 +22,16 @@ Recurrence (per batch and head, state S in R^{K x V}, float32):
 
 Keys are expected to be l2-normalised by the caller; the kernels are exact for any k.
 
+Longhorn (Liu et al. 2024, https://arxiv.org/abs/2407.14207): the implicit (proximal) step of the same l2 loss,
+per value channel d: s_t = argmin_s ||s - s_{t-1}||^2 + eps_d (s^T k_t - v_d)^2, whose closed form (Sherman-
+Morrison) is the delta rule with b_d = eps_d / (1 + eps_d ||k_t||^2): ``*_implicit_delta_rule`` take
+eps [B, T, H, V] in (0, 1) and any keys (the transition's eigenvalue 1 / (1 + eps ||k||^2) is in (0, 1]).
+
 Functions
     naive_recurrent_delta_rule  token-by-token oracle, straight from the formula
     chunk_delta_rule            chunkwise WY/UT form for training (pure PyTorch, autograd)
     delta_rule_step             one decoding step
+    naive_implicit_delta_rule, chunk_implicit_delta_rule, implicit_delta_rule_step   Longhorn's step
 """
 
 from __future__ import annotations
@@ -37,7 +45,13 @@ from .common import (_bmm_add, _decay, _init_state, _intra_scores, _needs_flush,
 
 Tensor = torch.Tensor
 
-__all__ = ["naive_recurrent_delta_rule", "chunk_delta_rule", "delta_rule_step"]
+__all__ = ["naive_recurrent_delta_rule", "chunk_delta_rule", "delta_rule_step", "naive_implicit_delta_rule",
+           "chunk_implicit_delta_rule", "implicit_delta_rule_step"]
+
+
+def _column_beta(b: Tensor) -> Tensor:
+    """A token's step [B, H] or [B, H, V] as a factor of S's columns: [B, H, 1, 1] or [B, H, 1, V]."""
+    return b[..., None, None] if b.dim() == 2 else b[..., None, :]
 
 
 # --------------------------------------------------------------------------------------
@@ -56,7 +70,7 @@ def naive_recurrent_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor,
     outs = []
     for t in range(q.shape[1]):
         q_t, k_t, v_t = q[:, t].float(), k[:, t].float(), v[:, t].float()  # [B, H, K|V]
-        b_t = beta[:, t].float()[:, :, None, None]  # [B, H, 1, 1]
+        b_t = _column_beta(beta[:, t].float())  # [B, H, 1, 1], or [B, H, 1, V] per value column
         if vector:
             S = torch.exp(g[:, t].float())[:, :, :, None] * S  # KDA: Diag(a_t) S_{t-1} first, row i by a_t[i]
         # (I - b k k^T) S = S - b k (k^T S): the rank-one product, without forming a K x K matrix
@@ -83,7 +97,8 @@ def delta_rule_step(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Optiona
         scale = K ** -0.5
     out_dtype = v.dtype
     S = _init_state(state, B, H, K, V, q.device)
-    k, v, b = k.float(), v.float(), beta.float()[:, :, None]  # b: [B, H, 1]
+    b = beta.float()
+    k, v, b = k.float(), v.float(), (b[:, :, None] if b.dim() == 2 else b)  # b: [B, H, 1] or [B, H, V]
     if g is not None:
         a = torch.exp(g.float())
         S = (a[:, :, :, None] if a.dim() == 3 else a[:, :, None, None]) * S  # Diag(a_t) S_{t-1} (or a_t S_{t-1})
@@ -120,7 +135,10 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Option
     is computed for all chunks at once afterwards. All exponents are <= 0 (masked before exp).
     A vector gate g [B, T, H, K] (KDA) runs the same steps with per-channel factors (see the branch below).
     Padding of T uses k = v = q = 0, b = 0, g = 0, which leaves the state unchanged.
+    A step per value column (beta [B, T, H, V]) runs the V columns as heads of value dim 1.
     """
+    if beta.dim() == 4:
+        return _per_column(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_size)
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = int(chunk_size)
@@ -196,3 +214,56 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, beta: Tensor, g: Option
     o = _bmm_add(A @ Dd, q_in, S_prev)  # q_in @ S_prev + A @ D  [B, H, N, C, V]
     o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
     return o.to(v.dtype), (S if output_final_state else None)
+
+
+def _per_column(q, k, v, beta, g, scale, initial_state, output_final_state, chunk_size):
+    """chunk_delta_rule with one step per value column: column d of S in head h is head (h, d) of value dim 1."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+
+    def heads(t):  # [B, T, H, K] -> [B, T, H*V, K], shared by the columns
+        return t[:, :, :, None].expand(B, T, H, V, t.shape[-1]).reshape(B, T, H * V, t.shape[-1])
+
+    init = None if initial_state is None else initial_state.transpose(-1, -2).reshape(B, H * V, K, 1)
+    if g is None:
+        gg = None
+    elif g.dim() == 4:  # a vector (KDA) gate is shared by the columns, like the keys
+        gg = heads(g)
+    else:
+        gg = g[..., None].expand(B, T, H, V).reshape(B, T, H * V)
+    o, S = chunk_delta_rule(heads(q), heads(k), v.reshape(B, T, H * V, 1), beta=beta.reshape(B, T, H * V), g=gg,
+                            scale=K ** -0.5 if scale is None else scale, initial_state=init,
+                            output_final_state=output_final_state, chunk_size=chunk_size)
+    o = o.view(B, T, H, V)
+    return o, (None if S is None else S.view(B, H, V, K).transpose(-1, -2))
+
+
+# --------------------------------------------------------------------------------------
+# Longhorn's implicit step
+# --------------------------------------------------------------------------------------
+def implicit_step_size(k: Tensor, eps: Tensor) -> Tensor:
+    """Delta = eps / (1 + eps ||k||^2): k [..., H, K], eps [..., H, V] -> [..., H, V] fp32."""
+    e = eps.float()
+    return e / (1.0 + e * (k.float() ** 2).sum(-1, keepdim=True))
+
+
+def naive_implicit_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, eps: Tensor, g: Optional[Tensor] = None,
+                              scale: Optional[float] = None, initial_state: Optional[Tensor] = None,
+                              output_final_state: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """Oracle of Longhorn's step (module docstring): the delta-rule loop with its per-column step size."""
+    return naive_recurrent_delta_rule(q, k, v, beta=implicit_step_size(k, eps), g=g, scale=scale,
+                                      initial_state=initial_state, output_final_state=output_final_state)
+
+
+def chunk_implicit_delta_rule(q: Tensor, k: Tensor, v: Tensor, *, eps: Tensor, g: Optional[Tensor] = None,
+                              scale: Optional[float] = None, initial_state: Optional[Tensor] = None,
+                              output_final_state: bool = False, chunk_size: int = 64):
+    """Chunked Longhorn step: ``chunk_delta_rule`` with the per-column step size."""
+    return chunk_delta_rule(q, k, v, beta=implicit_step_size(k, eps), g=g, scale=scale, initial_state=initial_state,
+                            output_final_state=output_final_state, chunk_size=chunk_size)
+
+
+def implicit_delta_rule_step(q: Tensor, k: Tensor, v: Tensor, *, eps: Tensor, g: Optional[Tensor] = None,
+                             state: Optional[Tensor] = None, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+    """One token of Longhorn's step."""
+    return delta_rule_step(q, k, v, beta=implicit_step_size(k, eps), g=g, state=state, scale=scale)

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMORY_PRESETS = ("linear_attention", "retnet", "mamba2", "gla", "deltanet", "gated_deltanet")
 NEW_TRANSITIONS = ("kda", "deltaproduct", "gated_deltaproduct", "rwkv7", "hgrn2", "mlstm")
 SCALAR_FORMS = ("mamba2", "gated_deltanet", "retnet", "deltanet")  # log-linear admits these retentions
+# the Miras presets (issue 12): deep mini-batch memories and Longhorn's implicit step
+MIRAS_PRESETS = ("titans_lmm", "ttt_linear", "ttt_mlp", "moneta", "yaad", "memora", "atlas", "longhorn")
 
 
 def _cases() -> dict[str, dict]:
@@ -62,6 +64,15 @@ def _cases() -> dict[str, dict]:
                                  "chunk_size": 8})
         add(f"mom-log_linear/{p}", {"preset": p, "heads": 2, "hierarchy": "log_linear", "levels": 4,
                                      "chunk_size": 8, "mom": {"memories": 2, "top_k": 1}})
+    for p in MIRAS_PRESETS:
+        add(f"miras/{p}", {"preset": p, "chunk_size": 8})
+        add(f"miras-ref/{p}", {"preset": p, "chunk_size": 8, "path": "reference"})
+        add(f"mom/{p}", {"preset": p, "chunk_size": 8, "mom": {"memories": 3, "top_k": 2}})
+    for v in ("mac", "mag", "mal"):
+        add(f"titans-{v}/titans_lmm", {"preset": "titans_lmm", "chunk_size": 8,
+                                       "titans": {"variant": v, "segment": 8, "window": 8}})
+    add("vector/gla", {"preset": "gla", "heads": 2, "structure": "vector"})
+    add("vector/gated_deltanet", {"preset": "gated_deltanet", "heads": 2, "structure": "vector"})
     # every value of the bias x retention x feature-map tables (a new value shows up as a new case)
     from archspace.blocks.config import MEMORY_AXES
     from archspace.blocks.compat import violations

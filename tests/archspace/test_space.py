@@ -131,6 +131,7 @@ def test_every_shipped_space_loads_and_every_design_builds(path):
             designs.append(values_from_config(space, t.params))
             study.tell(t, 0.0)
     for values in designs:
-        model = build_model(resolve_values(space, values))
-        x = torch.randint(0, 64, (1, 16))
+        resolved = resolve_values(space, values)
+        model = build_model(resolved)
+        x = torch.randint(0, resolved.model.vocab_size, (1, 16))  # the task's vocabulary (MAD recall: 16)
         model.logits(model(x)).sum().backward()

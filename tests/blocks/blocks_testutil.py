@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import torch
 
+from archspace.blocks.config import is_minibatch
 from archspace.blocks.presets import PRESETS, memory_preset
 
 D, H, K, V = 32, 2, 8, 12
 
-# name -> MemoryConfig of each memory preset of the grammar at the dims above (paths/chunk set per test).
-MEMORY_PRESETS = {name: memory_preset(name, D, H, K, V) for name, keys in PRESETS.items() if keys["type"] == "memory"}
+# name -> MemoryConfig of each memory preset with an exact kernel at the dims above (paths/chunk set per test).
+MEMORY_PRESETS = {name: memory_preset(name, D, H, K, V) for name, keys in PRESETS.items()
+                  if keys["type"] == "memory" and not is_minibatch(keys)}
+# name -> MemoryConfig of each mini-batch (deep) memory preset (a residual memory needs K == V; chunk 4 for short
+# sequences); their tests: tests/blocks/test_miras_*.py
+MINIBATCH_PRESETS = {name: memory_preset(name, D, H, 8, 8, chunk_size=4) for name, keys in PRESETS.items()
+                     if keys["type"] == "memory" and is_minibatch(keys)}
 
 
 def rounding_tol(n_terms: int, dtype: torch.dtype = torch.float32) -> float:
@@ -136,3 +142,14 @@ def design_error(tmp_path, mixer_yaml: str, extra_model: str = ""):
     except ConfigError as exc:
         return exc
     return None
+
+
+def outputs_and_input_grads(mods, x: torch.Tensor, w: torch.Tensor):
+    """Run each module on its own leaf copy of x and back-propagate <y, w>: ([y], [dx]) per module."""
+    xs = [x.clone().requires_grad_(True) for _ in mods]
+    ys = []
+    for mod, xi in zip(mods, xs):
+        y = mod(xi)
+        (y * w).sum().backward()
+        ys.append(y.detach())
+    return ys, [xi.grad for xi in xs]

@@ -17,7 +17,7 @@ from archspace.blocks.config import InvalidConfig, ModelConfig, MoMConfig
 from archspace.blocks.memory import MemoryMixer
 from archspace.blocks.mom import MoMMixer
 
-from blocks_testutil import MEMORY_PRESETS, rel_err
+from blocks_testutil import MEMORY_PRESETS, MINIBATCH_PRESETS, rel_err
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -44,7 +44,35 @@ def _run(mod, x, w):
     return y.detach(), x.grad, {n: p.grad for n, p in mod.named_parameters()}
 
 
-@pytest.mark.parametrize("name", sorted(MEMORY_PRESETS))
+# the presets whose designs the Triton kernels compute (gla and delta_rule families with scalar gates); the others
+# (DeltaProduct, RWKV-7, HGRN2, mLSTM, KDA, Longhorn, the mini-batch memories) are refused on the triton path
+TRITON_PRESETS = sorted(n for n, c in MEMORY_PRESETS.items()
+                        if dispatch._triton_problem(dataclasses.replace(c, chunk_size=CHUNK)) is None)
+OTHER_PRESETS = sorted(set(MEMORY_PRESETS) - set(TRITON_PRESETS)) + sorted(MINIBATCH_PRESETS)
+
+
+def _preset(name):
+    return MEMORY_PRESETS[name] if name in MEMORY_PRESETS else MINIBATCH_PRESETS[name]
+
+
+def test_the_triton_presets_are_the_linear_ones():
+    assert set(TRITON_PRESETS) >= {"linear_attention", "retnet", "mamba2", "gla", "deltanet", "gated_deltanet"}
+    assert {"kda", "deltaproduct", "rwkv7", "hgrn2", "mlstm", "longhorn", "titans_lmm"} <= set(OTHER_PRESETS)
+
+
+@pytest.mark.parametrize("name", OTHER_PRESETS)
+def test_presets_the_kernels_do_not_compute_are_refused_and_auto_runs_chunk(name):
+    cfg = dataclasses.replace(_preset(name), chunk_size=CHUNK)
+    with pytest.raises(InvalidConfig) as err:
+        dataclasses.replace(cfg, path="triton")
+    assert err.value.key == "path" and "path 'triton'" in str(err.value)
+    auto = dataclasses.replace(cfg, path="auto")
+    ops = dispatch.memory_ops(auto)
+    assert "triton" not in ops.paths and ops.fused_step is None
+    assert dispatch.resolve_path(ops, "auto", "cuda", CHUNK) == "chunk"
+
+
+@pytest.mark.parametrize("name", TRITON_PRESETS)
 def test_triton_path_equals_chunk_path(name):
     cfg = MEMORY_PRESETS[name]
     chunk = _perturbed(cfg, "chunk")
@@ -121,6 +149,14 @@ def test_auto_picks_triton_only_on_a_gpu_it_runs_on(monkeypatch):
     ({"hierarchy": "log_linear"}, "path", "no kernels for the log_linear family"),
     ({"chunk_size": 128}, "chunk_size", "takes chunk_size 16, 32, 64"),
     ({"feature_map": "taylor2", "key_dim": 16}, "path", "at most 256; feature_map 'taylor2' gives 273"),
+    # the Miras values (issue 12): vector and deep memories, and the mini-batch engine's biases, retentions and
+    # updates, are not what the Triton kernels compute
+    ({"structure": "vector", "value_dim": 8}, "path", "computes matrix memories only, not structure 'vector'"),
+    ({"structure": "mlp", "value_dim": 8}, "path", "computes matrix memories only, not structure 'mlp'"),
+    ({"bias": "huber"}, "path", "runs on the mini-batch engine"),
+    ({"retention": "lq"}, "path", "runs on the mini-batch engine"),
+    ({"update": "momentum"}, "path", "runs on the mini-batch engine"),
+    ({"update": "implicit"}, "path", "no kernels for the implicit family"),
 ])
 def test_designs_the_kernels_do_not_compute_are_refused(change, key, words):
     cfg = MEMORY_PRESETS["gated_deltanet"]

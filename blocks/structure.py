@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from ..kernels.minibatch import minibatch_read, packed_numel, state_parts, weight_numel
 from .axis import INIT_STD, Axis, AxisValue, InvalidConfig, Option, nn, torch
 
 
@@ -58,6 +57,8 @@ class Structure(AxisValue):
     def state_shape(self, cfg) -> tuple:
         """Shape of one memory's state per sequence (without the batch dim); a mini-batch memory: packed."""
         if cfg.minibatch:
+            from ..kernels.minibatch import packed_numel  # torch: imported when a block is built (blocks/axis.py)
+
             return (cfg.heads, packed_numel(_spec(cfg)))
         return self.online_shape(cfg)
 
@@ -74,6 +75,8 @@ class Structure(AxisValue):
             return torch.zeros(batch_size, *self.state_shape(cfg), device=device, dtype=torch.float32)
         spec = _spec(cfg)
         w0 = (self.statics(host, cfg) if host is not None else {}).get("w0")
+        from ..kernels.minibatch import state_parts, weight_numel
+
         flat = torch.zeros(cfg.heads, weight_numel(spec), device=device) if w0 is None else w0.float()
         parts = state_parts(spec)  # A, then S = 0, the anchor = A, an empty Omega window
         packed = torch.cat([flat] + ([torch.zeros_like(flat)] if parts["S"] else []) + ([flat] if parts["Wa"] else [])
@@ -85,6 +88,7 @@ class Structure(AxisValue):
         A mini-batch memory's state is read at a mini-batch boundary (its weights, no token scale)."""
         if not cfg.minibatch:
             return self.read_online(cfg, state, q)
+        from ..kernels.minibatch import minibatch_read
         from .dispatch import memory_statics
 
         return minibatch_read(q, {"memory": state, "pos": 0}, spec=_spec(cfg),
@@ -96,6 +100,8 @@ class Structure(AxisValue):
     def read_flops(self, cfg) -> int:
         """FLOPs of one read, per head: 2 per multiply-add of the memory's forward (a bias entry counts as one)."""
         if cfg.minibatch:
+            from ..kernels.minibatch import weight_numel
+
             return 2 * weight_numel(_spec(cfg))
         return 2 * self.cells(cfg)
 
@@ -206,6 +212,8 @@ class MLP(Structure):
             host.memory_ln_bias = nn.Parameter(torch.zeros(H * cfg.value_dim))
 
     def extra_params(self, cfg) -> int:
+        from ..kernels.minibatch import weight_numel
+
         n = cfg.heads * weight_numel(_spec(cfg)) if cfg.memory_init == "learned" else 0
         return n + (2 * cfg.heads * cfg.value_dim if cfg.memory_norm == "layernorm" else 0)
 

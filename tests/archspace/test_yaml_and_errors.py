@@ -105,9 +105,10 @@ def test_cli_error_has_no_traceback_and_exit_2(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr and "heds" in p.stderr
 
 
-def test_help_and_validate_do_not_import_heavy_libraries(tmp_path):
+@pytest.mark.parametrize("preset", ["gated_deltanet", "titans_lmm"])  # an exact kernel, the mini-batch engine
+def test_help_and_validate_do_not_import_heavy_libraries(tmp_path, preset):
     f = tmp_path / "d.yaml"
-    f.write_text(GOOD)
+    f.write_text(GOOD.replace("preset: gated_deltanet", f"preset: {preset}"))
     code = textwrap.dedent(f"""
         import sys
         from archspace.cli import main

@@ -142,11 +142,12 @@ class MemoryConfig:
             problem = value.check(self)
             if problem is not None:
                 raise InvalidConfig(problem[1], problem[0])
-        from .dispatch import path_problem  # dispatch imports this module
+        if self.path == "triton":  # only then: dispatch imports torch, and `validate` stays torch-free
+            from .dispatch import path_problem  # dispatch imports this module
 
-        problem = path_problem(self)
-        if problem is not None:
-            raise InvalidConfig(problem[1], problem[0])
+            problem = path_problem(self)
+            if problem is not None:
+                raise InvalidConfig(problem[1], problem[0])
         if self.normalizer == "sum":
             if self.bias != "dot":
                 raise InvalidConfig(f"normalizer 'sum' is the linear-attention denominator of a Hebbian memory "

@@ -44,7 +44,17 @@ def _run(mod, x, w):
     return y.detach(), x.grad, {n: p.grad for n, p in mod.named_parameters()}
 
 
-@pytest.mark.parametrize("name", sorted(MEMORY_PRESETS))
+# the presets whose designs the Triton kernels compute (the gla and delta_rule families, scalar gates with the
+# delta rule); the others are refused on the triton path (test_designs_the_kernels_do_not_compute_are_refused)
+ON_TRITON = sorted(n for n, c in MEMORY_PRESETS.items()
+                   if dispatch._triton_problem(dataclasses.replace(c, chunk_size=CHUNK)) is None)
+
+
+def test_the_gla_and_delta_rule_presets_run_on_triton():
+    assert {"linear_attention", "retnet", "mamba2", "gla", "deltanet", "gated_deltanet"} <= set(ON_TRITON)
+
+
+@pytest.mark.parametrize("name", ON_TRITON)
 def test_triton_path_equals_chunk_path(name):
     cfg = MEMORY_PRESETS[name]
     chunk = _perturbed(cfg, "chunk")
@@ -129,6 +139,21 @@ def test_designs_the_kernels_do_not_compute_are_refused(change, key, words):
     assert err.value.key == key and words in str(err.value)
     auto = dataclasses.replace(cfg, path="auto", **change)  # auto runs them on the chunk path
     assert "triton" not in dispatch.memory_ops(auto).paths
+
+
+@pytest.mark.parametrize("name, words", [("kda", "scalar gates only"), ("deltaproduct", "delta_product family"),
+                                         ("rwkv7", "dplr family"), ("mlstm", "mlstm family"), ("hgrn2", "hgrn2 family")])
+def test_other_transitions_are_refused_on_triton(name, words):
+    with pytest.raises(InvalidConfig, match=words):
+        dataclasses.replace(MEMORY_PRESETS[name], path="triton", chunk_size=CHUNK)
+
+
+def test_module_ops_pickle():
+    """Spawned DDP pickles the model: the ops a mixer holds, the fused decoding step included."""
+    import pickle
+
+    mod = MemoryMixer(dataclasses.replace(MEMORY_PRESETS["gated_deltanet"], path="triton", chunk_size=CHUNK))
+    assert pickle.loads(pickle.dumps(mod)).ops.fused_step.args == mod.ops.fused_step.args
 
 
 def test_a_device_the_kernels_cannot_run_on_is_refused(monkeypatch):

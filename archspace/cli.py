@@ -61,7 +61,6 @@ def writable_dir(path, what: str) -> Path:
 _NUMERIC_OPTIONS = {
     "seq_len": ("--seq-len", "at least", 1), "trials": ("--trials", "at least", 1),
     "max_concurrent": ("--max-concurrent", "at least", 1), "rank": ("--rank", "at least", 1),
-    "seeds": ("--seeds", "at least", 1),
     "steps": ("--steps", "at least", 1), "batch_size": ("--batch-size", "at least", 1),
     "test_examples": ("--test-examples", "at least", 1), "lrs": ("--lrs", "above", 0), "wds": ("--wds", "at least", 0),
 }

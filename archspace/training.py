@@ -103,6 +103,11 @@ class Interruption(L.Callback):
         self.saved_step: Optional[int] = None
         self._previous = None
 
+    def __getstate__(self) -> dict:
+        # Spawned DDP workers get pickled copies of the callbacks; Ctrl-C is handled in the launching process, so
+        # the copies carry neither its closure nor the previous signal handler.
+        return {**self.__dict__, "on_hard_stop": None, "_previous": None}
+
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # (study trials run in Ray's threads)
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
@@ -600,9 +605,12 @@ def train(
     )
     # One device: the training loader can continue mid-epoch. Under DDP Lightning must see the plain
     # DataLoader to give every rank its shard (a resumed DDP run restarts its epoch's data order).
-    train_loader = data.train_dataloader() if multi else ResumableLoader(data.train_dataloader(), start_step)
-    loaders = dict(train_dataloaders=train_loader, val_dataloaders=data.val_dataloader(),
-                   ckpt_path=str(resume_from) if resume_from is not None else None)
+    # (Under DDP the workers build their loaders from the datamodule: loaders built here and pickled to the
+    # spawned workers failed to rebuild their shared tensors, "unable to resize file".)
+    ckpt = dict(ckpt_path=str(resume_from) if resume_from is not None else None)
+    loaders = dict(datamodule=data, **ckpt) if multi else dict(
+        train_dataloaders=ResumableLoader(data.train_dataloader(), start_step), val_dataloaders=data.val_dataloader(),
+        **ckpt)
     interruption.install()
     try:
         if multi:

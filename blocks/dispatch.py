@@ -100,35 +100,32 @@ def _triton_chunk(q, k, v, *, g=None, beta=None, scale=None, initial_state=None,
                                   output_final_state=output_final_state, chunk_size=chunk_size)
 
 
-def _fused_step(differentiable_step: Callable) -> Callable:
-    """One token [B, H, *] through the fused recurrent kernel, with the contract of gla_step / delta_rule_step.
+def _fused_step(differentiable_step: Callable, q, k, v, *, g=None, beta=None, state=None, scale=None):
+    """One token [B, H, *] through the fused recurrent kernel, with the contract of gla_step / delta_rule_step
+    (bound to a family's PyTorch step with functools.partial: a module's ops pickle, e.g. for spawned DDP).
 
     The fused kernel has no backward (it decodes); a step whose inputs need gradients (a test comparing
     decoding with the forward under autograd, say) runs the family's PyTorch step, the same recurrence."""
-    def step(q, k, v, *, g=None, beta=None, state=None, scale=None):
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, state)):
-            return differentiable_step(q, k, v, g=g, **({} if beta is None else {"beta": beta}), state=state,
-                                       scale=scale)
-        from ..kernels.triton_recurrent import fused_recurrent_gated_delta_rule
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, state)):
+        return differentiable_step(q, k, v, g=g, **({} if beta is None else {"beta": beta}), state=state, scale=scale)
+    from ..kernels.triton_recurrent import fused_recurrent_gated_delta_rule
 
-        one = (lambda t: None if t is None else t[:, None])
-        o, S = fused_recurrent_gated_delta_rule(one(q), one(k), one(v), g=one(g), beta=one(beta), scale=scale,
-                                                initial_state=state, output_final_state=True)
-        return o[:, 0], S
-
-    return step
+    one = (lambda t: None if t is None else t[:, None])
+    o, S = fused_recurrent_gated_delta_rule(one(q), one(k), one(v), g=one(g), beta=one(beta), scale=scale,
+                                            initial_state=state, output_final_state=True)
+    return o[:, 0], S
 
 
 FAMILIES = {
     "gla": MemoryOps("gla", {"chunk": Path(chunk_gla, True), "reference": Path(naive_recurrent_gla, False),
                              "triton": Path(_triton_chunk, True)},
-                     gla_step, fused_step=_fused_step(gla_step)),
+                     gla_step, fused_step=functools.partial(_fused_step, gla_step)),
     "hgrn2": MemoryOps("hgrn2", {"chunk": Path(chunk_hgrn2, True), "reference": Path(naive_recurrent_gla, False)},
                        gla_step),
     "delta_rule": MemoryOps("delta_rule", {"chunk": Path(chunk_delta_rule, True),
                                            "reference": Path(naive_recurrent_delta_rule, False),
                                            "triton": Path(_triton_chunk, True)},
-                            delta_rule_step, fused_step=_fused_step(delta_rule_step)),
+                            delta_rule_step, fused_step=functools.partial(_fused_step, delta_rule_step)),
     "log_linear": MemoryOps("log_linear", {"chunk": Path(chunk_log_linear, True),
                                            "reference": Path(naive_recurrent_log_linear, False)},
                             log_linear_step, rows_step=log_linear_step_slots),

@@ -43,7 +43,7 @@ __all__ = ["GENERATOR_VERSION", "GROUPS", "group_order", "multiplication_table",
 #: Bump whenever generation changes in a way that alters the produced tokens.
 GENERATOR_VERSION = 1
 
-_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 GROUPS = ("s3", "s5")  # the permutation groups of the `permutation` task
 
 
@@ -103,7 +103,6 @@ class StateTrackingDataModule(GeneratedSplits):
         super().__init__(batch_size, int(task["seed"]), num_workers)
         self.task = dict(task)
         self.table = multiplication_table(self.task)
-        self.val_data: TokenSplit | None = None
 
     def slice_names(self, split: str) -> list[str]:
         if split == "train":
@@ -132,11 +131,6 @@ class StateTrackingDataModule(GeneratedSplits):
             slice_ids = np.repeat(np.arange(len(t["test_lengths"])), t["num_test_examples"])
         return TokenSplit(torch.from_numpy(x.astype(np.int32)), torch.from_numpy(y.astype(np.int32)),
                           torch.from_numpy(slice_ids))
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        if stage in (None, "fit", "validate") and self.val_data is None:
-            self.val_data = self.make("validation")
 
     def _eval_loader(self, data: TokenSplit | None) -> DataLoader:
         widths = self.task["test_lengths"]  # batches are cropped to their longest row

@@ -167,6 +167,21 @@ def test_designs_the_kernels_do_not_compute_are_refused(change, key, words):
     assert "triton" not in dispatch.memory_ops(auto).paths
 
 
+@pytest.mark.parametrize("name, words", [("kda", "scalar gates only"), ("deltaproduct", "delta_product family"),
+                                         ("rwkv7", "dplr family"), ("mlstm", "mlstm family"), ("hgrn2", "hgrn2 family")])
+def test_other_transitions_are_refused_on_triton(name, words):
+    with pytest.raises(InvalidConfig, match=words):
+        dataclasses.replace(MEMORY_PRESETS[name], path="triton", chunk_size=CHUNK)
+
+
+def test_module_ops_pickle():
+    """Spawned DDP pickles the model: the ops a mixer holds, the fused decoding step included."""
+    import pickle
+
+    mod = MemoryMixer(dataclasses.replace(MEMORY_PRESETS["gated_deltanet"], path="triton", chunk_size=CHUNK))
+    assert pickle.loads(pickle.dumps(mod)).ops.fused_step.args == mod.ops.fused_step.args
+
+
 def test_a_device_the_kernels_cannot_run_on_is_refused(monkeypatch):
     layer_cfg = dataclasses.replace(MEMORY_PRESETS["deltanet"], path="triton", chunk_size=CHUNK)
     from archspace.blocks.config import LayerConfig, SwiGLUConfig  # noqa: E402

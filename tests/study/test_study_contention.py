@@ -24,7 +24,8 @@ import pytest
 
 from test_study_e2e import mlflow_runs, run_cli, write_space
 
-VAL_STEPS, TRAIN_STEPS, MAX_STEPS = [4, 8, 12, 16], [10], 16
+MAX_STEPS, EVAL_EVERY = 160, 8
+VAL_STEPS, TRAIN_STEPS = list(range(EVAL_EVERY, MAX_STEPS + 1, EVAL_EVERY)), list(range(10, MAX_STEPS + 1, 10))
 
 
 def _driver(space: Path, res: Path) -> subprocess.Popen:
@@ -85,7 +86,7 @@ def test_two_drivers_and_kill_9_leave_each_trial_once_with_monotone_curves(tmp_p
         resources: {cpus_per_trial: 1, max_concurrent: 1}
         """)
     space.write_text(space.read_text().replace("max_steps: 4", f"max_steps: {MAX_STEPS}")
-                     .replace("eval_every: 2", "eval_every: 4").replace("checkpoint: false", "checkpoint: true"))
+                     .replace("eval_every: 2", f"eval_every: {EVAL_EVERY}").replace("checkpoint: false", "checkpoint: true"))
     res = tmp_path / "res"
     study = res / "studies" / "contended"
     db = study / "mlflow.db"

@@ -22,8 +22,15 @@ order on every machine) and gets the previous state back afterwards.
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ["OMP_NUM_THREADS"] = "1"
+
+# A suite started in the background of a non-interactive shell (`pytest &`, nohup, some CI runners) inherits
+# SIGINT ignored, and so would every CLI subprocess the tests start; the tests of Ctrl-C (exit 130, the dashboard
+# and train stopping) need the handler an interactive Python has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402 - after the environment it reads
@@ -40,3 +47,12 @@ if not torch.cuda.is_available():
 def _pinned_torch_numerics():
     with pinned_torch_numerics():
         yield
+
+
+def pytest_collection_modifyitems(items):
+    """The files that hold a long end-to-end test (marked ``slow``) run first, in their usual order, each
+    file's tests still together and in order: with `-n 2 --dist loadfile` each process then starts on the
+    long ones and the short in-process files fill in, so the two processes finish together instead of one
+    waiting out a study at the end. Nothing is deselected."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept

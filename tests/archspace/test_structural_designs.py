@@ -116,6 +116,7 @@ def test_bad_pattern_letter_names_file_line_and_key(tmp_path):
         load_design(p)
 
 
+@pytest.mark.slow
 def test_zoo_trains_and_exports(tmp_path):
     """A few steps of training (aux loss logged), then an export whose self-check compares logits."""
     design = _write(tmp_path, ZOO)

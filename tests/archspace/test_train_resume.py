@@ -90,6 +90,7 @@ def _cli(*args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_train_resume_finishes_the_run(uninterrupted, tmp_path):
     design = tmp_path / "resume.yaml"
     slow = json.loads(json.dumps(DESIGN))

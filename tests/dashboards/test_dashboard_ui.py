@@ -70,6 +70,7 @@ def _post(url: str, body: dict) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=30).read())
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_studys_runs_and_stops_on_ctrl_c(study, tmp_path):
     port = _free_port()
     log = tmp_path / "dashboard.log"

@@ -73,6 +73,7 @@ def study(trained, tmp_path_factory):
     return root, sdir, parent, runs
 
 
+@pytest.mark.slow
 def test_study_best_rank_and_run_id(study, tmp_path, capsys):
     root, sdir, parent, runs = study
     # by name under the results root: rank 1 is the best completed trial (the pruned one is skipped)

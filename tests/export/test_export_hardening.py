@@ -84,6 +84,7 @@ def _generate(exported, *args):
                           timeout=120, cwd=exported.parent)
 
 
+@pytest.mark.slow
 def test_generate_py_runs_as_the_readme_writes_it_and_refuses_bad_prompts(exported):
     proc = _generate(exported)  # no --prompt: a one-token prompt (0)
     assert proc.returncode == 0, proc.stderr

@@ -50,6 +50,7 @@ def test_shipped_space_first_design_trains(space, tmp_path):
     assert metrics["steps"] == 2 and metrics["design_hash"] == resolved.design_hash
 
 
+@pytest.mark.slow
 def test_quickstart_runs_as_a_study(tmp_path):
     res = tmp_path / "res"
     proc = run_cli(["study", str(ROOT / "spaces" / "quickstart.yaml"), "--results-dir", str(res), "--trials", "2",

@@ -1,8 +1,9 @@
-"""One study folder, two drivers, and kill -9 (issue 17): a second `archspace study` on a folder in use is
-refused and names the running driver; a driver killed in the middle of a trial that keeps no checkpoint
-and then of one that does is replaced by the same command each time, and at the end every trial is in
-MLflow exactly once, finished, with each curve logged once per step in increasing order.
-(tests/study/test_study_resume.py kills a driver right after a trial finished.)
+"""One study folder, two drivers, and kill -9 at three moments (issue 17): a second `archspace study` on a
+folder in use is refused and names the running driver; a driver killed the instant a trial finished (Tune
+may not have saved that it ended), then in the middle of a trial that keeps no checkpoint, then of one that
+does, is replaced by the same command each time. At the end no finished trial was trained again, every
+trial is in MLflow exactly once, finished, with each curve logged once per step in increasing order, and
+the killed drivers' Ray processes were stopped.
 
 Every wait is on an observable event (a trial folder, rows in the MLflow store, a finished metrics.json),
 never on a fixed delay. Half the trials keep checkpoints (a killed one resumes from its last validation)
@@ -35,14 +36,27 @@ def _driver(space: Path, res: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def _wait(what: str, ready, driver: subprocess.Popen, timeout: float = 240) -> None:
+def _finished(study: Path) -> dict:
+    """{trial id: (mtime, text)} of the trials whose metrics.json says finished."""
+    out = {}
+    for p in sorted(study.glob("trials/*/metrics.json")):
+        try:
+            text, mtime = p.read_text(), p.stat().st_mtime_ns
+            if json.loads(text).get("status") == "finished":
+                out[p.parent.name] = (mtime, text)
+        except (OSError, ValueError):  # being written: looked at again
+            continue
+    return out
+
+
+def _wait(what: str, ready, driver: subprocess.Popen, timeout: float = 240, poll: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if driver.poll() is not None:
             pytest.fail(f"the driver ended (rc {driver.returncode}) before {what}:\n{driver.stdout.read()[-3000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within {timeout} s")
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 def _kill(driver: subprocess.Popen) -> None:
@@ -96,15 +110,20 @@ def test_two_drivers_and_kill_9_leave_each_trial_once_with_monotone_curves(tmp_p
     second = run_cli(["study", str(space), "--results-dir", str(res)], timeout=120)
     assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
     assert f"is in use by process {first.pid} " in second.stderr and "Traceback" not in second.stderr
-    # kill -9 in the middle of a trial that keeps no checkpoint, so that the next driver starts it over...
-    _wait("two validations of a trial without checkpoints", lambda: _running_trial_validated(study, False), first)
+    # kill -9 the moment the first trial has finished (Tune may not have saved that it ended): never trained again
+    _wait("a finished trial", lambda: _finished(study), first, poll=0.02)
     _kill(first)
+    finished_before = _finished(study)
     again = _driver(space, res)
+    # ... then in the middle of a trial that keeps no checkpoint, so that the next driver starts it over...
+    _wait("two validations of a trial without checkpoints", lambda: _running_trial_validated(study, False), again)
+    _kill(again)
+    third = _driver(space, res)
     # ... then in the middle of one that keeps them, which the next driver resumes from its last validation
     found = []
     _wait("two validations of a trial with checkpoints",
-          lambda: found.append(_running_trial_validated(study, True)) or found[-1], again)
-    _kill(again)
+          lambda: found.append(_running_trial_validated(study, True)) or found[-1], third)
+    _kill(third)
     done = study / "trials" / found[-1] / "metrics.json"
     mid_trial = not done.exists() or json.loads(done.read_text()).get("status") != "finished"
     leftovers = json.loads((study / "ray_processes.json").read_text())["pids"]
@@ -127,8 +146,13 @@ def test_two_drivers_and_kill_9_leave_each_trial_once_with_monotone_curves(tmp_p
             assert logged == steps, (run.data.tags["archspace.trial_id"], key, logged)  # once each, increasing
     if mid_trial:  # (unless it finished in the instant between the check and the kill)
         assert json.loads(done.read_text())["resumed_from_step"] > 0  # it continued from its checkpoint
+    assert set(ids) <= {p.name for p in (study / "trials").iterdir()}
     summary = json.loads((study / "summary.json").read_text())
     assert summary["counts"]["completed"] == 4 and summary["total"] == 4
+    # the trials finished before the first kill were not trained again (same file, same modification time)
+    assert 1 <= len(finished_before) < 4 and set(finished_before) <= set(ids)
+    for trial_id, stamp in finished_before.items():
+        assert _finished(study).get(trial_id) == stamp, f"trial {trial_id} was re-run"
     alive = [pid for pid, start in leftovers if _start_time(pid) == start]
     assert not alive, alive  # the Ray processes of the killed drivers were stopped by PID
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_study_e2e import mlflow_runs, run_cli
 
 DESIGN = """
@@ -16,6 +18,7 @@ train: {max_steps: 8, batch_size: 16, eval_every: 4, warmup_steps: 1, checkpoint
 """
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run(tmp_path):
     design = tmp_path / "ddp.yaml"
     design.write_text("name: ddp\n" + DESIGN)
@@ -33,6 +36,7 @@ def test_two_process_ddp_run(tmp_path):
     assert (run / "model.safetensors").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_ddp_trial_inside_ray_tune(tmp_path):
     space = tmp_path / "ddpstudy.yaml"
     body = "\n".join("  " + line for line in DESIGN.strip().splitlines())

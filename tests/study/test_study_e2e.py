@@ -88,6 +88,7 @@ def test_malformed_space_exits_2_before_ray(tmp_path):
     assert not (tmp_path / "res").exists()  # nothing created, no study directory
 
 
+@pytest.mark.slow
 def test_study_end_to_end_with_a_failing_trial(tmp_path):
     space = write_space(tmp_path, "e2e", """
         axes:
@@ -96,10 +97,15 @@ def test_study_end_to_end_with_a_failing_trial(tmp_path):
         search: {sampler: grid}
         pruner: {kind: asha, metric: val/acc, mode: max, grace_period: 1, reduction_factor: 2}
         """)
+    space.write_text(space.read_text().replace("max_steps: 4", "max_steps: 20").replace("eval_every: 2", "eval_every: 10"))
     res = tmp_path / "res"
     proc = run_cli(["study", str(space), "--results-dir", str(res)],
                    env_extra={"ARCHSPACE_STUDY_FAULT": "train.lr=0.002:nan"})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the diverging trial is one line of the study's output (issue 17), its traceback in the trial's error.log
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output and "ERROR" not in output, output
+    assert len([ln for ln in output.splitlines() if " failed " in ln and "non-finite loss" in ln]) == 1, output
     study = res / "studies" / "e2e"
     uri = f"sqlite:///{study / 'mlflow.db'}"
     assert f"mlflow ui --backend-store-uri {uri}" in proc.stdout
@@ -132,8 +138,9 @@ def test_study_end_to_end_with_a_failing_trial(tmp_path):
             assert "test/acc" in run.data.metrics and "test/acc/seq16_kv2" in run.data.metrics
             assert run.data.params["kernel_paths"] == "delta_rule:chunk,sdpa"
             assert len(run.data.params["data_hash"]) == 16
-            hist = client.get_metric_history(run.info.run_id, "val/acc")
-            assert sorted({m.step for m in hist}) == [2, 4]
+            # every curve reaches MLflow once per step, the training loss too (issue 17)
+            for key, steps in (("val/acc", [10, 20]), ("train/loss", [10, 20]), ("test/acc", [20])):
+                assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps, key
         else:
             assert run.data.tags["archspace.status"] == "pruned"
     assert parent.info.status == "FINISHED"
@@ -146,8 +153,11 @@ def test_study_end_to_end_with_a_failing_trial(tmp_path):
     # the failing trial's reason is also in its run directory
     reasons = [json.loads(p.read_text())["reason"] for p in (study / "trials").glob("*/error.json")]
     assert len(reasons) == 1 and reasons[0].startswith("non-finite loss")
+    log = (study / "trials" / failed.data.tags["archspace.trial_id"] / "error.log").read_text()
+    assert "Traceback" in log and "NonFiniteLoss" in log
 
 
+@pytest.mark.slow
 def test_all_trials_failing_exits_1_with_reasons(tmp_path):
     space = write_space(tmp_path, "allfail", """
         axes:

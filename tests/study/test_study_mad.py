@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_study_e2e import mlflow_runs, run_cli
 
 
+@pytest.mark.slow
 def test_mad_score_is_a_study_objective(tmp_path):
     space = tmp_path / "madstudy.yaml"
     space.write_text("""

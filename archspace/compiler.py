@@ -116,9 +116,11 @@ def mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = No
             short_conv=spec.short_conv,
         )
     memory = _memory_config(spec, d_model)
+    section = "mom"
     try:
-        if spec.mom is not None:
-            return MoMConfig(memory=memory, **spec.mom.model_dump())
+        if spec.mom is not None:  # the mixture, alone or as the memory branch of a Titans block (mag, mal)
+            memory = MoMConfig(memory=memory, **spec.mom.model_dump())
+        section = "titans"
         if spec.titans is not None:
             t = spec.titans
             branch = mixer_config(attention, d_model)
@@ -126,7 +128,6 @@ def mixer_config(spec: MixerSpec, d_model: int, attention: MixerSpec | None = No
             return TitansConfig(memory=memory, attention=branch, variant=t.variant, segment=t.segment,
                                 persistent_tokens=t.persistent_tokens)
     except InvalidConfig as exc:
-        section = "mom" if spec.mom is not None else "titans"
         if exc.key and not exc.incompatible:
             exc.key = f"{section}.{exc.key}"
         raise

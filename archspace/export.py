@@ -456,9 +456,10 @@ def _design_rows(resolved: dict, model_cfg) -> list[list[str]]:
                 parts.append(("softmax, RoPE" + (f", window {leaf.window}" if leaf.window else ", global"),
                               f"head_dim={leaf.head_dim}", leaf.heads))
         axes = " + ".join(p[0] for p in parts)
-        if mx.kind == "mom":
-            axes = f"MoM top-{mx.top_k} of {mx.memories}{' + shared' if mx.shared_memory else ''}: " + axes
-        elif mx.kind == "titans":
+        mom = mx if mx.kind == "mom" else mx.memory if mx.kind == "titans" and mx.memory.kind == "mom" else None
+        if mom is not None:
+            axes = f"MoM top-{mom.top_k} of {mom.memories}{' + shared' if mom.shared_memory else ''}: " + axes
+        if mx.kind == "titans":
             axes = f"Titans {mx.variant.upper()} (segment {mx.segment}, {mx.persistent_tokens} persistent): " + axes
         dims = " + ".join(p[1] for p in parts)
         kernel = kernel_paths(ModelConfig(vocab_size=model_cfg.vocab_size, d_model=model_cfg.d_model, layers=(layer,)))[0]

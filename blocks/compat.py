@@ -214,8 +214,11 @@ INCOMPATIBLE: tuple = (
         "engine, which has none: use retention weight_decay or scalar",
     ),
     Incompatibility(
-        {"type": "memory", "mom": SET, "titans": SET},
-        "a Titans composition takes one memory mixer, not a Mixture-of-Memories, in grammar version 1",
+        {"type": "memory", "mom": SET, "titans.variant": "mac"},
+        "Titans' memory as context reads one memory state S of the segment start with each query (h_j = S^T q_j, "
+        "no write); a Mixture-of-Memories holds several memories behind a router that chooses per written token, "
+        "so there is no single state to read: use titans.variant mag or mal, which run the mixture as their "
+        "memory branch",
     ),
     Incompatibility(
         {"type": "memory", "hierarchy": "log_linear", "titans.variant": "mac"},

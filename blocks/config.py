@@ -334,9 +334,10 @@ class TitansConfig:
     mag  memory as gate: a sliding-window attention branch (window from `attention.window`) gated
          by the memory branch.
     mal  memory as layer: the memory mixer, then sliding-window attention, in one block.
+    The memory is one memory mixer or, for mag and mal, a Mixture-of-Memories of them (``MoMConfig``).
     """
 
-    memory: MemoryConfig
+    memory: Union[MemoryConfig, MoMConfig]
     attention: AttentionConfig
     variant: Literal["mac", "mag", "mal"] = spec("mac", "mac: memory as context; mag: memory as gate; "
                                                  "mal: memory as layer")
@@ -352,11 +353,14 @@ class TitansConfig:
             raise InvalidConfig(f"persistent_tokens must be >= 0, got {self.persistent_tokens}", "persistent_tokens")
         if self.segment < 1:
             raise InvalidConfig(f"segment must be >= 1, got {self.segment}", "segment")
-        if self.variant == "mac" and self.memory.minibatch and self.segment % self.memory.chunk_size:
+        mom = isinstance(self.memory, MoMConfig)
+        leaf = self.memory.memory if mom else self.memory
+        if self.variant == "mac" and leaf.minibatch and self.segment % leaf.chunk_size:
             raise InvalidConfig(f"memory as context reads the memory of each segment start: with a mini-batch memory "
-                                f"(its weights move per mini-batch of chunk_size {self.memory.chunk_size} tokens) the "
+                                f"(its weights move per mini-batch of chunk_size {leaf.chunk_size} tokens) the "
                                 f"segment ({self.segment}) must be a multiple of chunk_size", "segment")
-        check_compat({**self.memory.to_dict(), "type": "memory", "titans": {"variant": self.variant}})
+        check_compat({**leaf.to_dict(), "type": "memory", "titans": {"variant": self.variant},
+                      **({"mom": {"memories": self.memory.memories}} if mom else {})})
 
     @property
     def d_model(self) -> int:
@@ -408,7 +412,7 @@ def leaf_mixers(cfg) -> list:
     if isinstance(cfg, MoMConfig):
         return [cfg.memory]
     if isinstance(cfg, TitansConfig):
-        return [cfg.memory, cfg.attention]
+        return [*leaf_mixers(cfg.memory), cfg.attention]
     return [cfg]
 
 

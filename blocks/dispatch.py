@@ -271,14 +271,11 @@ def kernel_paths(model, device=None) -> list:
             return f"conv{m.short_conv}"
         return type(m).__name__
 
-    out = []
-    for layer in model.layers:
-        mx = layer.mixer
-        inner = "+".join(leaf(m) for m in leaf_mixers(mx))
+    def describe(mx) -> str:
         if mx.kind == "mom":
-            out.append(f"mom{mx.memories}({inner})")
-        elif mx.kind == "titans":
-            out.append(f"titans-{mx.variant}({inner})")
-        else:
-            out.append(inner)
-    return out
+            return f"mom{mx.memories}({describe(mx.memory)})"
+        if mx.kind == "titans":
+            return f"titans-{mx.variant}({describe(mx.memory)}+{leaf(mx.attention)})"
+        return leaf(mx)
+
+    return [describe(layer.mixer) for layer in model.layers]

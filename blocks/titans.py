@@ -1,7 +1,8 @@
 """Titans: a long-term memory mixer and short-term softmax attention in one block
 (Behrouz et al. 2024, "Titans: Learning to Memorize at Test Time", https://arxiv.org/abs/2501.00663).
 
-Pieces: the long-term memory is any ``MemoryMixer`` (cfg.memory), the short-term memory is softmax
+Pieces: the long-term memory is any ``MemoryMixer`` (cfg.memory; for mag and mal also a Mixture-of-Memories,
+``MoMMixer``, whose state and decode step take the memory's place below), the short-term memory is softmax
 attention with RoPE (cfg.attention: its projections and its window), and Np = cfg.persistent_tokens
 learned persistent tokens P in R^{Np x D} (init N(0, 0.02^2)), prepended to what the attention sees.
 
@@ -66,8 +67,9 @@ from torch import nn
 
 from .attention import Attention, apply_rope, average_context, rope_cos_sin
 from .axis import INIT_STD
-from .config import Cost, TitansConfig
+from .config import Cost, MoMConfig, TitansConfig
 from .memory import MemoryMixer, output, output_cost, query, query_cost
+from .mom import MoMMixer
 from .norm import RMSNorm
 from .short_conv import ShortConv
 
@@ -81,7 +83,7 @@ class TitansMixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.d_model
-        self.memory = MemoryMixer(cfg.memory)
+        self.memory = MoMMixer(cfg.memory) if isinstance(cfg.memory, MoMConfig) else MemoryMixer(cfg.memory)
         self.attn = Attention(cfg.attention)
         self.persistent = nn.Parameter(torch.randn(cfg.persistent_tokens, D) * INIT_STD)  # P [Np, D]
         if cfg.variant in ("mag", "mac"):
@@ -95,7 +97,7 @@ class TitansMixer(nn.Module):
         m, a = cfg.memory, cfg.attention
         D, Np, T = cfg.d_model, cfg.persistent_tokens, seq_len
         H, hd, w = a.heads, a.head_dim, a.window
-        mem = MemoryMixer.cost(m, T)
+        mem = (MoMMixer if isinstance(m, MoMConfig) else MemoryMixer).cost(m, T)
         att = Attention.cost(a, T)
         params = Np * D + mem.params + att.params + (2 * D if cfg.variant in ("mag", "mac") else 0)
         kv = 2 * H * hd  # numbers per cached key + value

@@ -59,6 +59,9 @@ def _cases() -> dict[str, dict]:
                                                              "share_kv": True, "capacity": 1.0}})
         for v in ("mac", "mag", "mal"):
             add(f"titans-{v}/{p}", {"preset": p, "heads": 2, "titans": {"variant": v, "segment": 8, "window": 8}})
+        for v in ("mag", "mal"):  # a Mixture-of-Memories as the memory branch
+            add(f"titans-{v}-mom/{p}", {"preset": p, "heads": 2, "mom": {"memories": 3, "top_k": 2},
+                                        "titans": {"variant": v, "window": 8}})
     for p in SCALAR_FORMS:
         add(f"log_linear/{p}", {"preset": p, "heads": 2, "hierarchy": "log_linear", "levels": 5,
                                  "chunk_size": 8})

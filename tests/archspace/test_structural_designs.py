@@ -89,13 +89,37 @@ def test_zoo_resolves_per_layer_and_accounts(tmp_path):
 
 @pytest.mark.parametrize("mixer, message", [
     ("{preset: gla, hierarchy: log_linear}", "log-linear memory is implemented for scalar"),
-    ("{preset: mamba2, mom: {memories: 2, top_k: 1}, titans: {variant: mal}}", "Titans composition takes one memory"),
+    ("{preset: mamba2, mom: {memories: 2, top_k: 1}, titans: {variant: mac}}", "there is no single state to read"),
 ])
 def test_incompatible_structures_exit_2(tmp_path, mixer, message):
     p = _write(tmp_path, f"model:\n  d_model: 16\n  mixer: {mixer}\n")
     with pytest.raises(ConfigError) as e:
         load_design(p)
     assert e.value.kind == "incompatible" and message in str(e.value) and "design.yaml:3" in str(e.value)
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal"])
+def test_titans_over_a_mixture_of_memories(tmp_path, variant):
+    """mag and mal take a Mixture-of-Memories as their memory branch: it compiles, is accounted, logs its
+    kernels, and trains with its load-balancing loss."""
+    from archspace.blocks.dispatch import kernel_paths
+    from archspace.blocks.model import SequenceModel
+
+    p = _write(tmp_path, "model:\n  d_model: 16\n  hybrid: {pattern: MA}\n  mixer: {preset: gated_deltanet, heads: 2, "
+               f"mom: {{memories: 3, top_k: 2}}, titans: {{variant: {variant}, window: 8}}}}\n"
+               "  attention: {preset: attention, heads: 2}\n")
+    r = resolve(load_design(p)[0])
+    mixer = r.model.layers[0].mixer
+    assert (mixer.kind, mixer.memory.kind, mixer.memory.memories) == ("titans", "mom", 3)
+    assert r.labels[0] == f"titans_{variant}(mom3xgated_deltanet)"
+    assert kernel_paths(r.model)[0] == f"titans-{variant}(mom3(delta_rule:chunk)+sdpa:window8)"
+    model = SequenceModel(r.model)
+    assert sum(p.numel() for p in model.parameters()) == model.cost(16).params
+    h = model(torch.randint(0, 64, (2, 16)))
+    aux = model.aux_loss()
+    assert aux is not None and aux.item() > 0  # the mixture's load-balancing loss reaches the model
+    (model.logits(h).square().mean() + aux).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_bad_pattern_letter_names_file_line_and_key(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from archspace.blocks.attention import average_context
-from archspace.blocks.config import AttentionConfig, MemoryConfig, TitansConfig
+from archspace.blocks.config import AttentionConfig, InvalidConfig, MemoryConfig, MoMConfig, TitansConfig
 from archspace.blocks.memory import MemoryMixer, output, query
 from archspace.blocks.titans import TitansMixer
 
@@ -22,14 +22,21 @@ B, T = 2, 37
 FWD_TOL = rounding_tol(T * K)
 GRAD_TOL = rounding_tol(B * T * K * V)
 MEMORIES = {"dot_scalar": MEMORY_PRESETS["mamba2"], "l2_scalar": MEMORY_PRESETS["gated_deltanet"]}
+# mag and mal over a Mixture-of-Memories (mac reads one state S and refuses it: test_mac_refuses_a_mixture)
+MIXTURE = MoMConfig(MEMORY_PRESETS["gated_deltanet"], memories=3, top_k=2, shared_memory=True)
 # (variant, attention window, segment, persistent tokens)
 SETUPS = [("mal", None, 8, 3), ("mal", 6, 8, 2), ("mag", None, 8, 4), ("mag", 6, 8, 3),
           ("mac", None, 8, 3), ("mac", None, 16, 2)]
 SETUP_IDS = [f"{v}-w{w}-s{s}-p{p}" for v, w, s, p in SETUPS]
+MIXTURE_SETUPS = [s for s in SETUPS if s[0] != "mac"]
+MIXTURE_IDS = [i for s, i in zip(SETUPS, SETUP_IDS) if s[0] != "mac"]
 
 
-def _cfg(mem: MemoryConfig, variant, window, segment, np_, path="chunk") -> TitansConfig:
-    mem = dataclasses.replace(mem, path=path, chunk_size=16)
+def _cfg(mem, variant, window, segment, np_, path="chunk") -> TitansConfig:
+    if isinstance(mem, MoMConfig):
+        mem = dataclasses.replace(mem, memory=dataclasses.replace(mem.memory, path=path, chunk_size=16))
+    else:
+        mem = dataclasses.replace(mem, path=path, chunk_size=16)
     return TitansConfig(mem, AttentionConfig(D, AH, HD, window=window), variant=variant, segment=segment,
                         persistent_tokens=np_)
 
@@ -132,10 +139,12 @@ def _reference(blk: TitansMixer, x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- tests
-@pytest.mark.parametrize("mem", sorted(MEMORIES))
-@pytest.mark.parametrize("setup", SETUPS, ids=SETUP_IDS)
+@pytest.mark.parametrize("mem,setup", [(m, s) for m in sorted(MEMORIES) for s in SETUPS]
+                         + [("mixture", s) for s in MIXTURE_SETUPS],
+                         ids=[f"{s}-{m}" for m in sorted(MEMORIES) for s in SETUP_IDS]
+                         + [f"{s}-mixture" for s in MIXTURE_IDS])
 def test_matches_reference_outputs_and_grads(mem, setup):
-    blk, ref = _pair(MEMORIES[mem], *setup)
+    blk, ref = _pair(MIXTURE if mem == "mixture" else MEMORIES[mem], *setup)
     x = torch.randn(B, T, D)
     wgt = torch.randn(B, T, D)
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
@@ -171,10 +180,12 @@ def test_causal(setup):
             assert (y2[:, t] - y[:, t]).abs().max() > 1e-4, t
 
 
-@pytest.mark.parametrize("mem", sorted(MEMORIES))
-@pytest.mark.parametrize("setup", SETUPS, ids=SETUP_IDS)
+@pytest.mark.parametrize("mem,setup", [(m, s) for m in sorted(MEMORIES) for s in SETUPS]
+                         + [("mixture", s) for s in MIXTURE_SETUPS],
+                         ids=[f"{s}-{m}" for m in sorted(MEMORIES) for s in SETUP_IDS]
+                         + [f"{s}-mixture" for s in MIXTURE_IDS])
 def test_prefill_steps_and_continuation_match_forward(mem, setup):
-    blk, _ = _pair(MEMORIES[mem], *setup)
+    blk, _ = _pair(MIXTURE if mem == "mixture" else MEMORIES[mem], *setup)
     x = torch.randn(B, T, D)
     T1, T2 = 11, 26  # prefill ends mid-segment; a continuation chunk crosses segment boundaries
     with torch.no_grad():
@@ -198,7 +209,10 @@ def test_prefill_steps_and_continuation_match_forward(mem, setup):
     for key, val in final.items():
         if isinstance(val, dict):
             for k2 in val:
-                assert rel_err(st[key][k2], val[k2]) <= 1e-5, (key, k2)
+                if isinstance(val[k2], torch.Tensor) and not val[k2].is_floating_point():
+                    assert torch.equal(st[key][k2], val[k2]), (key, k2)  # a mixture's per-memory positions
+                elif isinstance(val[k2], torch.Tensor):
+                    assert rel_err(st[key][k2], val[k2]) <= 1e-5, (key, k2)
         elif isinstance(val, torch.Tensor):
             assert val.shape == st[key].shape and rel_err(st[key], val) <= 1e-5, key
         else:
@@ -230,11 +244,11 @@ def _state_numel(state) -> int:
     return 0
 
 
-@pytest.mark.parametrize("mem", sorted(MEMORIES))
-@pytest.mark.parametrize("setup", SETUPS + [("mal", 4, 8, 0), ("mac", None, 5, 0)],
-                         ids=SETUP_IDS + ["mal-np0", "mac-np0"])
+@pytest.mark.parametrize("mem,setup", [(m, s) for m in sorted(MEMORIES)
+                                         for s in SETUPS + [("mal", 4, 8, 0), ("mac", None, 5, 0)]]
+                         + [("mixture", s) for s in MIXTURE_SETUPS + [("mal", 4, 8, 0)]])
 def test_cost_params_and_state_match_module(mem, setup):
-    cfg = _cfg(MEMORIES[mem], *setup)
+    cfg = _cfg(MIXTURE if mem == "mixture" else MEMORIES[mem], *setup)
     blk = TitansMixer(cfg)
     assert TitansMixer.cost(cfg, 100).params == _numel(blk)
     with torch.no_grad():
@@ -268,3 +282,10 @@ def test_validation():
         TitansMixer(TitansConfig(mem, AttentionConfig(D, AH, HD), variant="mix"))
     with pytest.raises(ValueError):
         TitansMixer(TitansConfig(mem, AttentionConfig(D, AH, HD), segment=0))
+
+
+def test_mac_refuses_a_mixture_and_says_why():
+    """Memory as context reads one state S of the segment start; a Mixture-of-Memories has none to read."""
+    with pytest.raises(InvalidConfig, match="no single state to read: use titans.variant mag or mal") as err:
+        _cfg(MIXTURE, "mac", None, 8, 2)
+    assert err.value.incompatible

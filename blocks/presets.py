@@ -102,9 +102,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # archspace's documented defaults (README, "Miras presets"); every key can be overridden.
     # Titans' neural long-term memory alone (Behrouz et al. 2024, https://arxiv.org/abs/2501.00663): a 2-layer MLP
     # memory, l2 loss (Eq. 12), momentum S_t = eta_t S_{t-1} - theta_t grad (Eq. 14) and data-dependent weight decay
-    # M_t = (1 - alpha_t) M_{t-1} + S_t (Eq. 13), q/k/v through a conv, SiLU and l2-normalised q, k (Sec. 4.4)
+    # M_t = (1 - alpha_t) M_{t-1} + S_t (Eq. 13), q/k/v through a conv, SiLU and l2-normalised q, k (Sec. 4.4).
+    # The short conv applies the SiLU (blocks/short_conv.py), so the feature map is the identity: SiLU once
     "titans_lmm": dict(type="memory", structure="mlp", bias="l2", retention="weight_decay", update="momentum",
-                       feature_map="silu", key_norm="l2", short_conv=4, output_gate=True, chunk_size=16),
+                       key_norm="l2", short_conv=4, output_gate=True, chunk_size=16),
     # TTT-Linear / TTT-MLP (Sun et al. 2024, https://arxiv.org/abs/2407.04620, Sec. 2.7 and the released code):
     # f(x) = x + LN(f_res(x)), W_i = W_0 - c_i sum_j lr_j grad (mini-batch 16, learned token scale), lr =
     # base_lr sigmoid(w x) / head_dim (head_dim 64 in every TTT configuration: base_lr 1 -> 1/64, 0.1 -> 0.1/64)
@@ -124,10 +125,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                    short_conv=4, output_gate=True, chunk_size=16),
     # ATLAS (Behrouz et al. 2025, https://arxiv.org/abs/2505.23735): the Omega rule (Eq. 9: the l2 loss over a
     # sliding window with data-dependent weights) optimised by Muon-style orthogonalised momentum (Sec. 4), weight
-    # decay; its polynomial feature maps are not here
+    # decay; q/k/v through the conv and its SiLU (once, as titans_lmm); its polynomial feature maps are not here
     "atlas": dict(type="memory", structure="mlp", bias="omega", omega_window=4, retention="weight_decay",
-                  update="newton_schulz", feature_map="silu", key_norm="l2", short_conv=4, output_gate=True,
-                  chunk_size=16),
+                  update="newton_schulz", key_norm="l2", short_conv=4, output_gate=True, chunk_size=16),
     # Longhorn (Liu et al. 2024, https://arxiv.org/abs/2407.14207): the closed-form implicit step of online l2
     # regression per value channel, Delta = eps / (1 + eps ||k||^2); a state of 16 per channel (N = 16), one head,
     # keys and queries through the conv (+ SiLU), no key norm (the implicit step is stable), SiLU output gate

@@ -757,13 +757,10 @@ def _run_locked(space, study_dir: Path, *, root: Path, results_dir, ray_address,
             console.print(f"[yellow]study interrupted; state saved in {exp_path}.[/yellow] Resume it with the same "
                           f"command: archspace study {space.file}"
                           + (f" --results-dir {root}" if results_dir else ""))
-        elif c["completed"] + c["pruned"] == 0:
-            code = EXIT_ALL_FAILED
-            console.print(f"[red]all {len(rows)} trials failed.[/red] Reasons:")
-            for reason, n in summary["failures"].items():
-                console.print(f"  {n} x {reason}")
         else:
-            code = EXIT_OK
+            code, lines = failure_verdict(summary)
+            for line in lines:
+                console.print(line)
         return StudyOutcome(code, study_dir, uri, summary, ray_start_s, wall)
     finally:
         if ray.is_initialized():
@@ -771,6 +768,17 @@ def _run_locked(space, study_dir: Path, *, root: Path, results_dir, ray_address,
         if not ray_address:
             procs.finish()
         _dbg(t_start, "ray stopped")
+
+
+def failure_verdict(summary: dict) -> tuple[int, list[str]]:
+    """The exit code of a study that ran to its end, and the lines that close it: EXIT_ALL_FAILED with one
+    line per failure reason ("2 x out of memory (MemoryError): ...") when no trial completed or was pruned,
+    else EXIT_OK and nothing."""
+    c = summary["counts"]
+    if c["completed"] + c["pruned"]:
+        return EXIT_OK, []
+    return EXIT_ALL_FAILED, ([f"[red]all {summary['total']} trials failed.[/red] Reasons:"]
+                             + [f"  {n} x {reason}" for reason, n in summary["failures"].items()])
 
 
 def _dbg(t0, what):

@@ -14,17 +14,24 @@ mini-batch start):
     fwd+bwd      the chunked path with autograd; the token loop with autograd and each mini-batch of the loop under
                  torch.utils.checkpoint (without it the loop keeps every token's weight, momentum and gradient
                  copies for backward: about 12 MB per token at this size, 12 GB at T = 1024, more than a shared
-                 24 GB machine can hold), so its backward recomputes its forward once. Measured: this does not
-                 bound the loop's memory as intended (the process held 3.4 GB at T = 128 and grew past 14 GB at
-                 T = 1024 before it was stopped; not diagnosed), so fwd+bwd is run at T = 128 (README)
+                 24 GB machine can hold), so its backward recomputes its forward once.
+
+Memory: glibc's malloc raises its mmap threshold each time a large block is freed (up to 32 MB), after which the
+loop's per-token 4 MB weight copies are served from the heap, which then fragments and is not given back: with
+checkpointing the loop still grew by about 0.8 GB per 32 tokens (3 GB at T = 128, past 17 GB at T = 1024). The
+benchmark therefore fixes the threshold with mallopt (``--mmap-threshold``, default 128 KiB, glibc's initial value;
+0 leaves glibc's dynamic default), which bounds the checkpointed loop (0.8 GB at T = 128). Both paths run under the
+same setting in the same process; peak resident memory is printed.
 
 Times are medians over ``--repeats`` runs after a warm-up (the loop: one run; it takes minutes).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import statistics
+import resource
 import time
 
 import torch
@@ -61,6 +68,21 @@ def loop_checkpointed(x, spec, statics, C):
         state = {"memory": mem, "pos": s + piece["q"].shape[1]}
         outs.append(o)
     return torch.cat(outs, 1), state
+
+
+def fix_mmap_threshold(nbytes: int) -> bool:
+    """mallopt(M_MMAP_THRESHOLD, nbytes): blocks of at least nbytes are mmapped and returned to the system when
+    freed, and glibc stops raising the threshold (module docstring). False where libc has no mallopt."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes))
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 def timed(fn, repeats):
@@ -116,8 +138,8 @@ def speed(a):
         t_chunk = timed(chunk, a.repeats)
         t_loop = _once(loop) if a.loop_once else timed(loop, a.repeats)
         rows.append((label, t_loop, t_chunk))
-        print(f"{label:8s} token loop {t_loop:8.2f} s   chunked {t_chunk:7.2f} s   speed-up {t_loop / t_chunk:5.1f}x",
-              flush=True)
+        print(f"{label:8s} token loop {t_loop:8.2f} s   chunked {t_chunk:7.2f} s   speed-up {t_loop / t_chunk:5.1f}x"
+              f"   (peak resident so far {peak_gb():.2f} GB)", flush=True)
     return rows
 
 
@@ -171,10 +193,14 @@ def main():
     p.add_argument("--loop-repeats", dest="loop_once", action="store_false",
                    help="time the token loop like the chunked path (median of --repeats), not once")
     p.add_argument("--protocols", nargs="+", choices=["forward", "fwd+bwd"], default=["forward", "fwd+bwd"])
+    p.add_argument("--mmap-threshold", type=int, default=128 * 1024,
+                   help="glibc M_MMAP_THRESHOLD in bytes, fixed with mallopt (module docstring); 0: glibc's default")
     p.add_argument("--agreement", action="store_true", help="fp32 / fp64 agreement of the two paths per preset")
     a = p.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.mmap_threshold > 0:
+        print(f"glibc mmap threshold fixed at {a.mmap_threshold} bytes: {fix_mmap_threshold(a.mmap_threshold)}")
     if a.agreement:
         agreement()
     else:

@@ -22,7 +22,7 @@ from .update import UPDATE
 
 _AXIS_DEFAULTS = {a.key: a.default for a in (STRUCTURE, BIAS, RETENTION, UPDATE, FEATURE_MAP, HIERARCHY)}
 
-__all__ = ["SET", "VECTOR_GATES", "Incompatibility", "INCOMPATIBLE", "violations", "check"]
+__all__ = ["SET", "VECTOR_GATES", "WIDENING", "Incompatibility", "INCOMPATIBLE", "violations", "check"]
 
 SET = "<set>"
 
@@ -34,6 +34,7 @@ class Incompatibility:
 
 
 VECTOR_GATES = ("vector", "kda", "hgrn2", "rwkv7")  # retention values that decay per key channel
+WIDENING = ("taylor2", "poly", "hedgehog")  # feature maps whose width is not key_dim (FeatureMap.out_dim)
 
 INCOMPATIBLE: tuple = (
     Incompatibility(
@@ -178,25 +179,14 @@ INCOMPATIBLE: tuple = (
         "not DeltaProduct's n Householder steps; use retention: weight_decay or scalar",
     ),
     Incompatibility(
-        {"type": "memory", "structure": ("vector", "mlp"), "feature_map": ("taylor2", "hedgehog")},
-        "a vector memory is elementwise (key width = value width) and a deep memory's first layer reads key_dim "
-        "inputs; a feature map that widens the keys (taylor2, hedgehog) is defined for matrix memories only",
+        {"type": "memory", "structure": "vector", "feature_map": WIDENING},
+        "a vector memory is elementwise (key width = value width); a feature map that widens the keys (taylor2, "
+        "poly, hedgehog) is defined for matrix and deep (mlp) memories",
     ),
     Incompatibility(
-        {"type": "memory", "bias": ("l1", "lp", "huber", "omega"), "feature_map": ("taylor2", "hedgehog")},
-        "the mini-batch engine's memory reads key_dim inputs; a feature map that widens the keys (taylor2, "
-        "hedgehog) runs on the exact kernels only: use bias dot or l2",
-    ),
-    Incompatibility(
-        {"type": "memory", "retention": ("lq", "kl", "elastic_net"), "feature_map": ("taylor2", "hedgehog")},
-        "the mapped retentions run on the mini-batch engine, whose memory reads key_dim inputs; a feature map that "
-        "widens the keys (taylor2, hedgehog) runs on the exact kernels only",
-    ),
-    Incompatibility(
-        {"type": "memory", "update": ("momentum", "newton_schulz", "implicit"), "feature_map": ("taylor2", "hedgehog")},
-        "the momentum and Newton-Schulz updates run on the mini-batch engine, whose memory reads key_dim inputs, and "
-        "Longhorn's step is not implemented over widened keys; a feature map that widens the keys (taylor2, "
-        "hedgehog) runs with update gd",
+        {"type": "memory", "update": "implicit", "feature_map": WIDENING},
+        "Longhorn's closed-form step is written for its key_dim-wide keys and is not implemented over widened "
+        "keys (taylor2, poly, hedgehog); use update gd or momentum",
     ),
     Incompatibility(
         {"type": "memory", "normalizer": "sum", "structure": ("vector", "mlp")},
@@ -226,14 +216,14 @@ INCOMPATIBLE: tuple = (
         "S^T q that a log-linear memory does not have; use titans.variant mag or mal",
     ),
     Incompatibility(
-        {"type": "memory", "feature_map": ("taylor2", "hedgehog"), "bias": ("rwkv7", "mlstm")},
+        {"type": "memory", "feature_map": WIDENING, "bias": ("rwkv7", "mlstm")},
         "RWKV-7's and the mLSTM's per-key-channel parameters (removal and replacement keys, bonus, normaliser) "
-        "follow key_dim; a feature map that widens the keys (taylor2, hedgehog) is not defined for them",
+        "follow key_dim; a feature map that widens the keys (taylor2, poly, hedgehog) is not defined for them",
     ),
     Incompatibility(
-        {"type": "memory", "feature_map": ("taylor2", "hedgehog"), "update": "householder"},
+        {"type": "memory", "feature_map": WIDENING, "update": "householder"},
         "DeltaProduct's n keys per token are l2-normalised key_dim vectors; a widening feature map (taylor2, "
-        "hedgehog) over its step axis is not implemented",
+        "poly, hedgehog) over its step axis is not implemented",
     ),
 )
 

@@ -9,6 +9,12 @@ taylor2   phi(x) = [1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))] in R^{1 + d 
           second-order Taylor expansion of exp(q.k / sqrt(d)), phi(q).phi(k) = 1 + u + u^2 / 2 with
           u = q.k / sqrt(d) (Based, Arora et al. 2024, https://arxiv.org/abs/2402.18668, Sec. 3.1; the map of
           the Based and Zoology training code, full outer product, no symmetric compression)
+poly      phi(x) = [c_0, c_1 x, c_2 vec(x (x) x), ..., c_p vec(x^(x)p)] in R^{1 + d + ... + d^p}, p = poly_degree,
+          with coefficients c_i learned per head and stream: phi(q).phi(k) = sum_i a_i (q.k)^i, a_i = c_i^q c_i^k,
+          the Taylor coefficients of exp at init (a_i = 1/i!, c_i = 1/sqrt(i!)). ATLAS' polynomial feature map
+          (Behrouz et al. 2025, https://arxiv.org/abs/2505.23735, Sec. 3.1: phi_p(x) = [x^b]_{|b| <= p}, all
+          monomials up to degree p, which the full tensor powers span with repeats; its coefficients learned,
+          starting from exp's Taylor series); widens the keys of a deep memory's first layer as of a matrix
 hedgehog  phi(x) = [softmax(x W_h), softmax(-x W_h)] in R^{2 f}, W_h in R^{d x f} learned per head, one map
           for queries and one for keys, W_h = I at init (f = feature_dim, default d) (Hedgehog, Zhang et al.
           2024, https://arxiv.org/abs/2402.04347, Sec. 4: a trainable single-layer MLP with a softmax, the
@@ -20,6 +26,8 @@ k width) and may own parameters per stream (``add_stream_params``: one map for q
 Memories' shared query path and each memory's write path carry their own.
 """
 from __future__ import annotations
+
+import math
 
 from .axis import Axis, AxisValue, F, Option, nn, torch
 
@@ -98,6 +106,35 @@ class Taylor2(FeatureMap):
         return 1 + cfg.key_dim + cfg.key_dim ** 2
 
 
+class Poly(FeatureMap):
+    """ATLAS' polynomial map [c_0, c_1 x, c_2 vec(x (x) x), ...] with learned per-degree coefficients"""
+
+    options = (
+        Option("poly_degree", int, 2, "poly: degree p of the polynomial map (width 1 + d + ... + d^p, d = key_dim; "
+               "ATLAS Sec. 3.1)", {"ge": 1, "le": 3}),
+    )
+
+    def out_dim(self, cfg) -> int:
+        return sum(cfg.key_dim ** i for i in range(cfg.poly_degree + 1))
+
+    def add_stream_params(self, host, cfg, stream: str) -> None:
+        # c_i = 1/sqrt(i!) for both streams: phi(q).phi(k) = sum_i (q.k)^i / i!, exp's Taylor series, at init
+        c = torch.tensor([math.factorial(i) ** -0.5 for i in range(cfg.poly_degree + 1)])
+        setattr(host, f"{stream}_poly", nn.Parameter(c.repeat(cfg.heads, 1)))
+
+    def stream_params(self, cfg) -> int:
+        return cfg.heads * (cfg.poly_degree + 1)
+
+    def apply(self, host, cfg, x, stream: str):
+        c = getattr(host, f"{stream}_poly").to(x.dtype)  # [H, p + 1]
+        terms, power = [torch.ones_like(x[..., :1])], x
+        for i in range(1, cfg.poly_degree + 1):
+            terms.append(power)
+            if i < cfg.poly_degree:
+                power = (power.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # vec(x^(x)(i+1)), x^(x)i's entries times x_j
+        return torch.cat([t * c[:, i, None] for i, t in enumerate(terms)], dim=-1)
+
+
 class Hedgehog(FeatureMap):
     """Hedgehog's learned map [softmax(x W_h), softmax(-x W_h)] per head, W_h = I at init"""
 
@@ -142,5 +179,6 @@ FEATURE_MAP = Axis("feature_map", "map on q and k", "identity", {
     "silu": Silu(),
     "relu": Relu(),
     "taylor2": Taylor2(),
+    "poly": Poly(),
     "hedgehog": Hedgehog(),
 })

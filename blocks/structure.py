@@ -15,8 +15,9 @@ mlp     a deep memory M(x) = x + LN(W_L act(... act(x W_1 + b_1) ...) + b_L) per
         learned in the outer loop (TTT)
 
 A matrix or vector memory whose bias, retention or update has no exact online kernel runs on the mini-batch
-engine too, as a depth-1 memory without bias, norm or residual (blocks/dispatch.py); there its keys are key_dim
-wide (a widening feature map, taylor2 or hedgehog, is refused on the mini-batch engine: blocks/compat.py). The
+engine too, as a depth-1 memory without bias, norm or residual (blocks/dispatch.py). A matrix or deep memory reads
+keys as wide as the feature map makes them (cfg.state_key_dim: key_dim, or 1 + d + d^2 for taylor2, ...); a deep
+memory's hidden width follows key_dim. The
 state of a mini-batch memory is packed per head: its weights, the momentum, the anchor weights of the current
 mini-batch (chunk_size > 1) and the Omega rule's window (kernels/minibatch.py's ``state_parts``); its position is
 kept beside it.
@@ -138,10 +139,10 @@ class Matrix(Structure):
     def layers(self, cfg):
         from ..kernels.minibatch import Layer
 
-        return (Layer(cfg.key_dim, cfg.value_dim),)
+        return (Layer(cfg.state_key_dim, cfg.value_dim),)
 
     def read_scale(self, cfg) -> float:
-        return cfg.key_dim ** -0.5
+        return cfg.state_key_dim ** -0.5  # as the exact kernels read (blocks/memory.py folds cfg.scale against it)
 
     def cells(self, cfg) -> int:
         return cfg.state_key_dim * cfg.state_value_dim
@@ -164,7 +165,8 @@ class MLP(Structure):
                {"gt": 0, "le": 64}),
         Option("activation", Literal["gelu", "gelu_tanh", "silu"], "gelu",
                "between the memory's layers: exact GELU (Titans, Miras), tanh GELU (TTT), SiLU"),
-        Option("residual", bool, True, "M(x) = x + ... (TTT, Titans; needs key_dim == value_dim)"),
+        Option("residual", bool, True, "M(x) = x + ... (TTT, Titans; needs the key width, key_dim or a widening "
+               "feature map's, to equal value_dim)"),
         Option("memory_norm", Literal["layernorm", "none"], "layernorm",
                "LayerNorm on the memory's output, its affine learned in the outer loop (TTT)"),
         Option("inner_bias", bool, False, "biases inside the memory, trained online like its weights (TTT: yes; "
@@ -174,9 +176,11 @@ class MLP(Structure):
     )
 
     def check(self, cfg):
-        if cfg.residual and cfg.key_dim != cfg.value_dim:
-            return "residual", f"a residual memory adds its input: key_dim ({cfg.key_dim}) must equal value_dim " \
-                               f"({cfg.value_dim}); set residual: false or equal dims"
+        if cfg.residual and cfg.state_key_dim != cfg.value_dim:
+            width = f"key_dim ({cfg.key_dim})" if cfg.state_key_dim == cfg.key_dim else \
+                f"the keys' width after feature_map {cfg.feature_map!r} ({cfg.state_key_dim})"
+            return "residual", f"a residual memory adds its input: {width} must equal value_dim ({cfg.value_dim}); " \
+                               "set residual: false or equal dims"
         if cfg.memory_init == "zero" and cfg.depth >= 2 and not cfg.inner_bias:
             return "memory_init", "a deep memory that starts at zero weights without biases never learns: every " \
                                   "hidden activation and every inner gradient is zero; use memory_init: learned"
@@ -188,7 +192,7 @@ class MLP(Structure):
     def layers(self, cfg):
         from ..kernels.minibatch import Layer
 
-        dims = [cfg.key_dim] + [self.hidden(cfg)] * (cfg.depth - 1) + [cfg.value_dim]
+        dims = [cfg.state_key_dim] + [self.hidden(cfg)] * (cfg.depth - 1) + [cfg.value_dim]
         return tuple(Layer(a, b, bias=cfg.inner_bias) for a, b in zip(dims[:-1], dims[1:]))
 
     def spec(self, cfg) -> dict:

@@ -2,8 +2,9 @@
 compatibility table refuses where the two meet (blocks/compat.py), as block configs and as YAML designs.
 
 RWKV-7's, the mLSTM's, KDA's, HGRN2's and DeltaProduct's kernels keep one matrix per head, and the mini-batch engine
-(kernels/minibatch.py) has no form of their writes; the widening feature maps (taylor2, hedgehog) and the sum
-normaliser are defined on matrix memories with exact kernels. Each such design is refused at the key with the
+(kernels/minibatch.py) has no form of their writes; the widening feature maps (taylor2, poly, hedgehog) are defined
+on matrix and deep memories (the engine's memory reads the widened keys), the sum normaliser on matrix memories with
+exact kernels. Each such design is refused at the key with the
 reason, never run on a path that computes something else.
 """
 from __future__ import annotations
@@ -37,10 +38,10 @@ REFUSED = [
     ({"bias": "mlstm", "update": "implicit"}, "use bias: l2"),
     ({"bias": "rwkv7", "update": "implicit"}, "use bias: l2"),
     ({"bias": "l2", "retention": "kda", "update": "implicit"}, "per-key-channel decay"),
-    ({"structure": "mlp", "feature_map": "taylor2"}, "widens the keys"),
-    ({"bias": "huber", "feature_map": "hedgehog"}, "widens the keys"),
-    ({"retention": "elastic_net", "feature_map": "taylor2"}, "widens the keys"),
-    ({"update": "momentum", "feature_map": "taylor2"}, "widens the keys"),
+    ({"structure": "vector", "bias": "l2", "key_norm": "l2", "feature_map": "taylor2"}, "widens the keys"),
+    ({"bias": "l2", "update": "implicit", "feature_map": "poly"}, "not implemented over widened keys"),
+    ({"bias": "rwkv7", "feature_map": "hedgehog"}, "widens the keys"),
+    ({"bias": "l2", "key_norm": "l2", "update": "householder", "feature_map": "poly"}, "widening feature map"),
     ({"structure": "vector", "normalizer": "sum", "feature_map": "elu1"}, "column z of a matrix memory"),
     ({"update": "newton_schulz", "normalizer": "sum", "feature_map": "elu1"}, "mini-batch engine"),
     ({"retention": "lq", "normalizer": "sum", "feature_map": "elu1"}, "mapped retentions"),
@@ -66,6 +67,19 @@ def test_the_refused_combinations_are_refused_with_the_reason(keys, why):
 def test_the_combinations_both_sides_compute_still_build(keys):
     cfg = _mem(**keys)
     assert not cfg.minibatch
+
+
+@pytest.mark.parametrize("keys", [  # the mini-batch engine's memory reads the widened keys (state_key_dim)
+    {"structure": "mlp", "residual": False, "feature_map": "taylor2"},
+    {"structure": "mlp", "residual": False, "bias": "huber", "feature_map": "hedgehog"},
+    {"retention": "elastic_net", "feature_map": "taylor2"},
+    {"update": "momentum", "bias": "l2", "key_norm": "l2", "feature_map": "poly"},
+])
+def test_widening_maps_run_on_the_minibatch_engine(keys):
+    cfg = _mem(**keys)
+    assert cfg.minibatch and cfg.state_key_dim > cfg.key_dim
+
+
 
 
 def test_a_yaml_design_gets_the_refusal_at_its_key(tmp_path):

@@ -5,12 +5,16 @@ variants): lines deleted, duplicated, re-indented or cut; values replaced by oth
 aliases added (undefined, self-referencing, a bomb); control characters and invalid UTF-8 inserted; huge
 and deeply nested documents. Every variant must either validate (exit 0) or be refused with exit 2 and
 one paragraph that names the file (and the line, where the file was read), with no traceback, in under
-2 CPU seconds and 200 MB (measured with tracemalloc for every variant that ran longer than TRACE_ABOVE_S).
+2 CPU seconds and 200 MB. Memory is measured for every variant as the rise of the process's peak resident set
+(Linux's VmHWM, reset before each variant through /proc/self/clear_refs, after freed heap is handed back with
+malloc_trim so that memory the process already holds cannot hide an allocation); where the kernel or libc does not
+offer that, tracemalloc measures every variant that ran longer than TRACE_ABOVE_S.
 
 `ARCHSPACE_FUZZ_VARIANTS=N` tries N variants per file (default 24, 576 in all; the README's figure is from N=200, 4,800).
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import random
@@ -37,6 +41,34 @@ WRONG_VALUES = ["abc", "-1", "0", "1e99", "-.inf", ".nan", "true", "null", "[]",
                 "{a: 1}", "'3:1'", "1:0", "x" * 300, "!!python/object:os.system ls", "!!binary aGVsbG8=",
                 "2024-01-01", "0x1F", "0o17", "~", '"\\u0000"', "*undefined", "&a 1", "|\n  text"]
 CONTROL = ["\x00", "\x01", "\x07", "\x08", "\x0b", "\x0c", "\x1b", "\x7f", "\x85", "\ufeff", "\ufffe", "\t", "\r"]
+
+
+class PeakResident:
+    """The peak resident memory of this process since ``reset``, in bytes, above what it held at the reset."""
+
+    def __init__(self):
+        self.libc = ctypes.CDLL("libc.so.6")
+        self.reset()  # raises OSError where /proc/self/clear_refs cannot be written
+
+    @staticmethod
+    def _status(field: str) -> int:
+        text = Path("/proc/self/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1)) << 10
+
+    def reset(self) -> None:
+        self.libc.malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        self.base = self._status("VmRSS")
+
+    def rise(self) -> int:
+        return self._status("VmHWM") - self.base
+
+
+def _peak_probe():
+    try:
+        return PeakResident()
+    except (OSError, AttributeError):
+        return None
 
 
 def _lines(text: str) -> list[str]:
@@ -135,19 +167,24 @@ def test_mutated_shipped_yaml_never_crashes(shipped, tmp_path, capsys, monkeypat
 
 def _fuzz(shipped, text, rng, target, capsys):
     refused = 0
+    probe = _peak_probe()
     for n in range(VARIANTS):
         variant = mutate(text, rng)
         if isinstance(variant, bytes):
             target.write_bytes(variant)
         else:
             target.write_text(variant, encoding="utf-8", newline="")
+        if probe is not None:
+            probe.reset()
         t0 = time.process_time()  # CPU seconds: what the loader costs, whatever else the machine runs
         code = main(["validate", str(target)])
         elapsed = time.process_time() - t0
         out = capsys.readouterr()
         where = f"{shipped} variant {n}"
         assert elapsed < MAX_SECONDS, (where, elapsed)
-        if elapsed > TRACE_ABOVE_S:  # tracing slows a run about 5x: only where it could have allocated much
+        if probe is not None:
+            assert probe.rise() < MAX_BYTES, (where, probe.rise())
+        elif elapsed > TRACE_ABOVE_S:  # tracing slows a run about 5x: only where it could have allocated much
             tracemalloc.start()
             try:
                 assert main(["validate", str(target)]) == code
@@ -167,3 +204,15 @@ def _fuzz(shipped, text, rng, target, capsys):
             else:
                 assert str(target) in err, (where, err)
     assert refused > VARIANTS // 4  # the mutations do break files
+
+
+def test_the_memory_probe_sees_an_allocation_over_the_bound():
+    probe = _peak_probe()
+    if probe is None:
+        pytest.skip("no writable /proc/self/clear_refs here: the fuzz measures with tracemalloc instead")
+    probe.reset()
+    blob = [[i] for i in range(2_000_000)]  # about 230 MB of Python objects
+    assert probe.rise() > MAX_BYTES, probe.rise()
+    del blob
+    probe.reset()
+    assert probe.rise() < 16 << 20  # and a reset starts from what the process holds now

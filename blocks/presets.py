@@ -125,9 +125,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                    short_conv=4, output_gate=True, chunk_size=16),
     # ATLAS (Behrouz et al. 2025, https://arxiv.org/abs/2505.23735): the Omega rule (Eq. 9: the l2 loss over a
     # sliding window with data-dependent weights) optimised by Muon-style orthogonalised momentum (Sec. 4), weight
-    # decay; q/k/v through the conv and its SiLU (once, as titans_lmm); its polynomial feature maps are not here
-    "atlas": dict(type="memory", structure="mlp", bias="omega", omega_window=4, retention="weight_decay",
-                  update="newton_schulz", key_norm="l2", short_conv=4, output_gate=True, chunk_size=16),
+    # decay, over polynomial features of q and k (Sec. 3.1, degree 2: keys 1 + d + d^2 wide, so the deep memory
+    # has no residual, its input width is not value_dim); q/k/v through the conv and its SiLU (once, as titans_lmm)
+    "atlas": dict(type="memory", structure="mlp", residual=False, bias="omega", omega_window=4,
+                  retention="weight_decay", update="newton_schulz", feature_map="poly", poly_degree=2, key_norm="l2",
+                  short_conv=4, output_gate=True, chunk_size=16),
     # Longhorn (Liu et al. 2024, https://arxiv.org/abs/2407.14207): the closed-form implicit step of online l2
     # regression per value channel, Delta = eps / (1 + eps ||k||^2); a state of 16 per channel (N = 16), one head,
     # keys and queries through the conv (+ SiLU), no key norm (the implicit step is stable), SiLU output gate

@@ -347,6 +347,21 @@ def _combine(spec: MemorySpec, X: list, D: list, coef: Tensor, per_token: bool) 
     return out
 
 
+def _minus_combined(spec: MemorySpec, base: list, X: list, D: list, coef: Tensor) -> list:
+    """base_l - _combine(spec, X, D, coef)_l for shared weights (coef [N, E]), in place: ``base`` holds tensors
+    the caller has just made. A dense layer's sum X^T (coef D) is subtracted inside one baddbmm."""
+    out = []
+    for (li, kind, _), b in zip(tensor_shapes(spec), base):
+        x, d = X[li], D[li]
+        if kind == "dense":
+            out.append(b.baddbmm_(x.transpose(-1, -2), coef[..., None] * d, alpha=-1.0))
+        elif kind == "diag":
+            out.append(b.sub_((coef[..., None] * (x * d)).sum(1)))
+        else:
+            out.append(b.sub_((coef[..., None] * d).sum(1)))
+    return out
+
+
 def newton_schulz(X: Tensor, steps: int) -> Tensor:
     """Muon's quintic Newton-Schulz orthogonalisation of the last two dims (fp32/fp64, no bf16 cast, no scale)."""
     a, b, c = NS_COEFFS
@@ -453,14 +468,16 @@ def _chunk(spec: MemorySpec, st: _State, q, k, v, g, th, le, gam, dl, statics, p
     if not materialise:
         o = _dual_read(spec, st, Q, X, D, beta[:, rows], None if f is None else f[:, rows], G[:, rows],
                        None if c is None else c[:, rows], Wa, statics)
+        # A_L = beta_L A_0 (+ f_L S_0) - sum_j G[L, j] u_j and S_L = m_L S_0 - sum_j Nm[L, j] u_j, each weight
+        # tensor written once: the scaled state, then the gradient sum subtracted into it (_minus_combined)
         A = [beta[:, -1].view(-1, *[1] * (a.dim() - 1)) * a for a in st.A]
         if st.S is not None:
-            A = [a + f[:, -1].view(-1, *[1] * (s.dim() - 1)) * s for a, s in zip(A, st.S)]
-        A = [a - u for a, u in zip(A, _combine(spec, X, D, G[:, -1], False))]
+            A = [a.addcmul_(f[:, -1].view(-1, *[1] * (s.dim() - 1)), s) for a, s in zip(A, st.S)]
+        A = _minus_combined(spec, A, X, D, G[:, -1])
         S = None
         if st.S is not None:
-            S = [m[:, -1].view(-1, *[1] * (s.dim() - 1)) * s - u
-                 for s, u in zip(st.S, _combine(spec, X, D, Nm[:, -1], False))]
+            S = _minus_combined(spec, [m[:, -1].view(-1, *[1] * (s.dim() - 1)) * s for s in st.S], X, D,
+                                Nm[:, -1])
     else:
         A_all, S = _materialise(spec, st, X, D, beta, f, G, Nm, m, R, th, band)  # rows 1..L: [N, L, *shape]
         W_all = _phi(spec, [torch.cat([a[:, None], b], 1) for a, b in zip(st.A, A_all)], statics)

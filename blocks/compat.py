@@ -36,6 +36,10 @@ class Incompatibility:
 VECTOR_GATES = ("vector", "kda", "hgrn2", "rwkv7")  # retention values that decay per key channel
 WIDENING = ("taylor2", "poly", "hedgehog")  # feature maps whose width is not key_dim (FeatureMap.out_dim)
 
+SIGNED = [-1.0, 1.0]  # decay_range of negative eigenvalues (a list: compared by equality, [-1, 1] included)
+_SIGNED_WHERE = ("the signed decays (decay_range [-1, 1]) run the exact gla and delta-rule kernels of a plain "
+                 "memory on sign-folded inputs (blocks/dispatch.py, signed_forward)")
+
 INCOMPATIBLE: tuple = (
     Incompatibility(
         {"type": "memory", "bias": "l2", "structure": ("matrix", "vector"),
@@ -187,6 +191,42 @@ INCOMPATIBLE: tuple = (
         {"type": "memory", "update": "implicit", "feature_map": WIDENING},
         "Longhorn's closed-form step is written for its key_dim-wide keys and is not implemented over widened "
         "keys (taylor2, poly, hedgehog); use update gd or momentum",
+    ),
+    Incompatibility(
+        {"type": "memory", "decay_range": SIGNED, "structure": ("vector", "mlp")},
+        _SIGNED_WHERE + "; a vector or deep memory is not among them: use structure: matrix",
+    ),
+    Incompatibility(
+        {"type": "memory", "decay_range": SIGNED,
+         "bias": ("rwkv7", "mlstm", "l1", "lp", "huber", "omega")},
+        _SIGNED_WHERE + "; use bias dot (Mamba-style, Grazzi et al.'s [-1, 1] decay) or l2 (a gated delta rule; "
+        "beta_range [0, 2] is the delta rule's own negative eigenvalues)",
+    ),
+    Incompatibility(
+        {"type": "memory", "decay_range": SIGNED, "update": ("householder", "momentum", "newton_schulz", "implicit")},
+        _SIGNED_WHERE + " with one gradient step per token: use update gd",
+    ),
+    Incompatibility(
+        {"type": "memory", "decay_range": SIGNED, "retention": "vector", "bias": "l2"},
+        "a per-key-channel sign does not commute with the delta rule's I - b k k^T, so the sign-folded kernels are "
+        "exact for a signed vector gate with a Hebbian write only: use bias dot, or retention scalar with bias l2",
+    ),
+    Incompatibility(
+        {"type": "memory", "decay_range": SIGNED, "normalizer": "sum"},
+        "the sum normaliser divides by phi(q).z, which stays positive only while every decay does; a signed decay "
+        "can drive it to 0: use normalizer none",
+    ),
+    Incompatibility(
+        {"type": "memory", "decay_range": SIGNED, "hierarchy": "log_linear"},
+        _SIGNED_WHERE + "; the log-linear levels are not implemented with them",
+    ),
+    Incompatibility(
+        {"type": "memory", "decay_range": SIGNED, "mom": SET},
+        _SIGNED_WHERE + "; a Mixture-of-Memories' gathered, padded batches are not implemented with them",
+    ),
+    Incompatibility(
+        {"type": "memory", "decay_range": SIGNED, "titans": SET},
+        _SIGNED_WHERE + "; Titans' compositions over them are not implemented",
     ),
     Incompatibility(
         {"type": "memory", "normalizer": "sum", "structure": ("vector", "mlp")},

@@ -73,9 +73,14 @@ class MemoryOps:
 
     def forward(self, path: str, q, k, v, gates: dict, *, initial_state=None, output_final_state: bool = False,
                 chunk_size: int = 64):
-        """The whole-sequence op of ``path`` on q, k, v [B, T, H, D] with the gates {name: tensor}."""
+        """The whole-sequence op of ``path`` on q, k, v [B, T, H, D] with the gates {name: tensor} (a "g_sign"
+        among them: negative decays, ``signed_forward``)."""
         p = self.paths[resolve_path(self, path, q.device, chunk_size)]
         kw = {"chunk_size": chunk_size} if p.chunked else {}
+        if "g_sign" in gates:
+            gates = dict(gates)
+            return signed_forward(p.op, q, k, v, g_sign=gates.pop("g_sign"), **gates, initial_state=initial_state,
+                                  output_final_state=output_final_state, **kw)
         return p.op(q, k, v, **gates, initial_state=initial_state, output_final_state=output_final_state, **kw)
 
     def bind(self, **kw) -> "MemoryOps":
@@ -85,10 +90,48 @@ class MemoryOps:
                        step=part(self.step, **kw), rows_step=part(self.step, **kw))
 
     def stepper(self, path: str, device, chunk_size: int = 64) -> Callable:
-        """The decoding step of ``path`` on ``device``: the fused Triton kernel on the triton path, else ``step``."""
+        """The decoding step of ``path`` on ``device``: the fused Triton kernel on the triton path, else ``step``
+        (with a "g_sign" gate, run it through ``signed_step``)."""
         if self.fused_step is not None and resolve_path(self, path, device, chunk_size) == "triton":
             return self.fused_step
         return self.step
+
+
+def _sign_inputs(q, k, v, sigma):
+    """q, k, v with the running sign sigma of the decays folded in: a scalar gate's sigma [B, T, H] (or [B, H])
+    multiplies q and v (exact under the delta rule too: S_t = sigma_t S~_t with S~ the state of the unsigned decays
+    and the writes sigma_j v_j); a per-key-channel gate's [B, T, H, K] multiplies q and k channel by channel
+    (S_t = Diag(sigma_t) S~_t, a Hebbian write only: blocks/compat.py)."""
+    if sigma.dim() == q.dim() - 1:
+        s = sigma.unsqueeze(-1)
+        return q * s.to(q.dtype), k, v * s.to(v.dtype)
+    return q * sigma.to(q.dtype), k * sigma.to(k.dtype), v
+
+
+def _sign_state(S, sigma_last):
+    """The signed state S = Diag(sigma) S~ from the kernels' S~ [B, H, K, V]; sigma_last [B, H] or [B, H, K]."""
+    if S is None:
+        return None
+    return S * (sigma_last[..., None, None] if sigma_last.dim() == 2 else sigma_last[..., None]).to(S.dtype)
+
+
+def signed_forward(op: Callable, q, k, v, *, g, g_sign, initial_state=None, output_final_state: bool = False, **kw):
+    """A kernel written for decays a = exp(g) > 0 run with signed decays a' = g_sign exp(g) (negative eigenvalues,
+    blocks/retention.py): with sigma_t the product of the signs up to t (exact, +-1), the state is
+    S_t = Diag(sigma_t) S~_t, where S~ follows the unsigned decays from the same initial state and the sign-folded
+    inputs of ``_sign_inputs``, and o_t = S_t^T q_t = S~_t^T (sigma_t q_t). Any path (chunk, reference, triton)
+    computes S~ unchanged."""
+    sigma = torch.cumprod(g_sign, dim=1)
+    q, k, v = _sign_inputs(q, k, v, sigma)
+    o, S = op(q, k, v, g=g, initial_state=initial_state, output_final_state=output_final_state, **kw)
+    return o, _sign_state(S, sigma[:, -1])
+
+
+def signed_step(step: Callable, q, k, v, *, g=None, g_sign, state=None, **kw):
+    """One token of ``step`` [B, H, *] with a signed decay (``signed_forward`` at T = 1)."""
+    q, k, v = _sign_inputs(q, k, v, g_sign)
+    o, S = step(q, k, v, g=g, state=state, **kw)
+    return o, _sign_state(S, g_sign)
 
 
 def _triton_chunk(q, k, v, *, g=None, beta=None, scale=None, initial_state=None, output_final_state=False,

@@ -39,6 +39,7 @@ Accounting (``MemoryMixer.cost(cfg, seq_len)``), analytic from the config:
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -48,7 +49,8 @@ from torch import nn
 from .axis import linear
 from .bias import SHIFT_STREAMS
 from .config import Cost, MemoryConfig
-from .dispatch import memory_ops, memory_statics
+from .dispatch import memory_ops, memory_statics, signed_step
+from .retention import signed_decay, signed_log_decay
 from .norm import GROUPNORM_EPS, GroupLayerNorm, GroupRMSNorm
 from .short_conv import ShortConv
 
@@ -148,8 +150,11 @@ def write_gates(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, xs: Optiona
     (``xs``, see ``stream_inputs``) the decay reads stream "w" and the bias' gates stream "a"."""
     axes = cfg.axes
     x_w, x_a = (x, x) if xs is None else (xs["w"], xs["a"])
-    gates = {"g": axes.retention.log_decay(host, cfg, x_w), **axes.bias.step_size(host, cfg, x_a),
-             **axes.update.gates(host, cfg, x)}
+    g = axes.retention.log_decay(host, cfg, x_w)
+    sign = {}
+    if g is not None and signed_decay(cfg):  # a' = 2a - 1: the kernels take log|a'| and the sign
+        g, sign["g_sign"] = signed_log_decay(g)
+    gates = {"g": g, **sign, **axes.bias.step_size(host, cfg, x_a), **axes.update.gates(host, cfg, x)}
     k_scale = axes.retention.write_scale(host, cfg, x_w)
     if k_scale is not None:
         gates["k_scale"] = k_scale
@@ -393,8 +398,10 @@ class MemoryMixer(nn.Module):
             state = self.init_state(x.shape[0], x.device)
         hier = self.axes.hierarchy
         q, k, v, gates, convs, x_g = self._paths(x, state, step=True)
-        o, new = self.ops.stepper(self.cfg.path, x.device, self.cfg.chunk_size)(q, k, v, **gates,
-                                                                                 state=hier.kernel_state(state))
+        step = self.ops.stepper(self.cfg.path, x.device, self.cfg.chunk_size)
+        if "g_sign" in gates:  # negative decays (blocks/retention.py)
+            step = functools.partial(signed_step, step)
+        o, new = step(q, k, v, **gates, state=hier.kernel_state(state))
         return output(self, self.cfg, o, x_g, self.axes.bias.bonus(self, self.cfg, q, k, v)), \
             {**hier.state_entries(new), **convs}
 

@@ -25,6 +25,12 @@ in the resolved config and the design hash, defaulting to its paper's code:
 
 ``initial_decay(host, cfg)`` gives the per-token decay each head (or channel) starts from, at W x = 0.
 
+Negative eigenvalues (``decay_range: [-1, 1]``, scalar, vector and forget): the decay a in (0, 1) above becomes
+a' = 2a - 1 in (-1, 1), so the transition Diag(a') of a Hebbian write (and a' (I - b k k^T) of the delta rule) can
+flip the sign of what it keeps, as Grazzi et al. 2024 (https://arxiv.org/abs/2411.12537, Sec. 4) extend Mamba's
+[0, 1] range to [-1, 1]; the kernels, written for log-decays, receive g = log|a'| and the sign of a' per token
+(``signed_log_decay``; blocks/dispatch.py runs them on sign-flipped inputs, ``signed_forward``).
+
 The Miras retentions (Behrouz et al. 2025, https://arxiv.org/abs/2504.13173, Sec. 4): each has Titans' data-
 dependent forgetting a_t = 1 - alpha_t, alpha_t = sigmoid(W_a x + b_a) per head (b_a from ``decay_init``; the
 papers give no initial value), and the ones without an identity map keep the memory's weights as
@@ -45,6 +51,40 @@ import math
 from typing import Literal, Optional
 
 from .axis import Axis, AxisValue, F, Option, linear, nn, torch
+
+
+DEFAULT_DECAY_RANGE = (0.0, 1.0)
+DECAY_RANGE = Option(
+    "decay_range", list[float], DEFAULT_DECAY_RANGE,
+    "[0, 1] or [-1, 1]: the decay a of this gate, or a' = 2a - 1 (negative eigenvalues, Grazzi et al. 2024, "
+    "https://arxiv.org/abs/2411.12537: Mamba's diagonal transition extended to [-1, 1])", omit_default=True)
+
+
+def decay_range_problem(cfg):
+    """(key, reason) for a decay_range other than [0, 1] and [-1, 1], else None."""
+    r = tuple(float(x) for x in cfg.decay_range)
+    if r not in (DEFAULT_DECAY_RANGE, (-1.0, 1.0)):
+        return "decay_range", f"decay_range must be [0, 1] or [-1, 1] (a' = 2a - 1), got {list(cfg.decay_range)}"
+    return None
+
+
+def signed_decay(cfg) -> bool:
+    return tuple(float(x) for x in cfg.decay_range) == (-1.0, 1.0)
+
+
+def signed_log_decay(g):
+    """g = log a (a in (0, 1]) -> (log|a'|, sign(a')) for a' = 2a - 1 = 1 + 2 expm1(g): log1p where a' > 0 (exact
+    near a' = 1, the long memories), log(-a') where a' < 0; |a'| under 1e-30 is held at 1e-30 (a' = 0 exactly,
+    a = 1/2, would make the kernels' log-decays -inf); sign(0) = +1. Both branches see clamped inputs, so the one
+    not taken never puts a NaN into the gradient."""
+    u = 2.0 * torch.expm1(g)  # a' - 1, in (-2, 0]
+    tiny = 1e-30
+    a = 1.0 + u
+    pos, big = a >= 0, a.abs() > tiny
+    log_abs = torch.where(pos, torch.log1p(torch.where(pos & big, u, torch.zeros_like(u))),
+                          torch.log(torch.where(~pos & big, -a, torch.ones_like(a))))
+    log_abs = torch.where(big, log_abs, torch.full_like(u, math.log(tiny)))
+    return log_abs, torch.where(pos, torch.ones_like(u), -torch.ones_like(u)).detach()
 
 
 class Retention(AxisValue):
@@ -126,9 +166,12 @@ class Scalar(Retention):
                {"ge": 0}, hash_default=False),
         Option("write_scale", Literal["none", "dt"], "none", "dt: the write is dt k v^T, Mamba2's discretisation "
                "of its input (B x dt); none: k v^T (the dot bias only)", hash_default=False),
+        DECAY_RANGE,
     )
 
     def check(self, cfg):
+        if decay_range_problem(cfg):
+            return decay_range_problem(cfg)
         if cfg.A_init_min > cfg.A_init_max:
             return "A_init_min", f"A_init_min {cfg.A_init_min} exceeds A_init_max {cfg.A_init_max}"
         if cfg.dt_init_min > cfg.dt_init_max:
@@ -176,9 +219,12 @@ class Vector(Retention):
                always=True),
         Option("gate_bias_init", float, 0.0, "GLA gate init: the bias b of logsigmoid(W_up W_down x + b) (GLA 0: "
                "every channel starts at a = 2^(-1/temperature))", hash_default=False),
+        DECAY_RANGE,
     )
 
     def check(self, cfg):
+        if decay_range_problem(cfg):
+            return decay_range_problem(cfg)
         if cfg.gate_rank < 1:
             return "gate_rank", "gate_rank must be >= 1 for vector retention"
         return None
@@ -212,7 +258,11 @@ class Forget(Retention):
     options = (
         Option("forget_bias_init", float, 0.0, "forget gate init: the bias b_f of sigmoid(W_f x + b_f) (FoX 0: every "
                "head starts at a = 1/2)", hash_default=False),
+        DECAY_RANGE,
     )
+
+    def check(self, cfg):
+        return decay_range_problem(cfg)
 
     def add_params(self, host, cfg) -> None:
         # The Forgetting Transformer initialises its data-dependent gate like every projection (weights

@@ -214,3 +214,30 @@ def test_train_refuses_triton_where_it_cannot_run_before_writing(tmp_path, monke
     assert "layer 0 asks for path 'triton', which cannot run on cpu: Triton kernels run on CUDA" in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet"])
+def test_signed_decays_on_the_triton_path_equal_the_chunk_path(name):
+    """decay_range [-1, 1] (negative eigenvalues): the triton kernels run the sign-folded inputs like the chunked
+    path (blocks/dispatch.py, signed_forward), forward, gradients and the fused decoding step."""
+    cfg = dataclasses.replace(MEMORY_PRESETS[name], decay_range=[-1.0, 1.0])
+    chunk = _perturbed(cfg, "chunk")
+    with torch.no_grad():  # A = 1, a near 0.85 or 0.15 by head: a' near +-0.7 (away from 0, where log|a'| is steep)
+        chunk.A_log.zero_()
+        chunk.dt_bias.copy_(torch.tensor([-1.73, 1.74], device=DEVICE).repeat(cfg.heads // 2))
+    tri = MemoryMixer(dataclasses.replace(cfg, path="triton", chunk_size=CHUNK)).to(DEVICE)
+    tri.load_state_dict(chunk.state_dict())
+    x = torch.randn(2, T_ODD, cfg.d_model, device=DEVICE)
+    assert (chunk._paths(x, None, False)[3]["g_sign"] < 0).any()
+    w = torch.randn_like(x)
+    y0, dx0, g0 = _run(chunk, x, w)
+    y1, dx1, g1 = _run(tri, x, w)
+    assert rel_err(y1, y0) <= TOL and rel_err(dx1, dx0) <= TOL
+    for pname, g in g0.items():
+        assert rel_err(g1[pname], g) <= TOL, pname
+    with torch.no_grad():
+        state, ys = None, []
+        for t in range(5):
+            y, state = tri.step(x[:, t], state)
+            ys.append(y)
+        assert rel_err(torch.stack(ys, 1), tri(x[:, :5])) <= TOL

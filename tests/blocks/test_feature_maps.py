@@ -137,6 +137,10 @@ def test_poly_deep_memory_costs_by_hand():
     c = MemoryMixer.cost(cfg, 5)
     assert c.params == 24 + 8 + 4 + 14 + 6 == sum(p.numel() for p in MemoryMixer(cfg).parameters())
     assert c.state == 14  # the weights A (no momentum; mini-batch 1: no anchor)
+    # FLOPs: linears 2 * (24 + 8 + 4) = 72; memory per token over P = 14 weights reading 7-wide keys: the read 2P,
+    # the gradient's forward 2P and outer products 2P (one layer: no back-propagation), no decay -> 84; the map's
+    # products are elementwise, not counted (as for every map)
+    assert c.flops_per_token == 72.0 + 84.0
 
 
 def test_widening_maps_are_refused_where_undefined():

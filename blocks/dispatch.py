@@ -89,9 +89,16 @@ class MemoryOps:
         return replace(self, paths={n: Path(part(p.op, **kw), p.chunked) for n, p in self.paths.items()},
                        step=part(self.step, **kw), rows_step=part(self.step, **kw))
 
+    def decode(self, path: str, q, k, v, gates: dict, *, state=None, chunk_size: int = 64):
+        """One token [B, H, *] through ``stepper(path)`` with the gates {name: tensor} (a "g_sign" among them:
+        negative decays, ``signed_step``)."""
+        step = self.stepper(path, q.device, chunk_size)
+        if "g_sign" in gates:
+            step = functools.partial(signed_step, step)
+        return step(q, k, v, **gates, state=state)
+
     def stepper(self, path: str, device, chunk_size: int = 64) -> Callable:
-        """The decoding step of ``path`` on ``device``: the fused Triton kernel on the triton path, else ``step``
-        (with a "g_sign" gate, run it through ``signed_step``)."""
+        """The decoding step of ``path`` on ``device``: the fused Triton kernel on the triton path, else ``step``."""
         if self.fused_step is not None and resolve_path(self, path, device, chunk_size) == "triton":
             return self.fused_step
         return self.step

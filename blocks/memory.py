@@ -39,7 +39,6 @@ Accounting (``MemoryMixer.cost(cfg, seq_len)``), analytic from the config:
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -49,7 +48,7 @@ from torch import nn
 from .axis import linear
 from .bias import SHIFT_STREAMS
 from .config import Cost, MemoryConfig
-from .dispatch import memory_ops, memory_statics, signed_step
+from .dispatch import memory_ops, memory_statics
 from .retention import signed_decay, signed_log_decay
 from .norm import GROUPNORM_EPS, GroupLayerNorm, GroupRMSNorm
 from .short_conv import ShortConv
@@ -398,10 +397,8 @@ class MemoryMixer(nn.Module):
             state = self.init_state(x.shape[0], x.device)
         hier = self.axes.hierarchy
         q, k, v, gates, convs, x_g = self._paths(x, state, step=True)
-        step = self.ops.stepper(self.cfg.path, x.device, self.cfg.chunk_size)
-        if "g_sign" in gates:  # negative decays (blocks/retention.py)
-            step = functools.partial(signed_step, step)
-        o, new = step(q, k, v, **gates, state=hier.kernel_state(state))
+        o, new = self.ops.decode(self.cfg.path, q, k, v, gates, state=hier.kernel_state(state),
+                                 chunk_size=self.cfg.chunk_size)
         return output(self, self.cfg, o, x_g, self.axes.bias.bonus(self, self.cfg, q, k, v)), \
             {**hier.state_entries(new), **convs}
 

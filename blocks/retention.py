@@ -60,16 +60,19 @@ DECAY_RANGE = Option(
     "https://arxiv.org/abs/2411.12537: Mamba's diagonal transition extended to [-1, 1])", omit_default=True)
 
 
+def _decay_range(cfg) -> tuple:
+    return tuple(float(x) for x in cfg.decay_range)
+
+
 def decay_range_problem(cfg):
     """(key, reason) for a decay_range other than [0, 1] and [-1, 1], else None."""
-    r = tuple(float(x) for x in cfg.decay_range)
-    if r not in (DEFAULT_DECAY_RANGE, (-1.0, 1.0)):
+    if _decay_range(cfg) not in (DEFAULT_DECAY_RANGE, (-1.0, 1.0)):
         return "decay_range", f"decay_range must be [0, 1] or [-1, 1] (a' = 2a - 1), got {list(cfg.decay_range)}"
     return None
 
 
 def signed_decay(cfg) -> bool:
-    return tuple(float(x) for x in cfg.decay_range) == (-1.0, 1.0)
+    return _decay_range(cfg) == (-1.0, 1.0)
 
 
 def signed_log_decay(g):
@@ -170,8 +173,8 @@ class Scalar(Retention):
     )
 
     def check(self, cfg):
-        if decay_range_problem(cfg):
-            return decay_range_problem(cfg)
+        if problem := decay_range_problem(cfg):
+            return problem
         if cfg.A_init_min > cfg.A_init_max:
             return "A_init_min", f"A_init_min {cfg.A_init_min} exceeds A_init_max {cfg.A_init_max}"
         if cfg.dt_init_min > cfg.dt_init_max:
@@ -223,8 +226,8 @@ class Vector(Retention):
     )
 
     def check(self, cfg):
-        if decay_range_problem(cfg):
-            return decay_range_problem(cfg)
+        if problem := decay_range_problem(cfg):
+            return problem
         if cfg.gate_rank < 1:
             return "gate_rank", "gate_rank must be >= 1 for vector retention"
         return None

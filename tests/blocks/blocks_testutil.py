@@ -75,7 +75,7 @@ def check_against_formula(mod: torch.nn.Module, formula, T: int = 29, tol: float
 def check_decoding(mod: torch.nn.Module, T: int = 13, tol: float = 1e-5) -> None:
     """Token-by-token ``step`` equals the parallel forward, outputs and every final state entry; a forward continued
     from a state equals the whole sequence."""
-    x = torch.randn(2, T, mod.cfg.d_model)
+    x = torch.randn(2, T, mod.cfg.d_model, dtype=next(mod.parameters()).dtype)
     with torch.no_grad():
         y, final = mod(x, return_state=True)
         state, outs = None, []

@@ -22,7 +22,7 @@ from archspace.blocks.config import InvalidConfig, MemoryConfig
 from archspace.blocks.feature_map import FEATURE_MAP
 from archspace.blocks.memory import MemoryMixer
 
-from blocks_testutil import rel_err, rounding_tol
+from blocks_testutil import check_decoding, rel_err, rounding_tol
 
 
 def test_taylor2_kernel_is_the_second_order_expansion_of_exp():
@@ -116,13 +116,7 @@ def test_widened_keys_on_the_minibatch_engine(name):
     for pname, p in chunk.named_parameters():
         assert p.grad is not None and p.grad.abs().max() > 0, f"{pname} gets no gradient"
         assert rel_err(p.grad, grads[pname].grad) <= tol, pname
-    with torch.no_grad():
-        y, final = chunk(x, return_state=True)
-        state, steps = chunk.init_state(2), []
-        for t in range(T):
-            y_t, state = chunk.step(x[:, t], state)
-            steps.append(y_t)
-    assert rel_err(torch.stack(steps, 1), y) <= tol and rel_err(state["memory"], final["memory"]) <= tol
+    check_decoding(chunk, T, tol)
     cost = MemoryMixer.cost(cfg, T)
     assert cost.params == sum(p.numel() for p in chunk.parameters())
     assert cost.state == sum(t[0].numel() for t in chunk.init_state(3).values() if isinstance(t, torch.Tensor))

@@ -24,7 +24,7 @@ from archspace.compiler import resolve
 from archspace.grammar import validate_data
 from archspace.yamlio import Marks
 
-from blocks_testutil import rel_err
+from blocks_testutil import check_decoding, rel_err
 
 DT = torch.float64
 CASES = {
@@ -117,19 +117,7 @@ def test_signed_decays_match_the_recurrence_with_every_gradient(name, path):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_decoding_and_prefill_in_two_calls_equal_the_forward(name):
-    mod = _mixer(CASES[name])
-    x = torch.randn(2, 11, 16, dtype=DT)
-    with torch.no_grad():
-        y, final = mod(x, return_state=True)
-        y1, st = mod(x[:, :6], return_state=True)
-        y2, st = mod(x[:, 6:], state=st, return_state=True)
-        state, steps = None, []
-        for t in range(11):
-            y_t, state = mod.step(x[:, t], state)
-            steps.append(y_t)
-    tol = 1e-5
-    assert rel_err(torch.cat([y1, y2], 1), y) <= tol and rel_err(st["memory"], final["memory"]) <= tol
-    assert rel_err(torch.stack(steps, 1), y) <= tol and rel_err(state["memory"], final["memory"]) <= tol
+    check_decoding(_mixer(CASES[name]), T=11, tol=1e-5)
 
 
 def _hash(mixer: dict) -> str:

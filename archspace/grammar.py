@@ -501,7 +501,29 @@ def validate_data(data: Any, marks: yamlio.Marks) -> Design:
             mixer_config(spec, m.d_model, m.attention)
         except InvalidConfig as exc:
             raise _invalid(exc, marks, where) from None
+    _check_shared_bounds(m, named, marks)
     return design
+
+
+def _check_shared_bounds(m, named: list, marks: yamlio.Marks) -> None:
+    """Model-level inputs shared by layers: HGRN2's learned lower bounds are one parameter [n_layers, H*K], so the
+    mixers that learn them need one width H*K; RWKV-7's value residual mixes the first layer's values into the
+    later ones, so those mixers need one width H*V."""
+    from .compiler import mixer_config
+
+    for key, width_of, what in (
+            ("learned_lower_bounds", lambda c: c.heads * c.state_key_dim,
+             "share one parameter [n_layers, H*K] of the model, so they need one width H*K (heads x key width)"),
+            ("value_residual", lambda c: c.heads * c.value_dim,
+             "mix the first such layer's values into their own, so they need one width H*V (heads x value_dim)")):
+        widths = {}
+        for where, spec in named:
+            if spec.type == "memory" and getattr(spec, key, False):
+                widths[where] = width_of(mixer_config(spec, m.d_model, m.attention))
+        if len(set(widths.values())) > 1:
+            where, _ = list(widths.items())[-1]
+            others = ", ".join(f"{'.'.join(w)}: {v}" for w, v in widths.items())
+            raise marks.error(f"the mixers with {key} {what}; got {others}", where + (key,))
 
 
 def _invalid(exc: InvalidConfig, marks: yamlio.Marks, where: tuple) -> ConfigError:

@@ -185,6 +185,12 @@ class RWKV7(Bias):
                "x_t) * mu_c with its own learned mu_c"),
         Option("bonus", bool, True, "RWKV-7's bonus: add (r . (rho * k~)) v per head to the read after the output "
                "norm (the current token's own value, weighted)"),
+        Option("value_residual", bool, False,
+               "RWKV-7's value residual (Peng et al. 2025, Sec. 4): the first layer with it keeps its values v_1; "
+               "every later one mixes them in, v = lerp(v, v_1, sigmoid(v0 + LoRA(x_v))) (v0 = 1, the LoRA's "
+               "down zeros, as RWKV-LM x070); the model passes v_1 along (blocks/model.py)", omit_default=True),
+        Option("value_rank", int, 32, "rank of the value residual's LoRA (RWKV-LM: 32 at these widths)",
+               {"ge": 1, "le": 1024}, omit_default=True),
     )
 
     def add_params(self, host, cfg) -> None:
@@ -200,6 +206,17 @@ class RWKV7(Bias):
         if cfg.token_shift:
             frac = torch.arange(D, dtype=torch.float32) / D
             host.shift_mu = nn.Parameter(torch.stack([1.0 - frac ** p for p in SHIFT_STREAMS.values()]))  # [6, D]
+
+    def add_value_residual(self, host, cfg) -> None:
+        """The value residual's mix on a layer after the first (the model calls this; the first layer has none)."""
+        up = _lora(host, "vres", cfg.d_model, cfg.value_rank, cfg.heads * cfg.value_dim, bias=True)
+        with torch.no_grad():
+            up.bias.fill_(1.0)  # v0 (RWKV-LM x070)
+
+    def value_residual_cost(self, cfg) -> tuple[int, int]:
+        """(params, FLOPs per token) of ``add_value_residual``'s mix."""
+        D, r, HV = cfg.d_model, cfg.value_rank, cfg.heads * cfg.value_dim
+        return D * r + r * HV + HV, 2 * (D * r + r * HV)
 
     def linears(self, cfg) -> list:
         return [(cfg.d_model, cfg.iclr_rank), (cfg.iclr_rank, cfg.heads * cfg.key_dim)]

@@ -229,6 +229,24 @@ INCOMPATIBLE: tuple = (
         _SIGNED_WHERE + "; Titans' compositions over them are not implemented",
     ),
     Incompatibility(
+        {"type": "memory", "learned_lower_bounds": True, "mom": SET},
+        "HGRN2's learned lower bounds are a model-level input that blocks/model.py passes to a plain memory "
+        "layer; a Mixture-of-Memories' write paths (blocks/mom.py) do not take it: set learned_lower_bounds: false (a "
+        "fixed lower_bound works)",
+    ),
+    Incompatibility(
+        {"type": "memory", "learned_lower_bounds": True, "titans": SET},
+        "HGRN2's learned lower bounds are a model-level input that blocks/model.py passes to a plain memory "
+        "layer; Titans' compositions (blocks/titans.py) do not take it: set learned_lower_bounds: false (a fixed "
+        "lower_bound works)",
+    ),
+    Incompatibility(
+        {"type": "memory", "value_residual": True, "titans": SET},
+        "RWKV-7's value residual carries the first layer's values to the later layers, a model-level input that "
+        "blocks/model.py passes to a plain memory layer; Titans' compositions (blocks/titans.py) do not take it: "
+        "set value_residual: false",
+    ),
+    Incompatibility(
         {"type": "memory", "normalizer": "sum", "structure": ("vector", "mlp")},
         "the sum normaliser is the linear-attention denominator, a column z of a matrix memory (Katharopoulos et al. "
         "2020); use structure: matrix",

@@ -75,6 +75,9 @@ if PreTrainedModel is not None:
             self.cfg = core.cfg
             for name, child in core.named_children():
                 self.add_module(name, child)
+            for name, param in core.named_parameters(recurse=False):  # model-level ones (HGRN2's shared bounds)
+                self.register_parameter(name, param)
+            self._bound_layers, self._vres_layers = core._bound_layers, core._vres_layers
             self.lm_head = core.lm_head
             self.post_init()
 
@@ -107,6 +110,9 @@ if PreTrainedModel is not None:
 
         def init_state(self, batch_size, device=None):
             return SequenceModel.init_state(self, batch_size, device)
+
+        def layer_inputs(self):
+            return SequenceModel.layer_inputs(self)
 
         def step(self, token_ids, state=None):
             self._fix_buffers()

@@ -142,14 +142,19 @@ def query(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, conv_state: Optio
     return query_scale(key_norm(features(q, cfg, host, "q"), cfg), cfg), new
 
 
-def write_gates(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, xs: Optional[dict] = None) -> dict:
+def write_gates(host: nn.Module, cfg: MemoryConfig, x: torch.Tensor, xs: Optional[dict] = None,
+                lower_bound: Optional[torch.Tensor] = None) -> dict:
     """The write's gates of tokens x [..., D]: {"g": log-decay or None, "beta": step size (delta rule), ...}, the
     bias' and update's other inputs (Huber threshold, Omega weights, momentum, Longhorn's eps), and "k_scale"
     [..., H] when the retention scales the write (Mamba2's dt): ``scaled_write`` consumes it. With a token shift
-    (``xs``, see ``stream_inputs``) the decay reads stream "w" and the bias' gates stream "a"."""
+    (``xs``, see ``stream_inputs``) the decay reads stream "w" and the bias' gates stream "a". ``lower_bound``:
+    this layer's learned HGRN2 bound, from the model."""
     axes = cfg.axes
     x_w, x_a = (x, x) if xs is None else (xs["w"], xs["a"])
-    g = axes.retention.log_decay(host, cfg, x_w)
+    if lower_bound is None:
+        g = axes.retention.log_decay(host, cfg, x_w)
+    else:
+        g = axes.retention.log_decay(host, cfg, x_w, lower_bound=lower_bound)
     sign = {}
     if g is not None and signed_decay(cfg):  # a' = 2a - 1: the kernels take log|a'| and the sign
         g, sign["g_sign"] = signed_log_decay(g)
@@ -336,13 +341,17 @@ class MemoryMixer(nn.Module):
         return state
 
     # ------------------------------------------------------------------ forward / step
-    def _inputs(self, x: torch.Tensor, state: Optional[dict], step: bool):
+    def _inputs(self, x: torch.Tensor, state: Optional[dict], step: bool, lower_bound=None, value_residual=None):
         """Query and write paths on [B, T, D] or (step) [B, D] -> q, k, v, the kernels' gates, new conv states."""
-        return self._paths(x, state, step)[:5]
+        return self._paths(x, state, step, lower_bound, value_residual)[:5]
 
-    def _paths(self, x: torch.Tensor, state: Optional[dict], step: bool):
+    def add_value_residual(self) -> None:
+        """RWKV-7's value-residual mix, on a layer after the first (SequenceModel calls this)."""
+        self.axes.bias.add_value_residual(self, self.cfg)
+
+    def _paths(self, x: torch.Tensor, state: Optional[dict], step: bool, lower_bound=None, value_residual=None):
         """``_inputs`` and the output gate's input: q, k, v, gates, the new conv (and token-shift) state entries,
-        x_g."""
+        x_g. ``lower_bound``: see ``forward``."""
         # The paths of the functions above, interleaved in this order: it is the order in which the gradients
         # of x accumulate, so a seeded run reproduces bit for bit across versions.
         cfg, axes = self.cfg, self.axes
@@ -353,6 +362,11 @@ class MemoryMixer(nn.Module):
         q = self.q_proj(X("q"))
         k = None if tied else self.k_proj(X("k"))
         v = self.v_proj(X("v"))
+        if value_residual is not None:  # RWKV-7: the first such layer keeps its values, the later ones mix them in
+            if hasattr(self, "vres_up"):
+                v = torch.lerp(v, value_residual["v"], torch.sigmoid(self.vres_up(self.vres_down(X("v")))))
+            else:
+                value_residual["v"] = v
         convs = {}
         if self.use_conv:
             fn = "step" if step else "forward"
@@ -365,7 +379,7 @@ class MemoryMixer(nn.Module):
         v = heads(v, cfg, cfg.value_dim, steps=True)
         q, k = key_norm(q, cfg), (None if tied else key_norm(k, cfg))
         q = query_scale(q, cfg)
-        gates = write_gates(self, cfg, x, xs)
+        gates = write_gates(self, cfg, x, xs, lower_bound)
         if tied:
             k = -torch.expm1(gates["g"])  # k = 1 - f, as -expm1(log f): no cancellation for f near 1
         k, v = scaled_write(cfg, k, v, gates)
@@ -375,14 +389,18 @@ class MemoryMixer(nn.Module):
             convs["shift"] = last
         return q, k, v, with_statics(gates, self, cfg, x.shape[0]), convs, X("g")
 
-    def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False):
+    def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False,
+                lower_bound: Optional[torch.Tensor] = None, value_residual: Optional[dict] = None):
         """x [B, T, D] -> y [B, T, D] (or (y, state) when return_state).
 
         ``state`` (optional) continues a sequence: its memory entries are the initial memory and its conv
-        entries the last k-1 inputs of each convolved stream.
+        entries the last k-1 inputs of each convolved stream. Model-level inputs (SequenceModel passes them; see
+        blocks/model.py): ``lower_bound`` [H*K], this layer's HGRN2 bound under learned_lower_bounds;
+        ``value_residual``, a dict carried through the layers of one forward: RWKV-7's first layer with
+        value_residual stores its values under "v", the later ones mix them in.
         """
         cfg, hier = self.cfg, self.axes.hierarchy
-        q, k, v, gates, convs, x_g = self._paths(x, state, step=False)
+        q, k, v, gates, convs, x_g = self._paths(x, state, False, lower_bound, value_residual)
         init = None if state is None else hier.kernel_state(state)
         o, final = self.ops.forward(cfg.path, q, k, v, gates, initial_state=init, output_final_state=return_state,
                                     chunk_size=cfg.chunk_size)
@@ -391,12 +409,14 @@ class MemoryMixer(nn.Module):
             return y
         return y, {**hier.state_entries(final), **convs}
 
-    def step(self, x: torch.Tensor, state: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
-        """One decoding step: x [B, D], state dict (or None = fresh) -> (y [B, D], new state)."""
+    def step(self, x: torch.Tensor, state: Optional[dict] = None, lower_bound: Optional[torch.Tensor] = None,
+             value_residual: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
+        """One decoding step: x [B, D], state dict (or None = fresh) -> (y [B, D], new state); model-level inputs
+        as in ``forward``."""
         if state is None:
             state = self.init_state(x.shape[0], x.device)
         hier = self.axes.hierarchy
-        q, k, v, gates, convs, x_g = self._paths(x, state, step=True)
+        q, k, v, gates, convs, x_g = self._paths(x, state, True, lower_bound, value_residual)
         o, new = self.ops.decode(self.cfg.path, q, k, v, gates, state=hier.kernel_state(state),
                                  chunk_size=self.cfg.chunk_size)
         return output(self, self.cfg, o, x_g, self.axes.bias.bonus(self, self.cfg, q, k, v)), \

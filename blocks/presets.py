@@ -89,11 +89,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gated_deltaproduct": {**_memory("l2", "scalar", "identity", "l2", 4, True, A_init_min=0.0), "update": "householder",
                            "n_householder": 2, "beta_range": [0.0, 2.0]},
     # RWKV-7 "Goose", Peng et al. 2025, https://arxiv.org/abs/2503.14456: the diagonal-plus-low-rank transition with
-    # its decay LoRA (rank gate_rank), token shift, bonus and per-head GroupNorm; output gate silu (RWKV-7: a LoRA)
-    "rwkv7": {**_memory("rwkv7", "rwkv7", "identity", "none", 0, True), "norm": "groupnorm", "gate_rank": 32},
+    # its decay LoRA (rank gate_rank), token shift, bonus, value residual (Sec. 4; RWKV-LM x070's v0/v1/v2, fla's
+    # v_lora on every layer but the first) and per-head GroupNorm; output gate silu (RWKV-7: a LoRA)
+    "rwkv7": {**_memory("rwkv7", "rwkv7", "identity", "none", 0, True), "norm": "groupnorm", "gate_rank": 32,
+              "value_residual": True},
     # HGRN2, Qin et al. 2024, https://arxiv.org/abs/2404.07904: GLA with the key tied to the forget gate (k = 1 - f),
-    # silu queries (fla's HGRN2); the lower bound of the forget gate is a field (0 = none)
-    "hgrn2": _memory("dot", "hgrn2", "silu", "none", 0, False),
+    # silu queries (fla's HGRN2); the forget gate's lower bounds learned and shared across layers, rising with depth
+    # (the paper's Sec. 3 from HGRN; fla's use_lower_bound=True default: lower_bounds = softmax(G, 0).cumsum(0) -
+    # softmax(G, 0)[0], G zeros [n_layers, hidden], layer 0 unbounded; fla/models/hgrn2/modeling_hgrn2.py)
+    "hgrn2": _memory("dot", "hgrn2", "silu", "none", 0, False, learned_lower_bounds=True),
     # mLSTM, Beck et al. 2024, https://arxiv.org/abs/2405.04517 (gates as in xLSTM 7B, arXiv 2503.13427): exponential
     # input gate, sigmoid forget gate per head, normaliser and max-stabiliser; sigmoid output gate
     "mlstm": {**_memory("mlstm", "forget", "identity", "none", 0, True), "output_gate_act": "sigmoid"},

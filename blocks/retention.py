@@ -324,14 +324,22 @@ class HGRN2(Retention):
     ties_key = True
     kernel = "hgrn2"  # GLA's maths, its intra-chunk scores block-factored for HGRN2's strong gates
     options = (
-        Option("lower_bound", float, 0.0, "the forget gate's lower bound l: f in (l, 1) (HGRN's gates are bounded "
-               "below, the bound rising with depth; here one fixed value per mixer, set per layer through a "
-               "pattern's mixers)", {"ge": 0.0, "le": 1.0}),
+        Option("lower_bound", float, 0.0, "the forget gate's lower bound l: f in (l, 1), one fixed value for this "
+               "mixer (0: none); see learned_lower_bounds for HGRN's bounds rising with depth", {"ge": 0.0, "le": 1.0}),
+        Option("learned_lower_bounds", bool, False,
+               "HGRN's lower bounds, learned and shared across layers (HGRN2 Sec. 3, from HGRN: the bound rises "
+               "with depth): the model holds G [n_layers, H*K] (zeros at init, so the bounds start evenly spaced: "
+               "i / n_layers) and layer i's bound is l_i = cumsum(softmax(G, 0))_i - softmax(G, 0)_0, 0 at layer "
+               "0; a mixer built alone (no model) has none. Replaces lower_bound", omit_default=True),
     )
 
     def check(self, cfg):
         if not 0.0 <= cfg.lower_bound < 1.0:
             return "lower_bound", f"lower_bound must be in [0, 1) (f in (l, 1)), got {cfg.lower_bound}"
+        if cfg.learned_lower_bounds and cfg.lower_bound != 0.0:
+            return "lower_bound", (f"lower_bound {cfg.lower_bound} is a fixed bound, and learned_lower_bounds: true "
+                                   "(the hgrn2 preset's) learns one per layer instead: for a fixed bound add "
+                                   "learned_lower_bounds: false")
         return None
 
     def add_params(self, host, cfg) -> None:
@@ -340,13 +348,25 @@ class HGRN2(Retention):
     def linears(self, cfg) -> list:
         return [(cfg.d_model, cfg.heads * cfg.state_key_dim)]
 
-    def log_decay(self, host, cfg, x):
+    def log_decay(self, host, cfg, x, lower_bound=None):
+        """``lower_bound`` [H*K] in (0, 1): this layer's learned bound (learned_lower_bounds; the model passes it
+        to every layer but the first), used instead of cfg.lower_bound."""
         g = F.logsigmoid(host.f_proj(x)).view(*x.shape[:-1], cfg.heads, cfg.state_key_dim)
+        if lower_bound is not None:
+            lb = lower_bound.view(cfg.heads, cfg.state_key_dim).to(g.dtype)
+            return torch.logaddexp(torch.log(lb), torch.log1p(-lb) + g)
         lb = cfg.lower_bound
         if lb == 0.0:
             return g
         # log(l + (1 - l) sigmoid(z)) without leaving log space
         return torch.logaddexp(torch.full_like(g, math.log(lb)), math.log1p(-lb) + g)
+
+
+def learned_lower_bounds(G):
+    """HGRN's per-layer bounds from G [n_layers, C]: l = cumsum(softmax(G, 0)) - softmax(G, 0)[0], so l_0 = 0 and
+    l_i rises with i, below 1 (computed in fp32)."""
+    p = torch.softmax(G.float(), dim=0)
+    return p.cumsum(0) - p[0]
 
 
 class RWKV7Decay(Retention):

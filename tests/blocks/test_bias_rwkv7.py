@@ -11,6 +11,8 @@ as RWKV-LM's x070 time mixing), independent of the mixer's paths:
     y_t   = GroupNorm(S_t r) + ((r * rho * k~).sum) v
     out   = W_o (y_t * silu(W_g x_g))
 
+with the value residual (Sec. 4; RWKV-LM x070) across the layers of a model: layer 1 keeps its v as v_1, every
+later layer uses v = v + (v_1 - v) * sigmoid(v0 + (x_v V_1) V_2);
 plus decoding, accounting, Titans and the grammar's refusals."""
 from __future__ import annotations
 
@@ -20,13 +22,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archspace.blocks.config import AttentionConfig, MemoryConfig, TitansConfig
+from archspace.blocks.config import AttentionConfig, LayerConfig, MemoryConfig, ModelConfig, TitansConfig
 from archspace.blocks.memory import MemoryMixer
+from archspace.blocks.model import SequenceModel
 from archspace.blocks.norm import GROUPNORM_EPS
 from archspace.blocks.presets import memory_preset
 from archspace.blocks.titans import TitansMixer
 
-from blocks_testutil import check_against_formula, check_decoding, design_error, perturbed, state_numel
+from blocks_testutil import (check_against_formula, check_decoding, design_error, perturbed, rel_err, rounding_tol,
+                             state_numel)
 
 D, H, K, V = 24, 2, 6, 5
 
@@ -35,7 +39,8 @@ def _cfg(**kw) -> MemoryConfig:
     return memory_preset("rwkv7", D, H, K, V, chunk_size=8, gate_rank=4, iclr_rank=3, **kw)
 
 
-def _formula(mod, x):
+def _formula(mod, x, carrier=None):
+    """One mixer; ``carrier``: the value residual's {"v": v_1} across a model's layers ({} at the first)."""
     cfg = mod.cfg
     B, T = x.shape[:2]
     xs = {c: x for c in "rwkvag"}
@@ -44,7 +49,13 @@ def _formula(mod, x):
         xs = {c: x + xx * mod.shift_mu[i] for i, c in enumerate("rwkvag")}
     r = mod.q_proj(xs["r"]).view(B, T, H, K)
     k = mod.k_proj(xs["k"]).view(B, T, H, K)
-    v = mod.v_proj(xs["v"]).view(B, T, H, V)
+    v = mod.v_proj(xs["v"])
+    if carrier is not None and "v" not in carrier:
+        carrier["v"] = v
+    elif carrier is not None:
+        v = v + (carrier["v"] - v) * torch.sigmoid(mod.vres_up.bias + xs["v"] @ mod.vres_down.weight.T
+                                                   @ mod.vres_up.weight.T)
+    v = v.view(B, T, H, V)
     w = torch.exp(-math.exp(-0.5) * torch.sigmoid(mod.w_up(torch.tanh(mod.w_down(xs["w"]))))).view(B, T, H, K)
     a = torch.sigmoid(mod.a_up(mod.a_down(xs["a"]))).view(B, T, H, K)
     kh = F.normalize(k * mod.k_k.view(H, K), dim=-1)
@@ -103,7 +114,7 @@ def test_costs():
 
 
 def test_titans_memory_as_gate():
-    mem = _cfg()
+    mem = _cfg(value_residual=False)  # a model-level input Titans does not take (refused with the preset's)
     check_decoding(perturbed(TitansMixer(TitansConfig(mem, AttentionConfig(D, 2, 12), variant="mag",
                                                       persistent_tokens=2))), T=9)
 
@@ -118,3 +129,85 @@ def test_grammar(tmp_path):
         assert str(err).startswith(f"{tmp_path / 'd.yaml'}:3:")
     err = design_error(tmp_path, "{preset: gla, token_shift: true}")
     assert err is not None  # an option of bias rwkv7 only
+
+
+# ---------------------------------------------------------------------------------------- the value residual
+N_LAYERS, VOCAB = 3, 13
+
+
+def _model(**kw) -> SequenceModel:
+    return SequenceModel(ModelConfig(vocab_size=VOCAB, d_model=D, layers=(LayerConfig(_cfg(**kw), None),) * N_LAYERS))
+
+
+def test_value_residual_mixes_on_every_layer_but_the_first():
+    model = _model()
+    assert not hasattr(model.layers[0].mixer, "vres_up")
+    for layer in model.layers[1:]:
+        mix = layer.mixer
+        assert (mix.vres_down.weight == 0).all() and (mix.vres_up.bias == 1).all()  # v0 = 1, the down at 0
+        assert mix.vres_up.weight.shape == (H * V, 32)
+    assert not any(hasattr(layer.mixer, "vres_up") for layer in _model(value_residual=False).layers)
+
+
+@pytest.mark.parametrize("path", ["chunk", "reference"])
+def test_model_with_value_residual_equals_the_paper(path):
+    """The model in fp64 against the formula layer by layer: outputs and the gradient of every parameter, the
+    mixes' included, off their initialisation. Its kernels keep the memory in fp32, so the bound is fp32 rounding
+    over what each entry sums (``rounding_tol``: the layers' T reads of K x V products, times B for a weight's
+    gradient); a wiring error (a layer mixing in the wrong values) is O(1)."""
+    import copy
+
+    model = perturbed(_model(path=path)).double()
+    ref_model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (2, 23), generator=gen)
+    w = torch.randn(2, 23, D, generator=gen, dtype=torch.float64)
+    y = model(ids)
+    x, carrier = ref_model.embed(ids), {}
+    for layer in ref_model.layers:
+        x = x + _formula(layer.mixer, layer.norm1(x), carrier)
+    y_ref = ref_model.norm(x)
+    fwd_tol = rounding_tol(N_LAYERS * 23 * K * V)
+    assert rel_err(y.detach(), y_ref.detach()) <= fwd_tol
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    ref = dict(ref_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} gets no gradient"
+        assert rel_err(p.grad, ref[name].grad) <= 2 * fwd_tol, name
+    # the residual matters: the same weights without it give another output
+    free = copy.deepcopy(model)
+    free.layer_inputs = lambda: [{} for _ in range(N_LAYERS)]
+    assert rel_err(free(ids).detach(), y.detach()) > 1e-3
+
+
+def test_model_decoding_with_value_residual_equals_the_forward():
+    model = perturbed(_model())
+    ids = torch.randint(0, VOCAB, (2, 11))
+    with torch.no_grad():
+        logits = model.logits(model(ids))
+        state, outs = None, []
+        for t in range(ids.shape[1]):
+            out, state = model.step(ids[:, t], state)
+            outs.append(out)
+    assert rel_err(torch.stack(outs, 1), logits) <= 1e-5
+
+
+def test_model_cost_counts_the_mixes():
+    model = _model()
+    T = 10
+    cost = SequenceModel.cost_of(model.cfg, T)
+    assert cost.params == sum(p.numel() for p in model.parameters())
+    base = SequenceModel.cost_of(_model(value_residual=False).cfg, T)
+    mix = D * 32 + 32 * H * V + H * V  # LoRA down, up and v0, on layers 1 and 2
+    assert cost.params - base.params == 2 * mix
+    assert cost.flops_per_token - base.flops_per_token == 2 * 2 * (D * 32 + 32 * H * V)
+
+
+def test_grammar_of_value_residual(tmp_path):
+    err = design_error(tmp_path, "{preset: rwkv7, titans: {variant: mag, window: 4}}")
+    assert err is not None and err.kind == "incompatible" and "value_residual: false" in str(err)
+    assert design_error(tmp_path, "{preset: rwkv7, value_residual: false, titans: {variant: mag, window: 4}}") is None
+    err = design_error(tmp_path, "{preset: rwkv7, heads: 2}",
+                       "  mixers: {B: {preset: rwkv7, heads: 4, value_dim: 2}}\n  n_layers: 2\n  hybrid: {pattern: MB}\n")
+    assert err is not None and "one width H*V" in str(err) and "value_residual" in err.path

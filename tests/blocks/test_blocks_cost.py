@@ -147,7 +147,9 @@ def test_model_cost_is_sum_of_layers_for_presets():
         assert [lc.params for lc in lcs] == [numel(layer) for layer in model.layers]
         assert lcs == [Layer.cost(lc, T) for lc in layers]
         assert lcs[0] == block_cost(layers[0].mixer, T) + block_cost(layers[0].mlp, T) + Cost(2 * 32, 0, 0.0)
-        emb = 50 * 32 * (1 if tie else 2) + 32
+        hgrn2 = MEMORY_PRESETS["hgrn2"]  # its learned lower bounds: one parameter [n_layers, H*K] of the model
+        assert hgrn2.learned_lower_bounds
+        emb = 50 * 32 * (1 if tie else 2) + 32 + len(layers) * hgrn2.heads * hgrn2.state_key_dim
         expect = sum(lcs, Cost(0, 0, 0.0)) + Cost(emb, 0, 2.0 * 32 * 50)
         c = model.cost(T)
         assert c.params == expect.params == numel(model)

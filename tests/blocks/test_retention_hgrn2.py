@@ -4,6 +4,8 @@ gate, against the recurrence written here from the paper (in probability space, 
     f_t = l + (1 - l) sigmoid(W_f x_t)           [H, K], l the lower bound (0: none)
     S_t = Diag(f_t) S_{t-1} + (1 - f_t) v_t^T,     o_t = K**-0.5 S_t^T q_t,  q_t = silu(W_q x_t)
 
+with l fixed per mixer, or learned and shared across layers (the preset, HGRN2 Sec. 3 / fla's use_lower_bound):
+l_i = cumsum(softmax(G, 0))_i - softmax(G, 0)_0 for layer i of a model holding G [n_layers, H*K];
 plus decoding, accounting, a Mixture-of-Memories, Titans and the grammar."""
 from __future__ import annotations
 
@@ -11,26 +13,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archspace.blocks.config import AttentionConfig, MemoryConfig, TitansConfig
+from archspace.blocks.config import AttentionConfig, LayerConfig, MemoryConfig, ModelConfig, TitansConfig
 from archspace.blocks.memory import MemoryMixer, output
+from archspace.blocks.model import SequenceModel
 from archspace.blocks.presets import memory_preset
 from archspace.blocks.titans import TitansMixer
 
-from blocks_testutil import check_against_formula, check_decoding, check_mom, design_error, perturbed, state_numel
+from blocks_testutil import (check_against_formula, check_decoding, check_mom, design_error, perturbed, rel_err,
+                             rounding_tol, state_numel)
 
 D, H, K, V = 24, 2, 6, 5
 
 
 def _cfg(**kw) -> MemoryConfig:
+    """The preset; a fixed lower_bound replaces its learned, shared ones."""
+    if "lower_bound" in kw:
+        kw.setdefault("learned_lower_bounds", False)
     return memory_preset("hgrn2", D, H, K, V, chunk_size=8, **kw)
 
 
-def _formula(mod, x):
+def _formula(mod, x, lb=None):
+    """One mixer; ``lb``: a tensor [H*K] (a layer's learned bound) instead of cfg.lower_bound."""
     cfg = mod.cfg
     B, T = x.shape[:2]
     q = F.silu(mod.q_proj(x)).view(B, T, H, K)
     v = mod.v_proj(x).view(B, T, H, V)
-    lb = cfg.lower_bound
+    lb = cfg.lower_bound if lb is None else lb.view(H, K)
     f = lb + (1 - lb) * torch.sigmoid(mod.f_proj(x)).view(B, T, H, K)
     S = x.new_zeros(B, H, K, V)
     outs = []
@@ -86,8 +94,109 @@ def test_mixture_of_memories_and_titans():
 
 
 def test_grammar(tmp_path):
-    assert design_error(tmp_path, "{preset: hgrn2, lower_bound: 0.5}") is None
-    err = design_error(tmp_path, "{preset: hgrn2, lower_bound: 1.0}")
+    assert design_error(tmp_path, "{preset: hgrn2, lower_bound: 0.5, learned_lower_bounds: false}") is None
+    err = design_error(tmp_path, "{preset: hgrn2, lower_bound: 1.0, learned_lower_bounds: false}")
     assert err is not None and "lower_bound" in str(err)
     err = design_error(tmp_path, "{preset: hgrn2, bias: l2, key_norm: l2}")
     assert err is not None and err.kind == "incompatible" and "tied" in str(err)
+
+
+# ---------------------------------------------------------------------------------------- learned, shared bounds
+N_LAYERS, VOCAB = 3, 13
+
+
+def _model(**kw) -> SequenceModel:
+    mixer = _cfg(**kw)
+    return SequenceModel(ModelConfig(vocab_size=VOCAB, d_model=D, layers=(LayerConfig(mixer, None),) * N_LAYERS))
+
+
+def _model_formula(model, ids):
+    """The model with each layer's bound from G by the formula: l_i = cumsum(softmax(G, 0))_i - softmax(G, 0)_0."""
+    p = torch.softmax(model.lower_bounds, dim=0)
+    bounds = p.cumsum(0) - p[0]
+    bounds.retain_grad()
+    model.formula_bounds = bounds
+    x = model.embed(ids)
+    for i, layer in enumerate(model.layers):
+        x = x + _formula(layer.mixer, layer.norm1(x), bounds[i])
+    return model.norm(x)
+
+
+def test_shared_bounds_start_evenly_spaced_and_layer_zero_has_none():
+    model = _model()
+    assert model.lower_bounds.shape == (N_LAYERS, H * K) and not model.lower_bounds.any()
+    inputs = model.layer_inputs()
+    assert inputs[0] == {}
+    for i in range(1, N_LAYERS):
+        assert torch.allclose(inputs[i]["lower_bound"], torch.full((H * K,), i / N_LAYERS))
+
+
+@pytest.mark.parametrize("path", ["chunk", "reference"])
+def test_model_with_shared_bounds_equals_the_formula(path):
+    """Outputs and the gradient of every parameter, G's included, against the formula in fp64: the model in fp64
+    too, whose kernels keep the memory in fp32, so the bound is fp32 rounding over what each entry sums
+    (``rounding_tol``: the layers' T reads of K x V products, times B for a weight's gradient; seen here: 3.7e-6);
+    a wiring error (a layer reading another's bound) is O(1). Bounds off their initialisation (perturbed G: they
+    differ per channel) and rising with depth."""
+    import copy
+
+    model = perturbed(_model(path=path)).double()
+    bounds = torch.softmax(model.lower_bounds, 0).cumsum(0) - torch.softmax(model.lower_bounds, 0)[0]
+    assert (bounds[1:] > bounds[:-1]).all() and bounds[1].std() > 0.01
+    ref_model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (2, 29), generator=gen)
+    w = torch.randn(2, 29, D, generator=gen, dtype=torch.float64)
+    y, y_ref = model(ids), _model_formula(ref_model, ids)
+    fwd_tol = rounding_tol(N_LAYERS * 29 * K * V)
+    assert rel_err(y.detach(), y_ref.detach()) <= fwd_tol
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    ref = dict(ref_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} gets no gradient"
+        if name == "lower_bounds":  # through softmax over layers its gradient sums to 0 per channel: terms cancel,
+            # so the error is measured against their size, the gradient of the bounds
+            err = (p.grad - ref[name].grad).abs().max().item() / ref_model.formula_bounds.grad.abs().max().item()
+        else:
+            err = rel_err(p.grad, ref[name].grad)
+        assert err <= 2 * fwd_tol, (name, err)
+    # the bounds matter: the same weights without them give another output
+    free = copy.deepcopy(model)
+    free.layer_inputs = lambda: [{} for _ in range(N_LAYERS)]
+    assert rel_err(free(ids).detach(), y.detach()) > 1e-3
+
+
+def test_model_decoding_with_shared_bounds_equals_the_forward():
+    model = perturbed(_model(short_conv=3))
+    ids = torch.randint(0, VOCAB, (2, 11))
+    with torch.no_grad():
+        logits = model.logits(model(ids))
+        state, outs = None, []
+        for t in range(ids.shape[1]):
+            out, state = model.step(ids[:, t], state)
+            outs.append(out)
+    assert rel_err(torch.stack(outs, 1), logits) <= 1e-5
+
+
+def test_model_cost_counts_the_shared_bounds():
+    model = _model()
+    cost = SequenceModel.cost_of(model.cfg, 16)
+    assert cost.params == sum(p.numel() for p in model.parameters())
+    assert cost.params - SequenceModel.cost_of(_model(lower_bound=0.0).cfg, 16).params == N_LAYERS * H * K
+
+
+def test_grammar_of_shared_bounds(tmp_path):
+    # the preset learns them; a fixed bound replaces them, said at the key
+    err = design_error(tmp_path, "{preset: hgrn2, lower_bound: 0.5}")
+    assert err is not None and "learned_lower_bounds" in str(err) and "lower_bound" in err.path
+    assert design_error(tmp_path, "{preset: hgrn2, lower_bound: 0.5, learned_lower_bounds: false}") is None
+    for wrap in ("mom: {memories: 2, top_k: 1}", "titans: {variant: mag, window: 4}"):
+        err = design_error(tmp_path, f"{{preset: hgrn2, {wrap}}}")
+        assert err is not None and err.kind == "incompatible" and "model-level input" in str(err)
+    # the mixers that share G need one width H*K
+    err = design_error(tmp_path, "{preset: hgrn2, heads: 2}",
+                       "  mixers: {B: {preset: hgrn2, heads: 4, key_dim: 2}}\n  n_layers: 2\n  hybrid: {pattern: MB}\n")
+    assert err is not None and "one width" in str(err) and "learned_lower_bounds" in err.path
+    assert design_error(tmp_path, "{preset: hgrn2, heads: 2}",
+                        "  mixers: {B: {preset: hgrn2, heads: 4}}\n  n_layers: 2\n  hybrid: {pattern: MB}\n") is None

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from archspace.cli import main
+from export_testutil import TINY as _TINY
 
 
 def _weights(kind: str, good: bytes) -> bytes:
@@ -122,10 +123,19 @@ def test_model_card_snippets_put_the_export_on_sys_path(exported):
     assert "tie_word_embeddings: false" in card
 
 
-@pytest.fixture(scope="module")
-def random_hybrid_export(tmp_path_factory):
-    """The tiny memory + attention hybrid with random, non-degenerate weights, exported in-process (a 5-step
-    model repeats one token, which would hide a decoding state carried wrongly)."""
+# layers fed by other layers (blocks/model.py): HGRN2's shared lower bounds (layers 0 and 2, the bound reaching
+# layer 2) and RWKV-7's value residual (layer 3 mixing in layer 1's values), both on through the presets
+SHARED = _TINY.replace("name: tiny-hybrid", "name: tiny-shared").replace(
+    "  n_layers: 2\n  hybrid: {pattern: MA}\n  mixer: {preset: gated_deltanet, heads: 2}",
+    "  n_layers: 4\n  hybrid: {pattern: MRMR}\n  mixer: {preset: hgrn2, heads: 2}\n"
+    "  mixers: {R: {preset: rwkv7, heads: 2, gate_rank: 4, iclr_rank: 4, value_rank: 4}}")
+
+
+@pytest.fixture(scope="module", params=["hybrid", "shared"])
+def random_hybrid_export(request, tmp_path_factory):
+    """The tiny memory + attention hybrid (and a model whose layers feed each other: SHARED) with random,
+    non-degenerate weights, exported in-process (a 5-step model repeats one token, which would hide a decoding
+    state carried wrongly)."""
     import torch
     from export_testutil import TINY, resolve_text
     from safetensors.torch import save_model
@@ -133,8 +143,10 @@ def random_hybrid_export(tmp_path_factory):
     from archspace.blocks.model import SequenceModel
     from archspace.export import export, select
 
-    tmp = tmp_path_factory.mktemp("hybrid")
-    _, resolved = resolve_text(TINY, tmp)
+    tmp = tmp_path_factory.mktemp(request.param)
+    _, resolved = resolve_text(TINY if request.param == "hybrid" else SHARED, tmp)
+    if request.param == "shared":
+        assert "lower_bounds" in dict(SequenceModel(resolved.model).named_parameters())
     run = tmp / "run"
     run.mkdir()
     (run / "resolved.yaml").write_text(resolved.to_yaml())

@@ -195,7 +195,11 @@ def cmd_show(args) -> int:
             mlp = f"swiglu {layer.mlp.hidden}"
         table.add_row(str(i), label, axes, heads, dims, mlp, _fmt(cost.params),
                       *([_fmt(cost.active)] if routed else []), _fmt(cost.state), _fmt(cost.flops_per_token))
-    table.add_row("all", "", "embedding + head included", "", "", "", _fmt(total.params),
+    from .blocks.model import bound_layers, value_residual_layers
+
+    shared = bound_layers(resolved.model)[0] or value_residual_layers(resolved.model)[1:]
+    table.add_row("all", "", "embedding + head" + (" + shared across layers" if shared else "") + " included", "",
+                  "", "", _fmt(total.params),
                   *([_fmt(total.active)] if routed else []), _fmt(total.state), _fmt(total.flops_per_token),
                   style="bold")
     console = Console()

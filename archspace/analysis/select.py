@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -83,8 +84,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--metric", default="acc", help="val/<metric> selects, test/<metric> is reported (default acc)")
     ap.add_argument("--by", nargs="*", default=None, help="design columns to show (default: every other axis)")
     args = ap.parse_args(argv)
-    summary = json.loads((Path(args.study) / "summary.json").read_text())
-    print(table(select(summary["trials"], args.over, args.metric), args.over, args.by))
+    path = Path(args.study) / "summary.json"
+    if not path.is_file():
+        print(f"error: {path}: no such file. A study writes summary.json when it finishes (or is interrupted); "
+              f"give a study directory (RESULTS/studies/<name>), or run `archspace study` on its space again to "
+              f"finish it.", file=sys.stderr)
+        return 2
+    summary = json.loads(path.read_text())
+    try:
+        entries = select(summary["trials"], args.over, args.metric)
+    except ValueError as exc:
+        print(f"error: {path}: {exc}", file=sys.stderr)
+        return 2
+    print(table(entries, args.over, args.by))
     return 0
 
 

@@ -50,3 +50,13 @@ def test_table_and_cli(tmp_path, capsys):
 def test_a_row_without_the_swept_axis_is_an_error():
     with pytest.raises(ValueError, match="no sampled 'train.lr'"):
         select([{**ROWS[0], "values": {"mixer.preset": "a"}}], "train.lr")
+
+
+def test_cli_errors_name_the_file_and_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert f"{tmp_path / 'summary.json'}: no such file" in capsys.readouterr().err
+    import json
+
+    (tmp_path / "summary.json").write_text(json.dumps({"trials": ROWS}))
+    assert main([str(tmp_path), "--over", "train.wd"]) == 2
+    assert "no sampled 'train.wd'" in capsys.readouterr().err

@@ -89,6 +89,49 @@ def check_decoding(mod: torch.nn.Module, T: int = 13, tol: float = 1e-5) -> None
     assert rel_err(torch.cat([a, b], 1), y) <= tol
 
 
+def check_model_against_formula(model: torch.nn.Module, formula, cells: int, T: int = 23, grad_scale=None) -> None:
+    """A SequenceModel (perturbed) whose layers feed each other, run in fp64, against ``formula(ref, ids)``, the
+    model written layer by layer on a copy: outputs and the gradient of every parameter (each nonzero). Its kernels
+    keep the memory in fp32, so the bound is fp32 rounding over what each entry sums (``rounding_tol`` of the
+    layers' T reads of ``cells`` = K x V products; twice that for a weight's gradient, summed over B = 2); a wiring
+    error (a layer given another's input) is O(1). ``grad_scale(name, ref)`` may give another denominator for a
+    gradient whose terms cancel (their size). Last, the model-level inputs matter: without them the output moves."""
+    import copy
+
+    model = model.double()
+    ref_model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, T), generator=gen)
+    w = torch.randn(2, T, model.cfg.d_model, generator=gen, dtype=torch.float64)
+    y, y_ref = model(ids), formula(ref_model, ids)
+    tol = rounding_tol(len(model.layers) * T * cells)
+    assert rel_err(y.detach(), y_ref.detach()) <= tol
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    ref = dict(ref_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} gets no gradient"
+        scale = None if grad_scale is None else grad_scale(name, ref_model)
+        err = rel_err(p.grad, ref[name].grad) if scale is None else (p.grad - ref[name].grad).abs().max().item() / scale
+        assert err <= 2 * tol, (name, err)
+    free = copy.deepcopy(model)
+    free.layer_inputs = lambda: [{} for _ in free.layers]
+    assert rel_err(free(ids).detach(), y.detach()) > 1e-3
+
+
+def check_model_decoding(model: torch.nn.Module, T: int = 11, tol: float = 1e-5) -> None:
+    """A SequenceModel's token-by-token ``step`` logits equal its parallel forward's (layers fed by other layers
+    included: their model-level inputs go through both)."""
+    ids = torch.randint(0, model.cfg.vocab_size, (2, T))
+    with torch.no_grad():
+        logits = model.logits(model(ids))
+        state, outs = None, []
+        for t in range(T):
+            out, state = model.step(ids[:, t], state)
+            outs.append(out)
+    assert rel_err(torch.stack(outs, 1), logits) <= tol
+
+
 def check_mom(mem, T: int = 19, **extra) -> None:
     """A Mixture-of-Memories of ``mem`` memories (3 of them, top 2 unless ``extra`` says otherwise): the chunked path
     equals the reference path, decoding equals the forward, and the accounting counts the module's parameters and

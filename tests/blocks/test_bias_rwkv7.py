@@ -29,8 +29,8 @@ from archspace.blocks.norm import GROUPNORM_EPS
 from archspace.blocks.presets import memory_preset
 from archspace.blocks.titans import TitansMixer
 
-from blocks_testutil import (check_against_formula, check_decoding, design_error, perturbed, rel_err, rounding_tol,
-                             state_numel)
+from blocks_testutil import (check_against_formula, check_decoding, check_model_against_formula, check_model_decoding,
+                             design_error, perturbed, state_numel)
 
 D, H, K, V = 24, 2, 6, 5
 
@@ -149,48 +149,23 @@ def test_value_residual_mixes_on_every_layer_but_the_first():
     assert not any(hasattr(layer.mixer, "vres_up") for layer in _model(value_residual=False).layers)
 
 
+def _model_formula(model, ids):
+    """The model with the residual carried by the formula: layer 1 keeps its values, layers 2 and 3 mix them in."""
+    x, carrier = model.embed(ids), {}
+    for layer in model.layers:
+        x = x + _formula(layer.mixer, layer.norm1(x), carrier)
+    return model.norm(x)
+
+
 @pytest.mark.parametrize("path", ["chunk", "reference"])
 def test_model_with_value_residual_equals_the_paper(path):
-    """The model in fp64 against the formula layer by layer: outputs and the gradient of every parameter, the
-    mixes' included, off their initialisation. Its kernels keep the memory in fp32, so the bound is fp32 rounding
-    over what each entry sums (``rounding_tol``: the layers' T reads of K x V products, times B for a weight's
-    gradient); a wiring error (a layer mixing in the wrong values) is O(1)."""
-    import copy
-
-    model = perturbed(_model(path=path)).double()
-    ref_model = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, VOCAB, (2, 23), generator=gen)
-    w = torch.randn(2, 23, D, generator=gen, dtype=torch.float64)
-    y = model(ids)
-    x, carrier = ref_model.embed(ids), {}
-    for layer in ref_model.layers:
-        x = x + _formula(layer.mixer, layer.norm1(x), carrier)
-    y_ref = ref_model.norm(x)
-    fwd_tol = rounding_tol(N_LAYERS * 23 * K * V)
-    assert rel_err(y.detach(), y_ref.detach()) <= fwd_tol
-    (y * w).sum().backward()
-    (y_ref * w).sum().backward()
-    ref = dict(ref_model.named_parameters())
-    for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().max() > 0, f"{name} gets no gradient"
-        assert rel_err(p.grad, ref[name].grad) <= 2 * fwd_tol, name
-    # the residual matters: the same weights without it give another output
-    free = copy.deepcopy(model)
-    free.layer_inputs = lambda: [{} for _ in range(N_LAYERS)]
-    assert rel_err(free(ids).detach(), y.detach()) > 1e-3
+    """Outputs and every gradient, the mixes' included, off their initialisation, against the formula
+    (``check_model_against_formula``)."""
+    check_model_against_formula(perturbed(_model(path=path)), _model_formula, K * V)
 
 
 def test_model_decoding_with_value_residual_equals_the_forward():
-    model = perturbed(_model())
-    ids = torch.randint(0, VOCAB, (2, 11))
-    with torch.no_grad():
-        logits = model.logits(model(ids))
-        state, outs = None, []
-        for t in range(ids.shape[1]):
-            out, state = model.step(ids[:, t], state)
-            outs.append(out)
-    assert rel_err(torch.stack(outs, 1), logits) <= 1e-5
+    check_model_decoding(perturbed(_model()))
 
 
 def test_model_cost_counts_the_mixes():

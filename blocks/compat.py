@@ -40,6 +40,8 @@ SIGNED = [-1.0, 1.0]  # decay_range of negative eigenvalues (a list: compared by
 _SIGNED_WHERE = ("the signed decays (decay_range [-1, 1]) run the exact gla and delta-rule kernels of a plain "
                  "memory on sign-folded inputs (blocks/dispatch.py, signed_forward)")
 
+_MODEL_LEVEL = "a model-level input that blocks/model.py passes to a plain memory layer"
+
 INCOMPATIBLE: tuple = (
     Incompatibility(
         {"type": "memory", "bias": "l2", "structure": ("matrix", "vector"),
@@ -230,21 +232,18 @@ INCOMPATIBLE: tuple = (
     ),
     Incompatibility(
         {"type": "memory", "learned_lower_bounds": True, "mom": SET},
-        "HGRN2's learned lower bounds are a model-level input that blocks/model.py passes to a plain memory "
-        "layer; a Mixture-of-Memories' write paths (blocks/mom.py) do not take it: set learned_lower_bounds: false (a "
-        "fixed lower_bound works)",
+        "HGRN2's learned lower bounds are " + _MODEL_LEVEL + "; a Mixture-of-Memories' write paths (blocks/mom.py) "
+        "do not take it: set learned_lower_bounds: false (a fixed lower_bound works)",
     ),
     Incompatibility(
         {"type": "memory", "learned_lower_bounds": True, "titans": SET},
-        "HGRN2's learned lower bounds are a model-level input that blocks/model.py passes to a plain memory "
-        "layer; Titans' compositions (blocks/titans.py) do not take it: set learned_lower_bounds: false (a fixed "
-        "lower_bound works)",
+        "HGRN2's learned lower bounds are " + _MODEL_LEVEL + "; Titans' compositions (blocks/titans.py) do not "
+        "take it: set learned_lower_bounds: false (a fixed lower_bound works)",
     ),
     Incompatibility(
         {"type": "memory", "value_residual": True, "titans": SET},
-        "RWKV-7's value residual carries the first layer's values to the later layers, a model-level input that "
-        "blocks/model.py passes to a plain memory layer; Titans' compositions (blocks/titans.py) do not take it: "
-        "set value_residual: false",
+        "RWKV-7's value residual carries the first layer's values to the later layers, " + _MODEL_LEVEL + "; "
+        "Titans' compositions (blocks/titans.py) do not take it: set value_residual: false",
     ),
     Incompatibility(
         {"type": "memory", "normalizer": "sum", "structure": ("vector", "mlp")},

@@ -40,24 +40,25 @@ from .retention import learned_lower_bounds
 __all__ = ["Layer", "SequenceModel", "bound_layers", "value_residual_layers"]
 
 
-def bound_layers(cfg: ModelConfig) -> tuple[list[int], int]:
-    """(indices of the layers whose mixer learns HGRN2's shared lower bounds, their width H*K); ([], 0) if none.
-    Those mixers must agree on H*K (the grammar says so at the key)."""
-    idx = [i for i, lc in enumerate(cfg.layers) if getattr(lc.mixer, "learned_lower_bounds", False)]
-    widths = {cfg.layers[i].mixer.heads * cfg.layers[i].mixer.state_key_dim for i in idx}
+def _layers_with(cfg: ModelConfig, key: str, width, what: str) -> tuple[list[int], int]:
+    """(indices of the layers whose mixer has ``key`` on, their common ``width(mixer)``; 0 if none). Those mixers
+    must agree on it (the grammar says so at the key)."""
+    idx = [i for i, lc in enumerate(cfg.layers) if getattr(lc.mixer, key, False)]
+    widths = {width(cfg.layers[i].mixer) for i in idx}
     if len(widths) > 1:
-        raise ValueError(f"the mixers that learn HGRN2's shared lower bounds need one width H*K, got {sorted(widths)}")
+        raise ValueError(f"the mixers with {what} need one width, got {sorted(widths)}")
     return idx, (widths.pop() if widths else 0)
 
 
+def bound_layers(cfg: ModelConfig) -> tuple[list[int], int]:
+    """(indices of the layers whose mixer learns HGRN2's shared lower bounds, their width H*K); ([], 0) if none."""
+    return _layers_with(cfg, "learned_lower_bounds", lambda m: m.heads * m.state_key_dim,
+                        "HGRN2's shared lower bounds (H*K)")
+
+
 def value_residual_layers(cfg: ModelConfig) -> list[int]:
-    """Indices of the layers with RWKV-7's value residual (the first keeps v_1, the rest mix it in); they must
-    agree on H*V (the grammar says so at the key)."""
-    idx = [i for i, lc in enumerate(cfg.layers) if getattr(lc.mixer, "value_residual", False)]
-    widths = {cfg.layers[i].mixer.heads * cfg.layers[i].mixer.value_dim for i in idx}
-    if len(widths) > 1:
-        raise ValueError(f"the mixers with RWKV-7's value residual need one width H*V, got {sorted(widths)}")
-    return idx
+    """Indices of the layers with RWKV-7's value residual (the first keeps v_1, the rest mix it in)."""
+    return _layers_with(cfg, "value_residual", lambda m: m.heads * m.value_dim, "RWKV-7's value residual (H*V)")[0]
 
 
 class Layer(nn.Module):
@@ -88,7 +89,7 @@ class Layer(nn.Module):
         return {"mixer": self.mixer.init_state(batch_size, device)}
 
     def forward(self, x: torch.Tensor, state: Optional[dict] = None, return_state: bool = False, **inputs):
-        """``inputs``: model-level inputs of this layer's mixer (HGRN2's ``lower_bound``), passed on as given."""
+        """``inputs``: model-level inputs of this layer's mixer (``SequenceModel.layer_inputs``), passed on."""
         mstate = None if state is None else state["mixer"]
         if return_state:
             h, mstate = self.mixer(self.norm1(x), mstate, return_state=True, **inputs)

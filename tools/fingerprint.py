@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMORY_PRESETS = ("linear_attention", "retnet", "mamba2", "gla", "deltanet", "gated_deltanet")
 NEW_TRANSITIONS = ("kda", "deltaproduct", "gated_deltaproduct", "rwkv7", "hgrn2", "mlstm")
 SCALAR_FORMS = ("mamba2", "gated_deltanet", "retnet", "deltanet")  # log-linear admits these retentions
-# the Miras presets (issue 12): deep mini-batch memories and Longhorn's implicit step
 # presets whose layers share a model-level input (blocks/model.py), which compositions do not take
 MODEL_LEVEL = {"hgrn2": {"learned_lower_bounds": False}, "rwkv7": {"value_residual": False}}
+# the Miras presets (issue 12): deep mini-batch memories and Longhorn's implicit step
 MIRAS_PRESETS = ("titans_lmm", "ttt_linear", "ttt_mlp", "moneta", "yaad", "memora", "atlas", "longhorn")
 
 
